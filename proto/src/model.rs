@@ -1,0 +1,241 @@
+//! What an agent reports.
+//!
+//! A [`Body`] is the payload of one signed envelope. Today it is always a full inventory
+//! [`Summary`]; change events, heartbeats and evidence will be further variants. Field names are
+//! short but readable: they are part of the wire format, so renaming one is a protocol change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Digest;
+use crate::ids::{AgentId, ZoneId};
+
+/// The payload of one envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Body {
+    /// A full inventory snapshot of an agent's zone.
+    Summary(Summary),
+}
+
+impl Body {
+    /// A short name for logs and the CMDB (`summary`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::Summary(_) => "summary",
+        }
+    }
+}
+
+/// A full inventory snapshot: every configured field device and the gateway itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub agent: AgentId,
+    pub zone: ZoneId,
+    /// When the poll cycle started, milliseconds since the Unix epoch (agent clock).
+    pub started_ms: u64,
+    /// When the poll cycle finished.
+    pub finished_ms: u64,
+    /// The gateway the agent runs on; `None` if host facts could not be collected.
+    pub gateway: Option<HostFacts>,
+    /// One entry per (device, unit id) the agent is configured to poll, reachable or not.
+    pub assets: Vec<AssetObservation>,
+}
+
+/// How a field device is reached.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    /// Modbus TCP: host (IP address or name as configured) and port.
+    Tcp { host: String, port: u16 },
+    /// Modbus RTU: serial device path on the gateway.
+    Rtu { device: String },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Tcp { host, port } if host.contains(':') => {
+                write!(f, "tcp://[{host}]:{port}")
+            }
+            Endpoint::Tcp { host, port } => write!(f, "tcp://{host}:{port}"),
+            Endpoint::Rtu { device } => write!(f, "rtu://{device}"),
+        }
+    }
+}
+
+/// One field device (one unit id at one endpoint) as seen in one poll.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssetObservation {
+    /// The name the agent's config gives the device.
+    pub name: String,
+    pub endpoint: Endpoint,
+    pub unit_id: u8,
+    /// Whether the device answered; when it did not, `identity` and `blocks` are empty.
+    pub status: PollStatus,
+    pub identity: DeviceIdentity,
+    pub blocks: Vec<RegisterBlock>,
+    /// Problems short of unreachability (a block that raised an exception, …), one line each.
+    pub problems: Vec<String>,
+}
+
+/// The outcome of polling one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollStatus {
+    /// Every request answered.
+    Ok,
+    /// The device answered some requests; see `problems`.
+    Partial,
+    /// No usable answer; the text says why (connect refused, timeout, …).
+    Unreachable(String),
+}
+
+/// How a device's identity was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentMethod {
+    /// Nothing identified the device.
+    #[default]
+    None,
+    /// FC 43 / MEI 14 Read Device Identification.
+    ReadDeviceIdentification,
+    /// FC 17 Report Server ID.
+    ReportServerId,
+}
+
+/// A device's identity, from Modbus Read Device Identification (FC 43 / MEI 14) objects 0x00–0x06
+/// and any further objects it gave.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct DeviceIdentity {
+    pub method: IdentMethod,
+    /// Object 0x00.
+    pub vendor_name: Option<String>,
+    /// Object 0x01.
+    pub product_code: Option<String>,
+    /// Object 0x02 (MajorMinorRevision: usually the firmware version).
+    pub revision: Option<String>,
+    /// Object 0x03.
+    pub vendor_url: Option<String>,
+    /// Object 0x04.
+    pub product_name: Option<String>,
+    /// Object 0x05.
+    pub model_name: Option<String>,
+    /// Object 0x06.
+    pub user_application_name: Option<String>,
+    /// Any other object id the device returned (0x07–0xFF), as text (lossy UTF-8).
+    pub other: BTreeMap<u8, String>,
+}
+
+impl DeviceIdentity {
+    /// The named fields as (attribute name, value) pairs, in object-id order.
+    pub fn fields(&self) -> [(&'static str, Option<&str>); 7] {
+        [
+            ("vendor_name", self.vendor_name.as_deref()),
+            ("product_code", self.product_code.as_deref()),
+            ("revision", self.revision.as_deref()),
+            ("vendor_url", self.vendor_url.as_deref()),
+            ("product_name", self.product_name.as_deref()),
+            ("model_name", self.model_name.as_deref()),
+            (
+                "user_application_name",
+                self.user_application_name.as_deref(),
+            ),
+        ]
+    }
+}
+
+/// The Modbus data table a block is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegisterKind {
+    /// FC 1.
+    Coil,
+    /// FC 2.
+    DiscreteInput,
+    /// FC 3.
+    Holding,
+    /// FC 4.
+    Input,
+}
+
+impl RegisterKind {
+    /// The name used in configs and the CMDB.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegisterKind::Coil => "coil",
+            RegisterKind::DiscreteInput => "discrete_input",
+            RegisterKind::Holding => "holding",
+            RegisterKind::Input => "input",
+        }
+    }
+}
+
+/// The raw values of one configured block of registers or bits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterBlock {
+    pub name: String,
+    pub kind: RegisterKind,
+    pub start: u16,
+    /// Register values; for coils and discrete inputs, 0 or 1 per bit.
+    pub values: Vec<u16>,
+    /// [`RegisterBlock::content_hash`] of the above, so a receiver can compare blocks cheaply.
+    pub hash: Digest,
+}
+
+impl RegisterBlock {
+    /// Builds a block and computes its content hash.
+    pub fn new(name: impl Into<String>, kind: RegisterKind, start: u16, values: Vec<u16>) -> Self {
+        let hash = Self::content_hash(kind, start, &values);
+        Self {
+            name: name.into(),
+            kind,
+            start,
+            values,
+            hash,
+        }
+    }
+
+    /// SHA-256 over the kind, start address and big-endian values.
+    pub fn content_hash(kind: RegisterKind, start: u16, values: &[u16]) -> Digest {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(kind.as_str().as_bytes());
+        ctx.update(&start.to_be_bytes());
+        for v in values {
+            ctx.update(&v.to_be_bytes());
+        }
+        Digest::from_ring(ctx.finish())
+    }
+
+    /// True when `hash` matches the values (a receiver checks this before trusting `hash`).
+    pub fn hash_is_consistent(&self) -> bool {
+        Self::content_hash(self.kind, self.start, &self.values) == self.hash
+    }
+}
+
+/// Facts about the gateway the agent runs on.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub hostname: Option<String>,
+    pub os_name: Option<String>,
+    pub os_version: Option<String>,
+    pub kernel_version: Option<String>,
+    pub cpu_arch: String,
+    pub cpu_count: u32,
+    pub memory_bytes: u64,
+    /// Seconds since the Unix epoch.
+    pub boot_time: u64,
+    pub interfaces: Vec<NetInterface>,
+    /// The agent's own version.
+    pub agent_version: String,
+}
+
+/// One network interface of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NetInterface {
+    pub name: String,
+    pub mac: Option<String>,
+    /// Addresses in CIDR form (`192.0.2.10/24`).
+    pub addresses: Vec<String>,
+}
