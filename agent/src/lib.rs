@@ -1,1 +1,42 @@
+//! The Outpost edge agent.
+//!
+//! A pipeline in Vector's shape: *sources* (Modbus TCP devices through the read-only client,
+//! the gateway host) → *summary* (one inventory snapshot per cycle) → *seal* (sign, sequence,
+//! chain; `outpost_proto::envelope`) → *transport* (the send-only UDP diode sender).
+//!
+//! - [`config`]: the strict TOML config and its validation.
+//! - [`keyfile`]: generating and loading the agent's Ed25519 key (mode 0600).
+//! - [`modbus`]: the read-only client, FC 43 identification, polling one device.
+//! - [`host`]: gateway facts.
+//! - [`state`]: the persisted chain tip and the state directory lock.
+//! - [`transport`]: the diode sender.
+//! - [`cycle`]: [`Agent`], one cycle and the loop of cycles.
+//!
+//! Invariants: the agent never listens and never reads from its sending socket; it cannot
+//! write to a field device; it persists the new chain tip before an envelope leaves.
 
+pub mod config;
+pub mod cycle;
+pub mod host;
+pub mod keyfile;
+pub mod modbus;
+pub mod state;
+pub mod transport;
+
+pub use config::{Config, ConfigError};
+pub use cycle::{Agent, CycleReport};
+
+/// Why the agent could not start or finish a cycle.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Key(#[from] keyfile::KeyFileError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Diode(#[from] transport::diode::DiodeError),
+    #[error("cannot seal the summary: {0}")]
+    Seal(#[from] outpost_proto::EnvelopeError),
+}

@@ -1,0 +1,748 @@
+//! The agent's TOML configuration: parsed strictly, then validated.
+//!
+//! Parsing refuses unknown keys everywhere (`deny_unknown_fields`), so a typo'd key is an error
+//! that shows the key and its line rather than a silently ignored setting. After parsing,
+//! [`Config::parse`] checks everything serde cannot (unit id 0, duplicate names, register counts,
+//! addresses, durations) and reports *every* problem at once, each naming the file and the field
+//! path: `agent.toml: devices[2].blocks[0].count: 300 is more than 125 registers per read; …`.
+//!
+//! Decisions worth knowing:
+//! - `poll_interval` defaults to 60 s, `diode.max_datagrams_per_sec` to 2000, `[modbus]` to the
+//!   values in [`ModbusConfig::default`].
+//! - A config with no `[[devices]]` at all is refused (it is almost always a mistake); a
+//!   gateway-only agent (host facts only) says so explicitly with `devices = []`.
+//! - Device addresses are `host[:port]` (port 502 by default); hosts may be IP literals or names,
+//!   names are resolved at poll time so a DNS outage does not stop the agent from starting.
+//!   IPv6 literals are written `[fd00::1]:502` (or bare, `fd00::1`, for port 502).
+//! - The diode target must be an IP literal with a port: the conduit must not depend on DNS.
+//! - Relative `state_dir` and `key_file` are taken relative to the config file's directory.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use outpost_proto::model::{Endpoint, RegisterKind};
+use outpost_proto::{AgentId, ZoneId};
+use serde::Deserialize;
+
+/// Largest register count one FC 3 / FC 4 request may ask for.
+pub const MAX_REGISTERS_PER_READ: u16 = 125;
+/// Largest bit count one FC 1 / FC 2 request may ask for.
+pub const MAX_BITS_PER_READ: u16 = 2000;
+/// The Modbus TCP port used when an address names none.
+pub const DEFAULT_MODBUS_PORT: u16 = 502;
+/// Longest device or block name.
+pub const MAX_NAME_LEN: usize = 64;
+/// Shortest poll interval accepted.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// TOML syntax or shape errors; `message` is toml's own report (line, column, key).
+    #[error("{}: {message}", path.display())]
+    Syntax { path: PathBuf, message: String },
+    /// The file parsed but some values are not usable.
+    #[error("{}", render_problems(path, problems))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One invalid value: the field path (`devices[2].blocks[0].count`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+fn render_problems(path: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| format!("{}: {}: {}", path.display(), p.field, p.message))
+        .collect();
+    lines.join("\n")
+}
+
+/// A validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file the config was read from (as given).
+    pub path: PathBuf,
+    pub agent_id: AgentId,
+    pub zone: ZoneId,
+    /// Where the chain tip and the lock file live (resolved against the config's directory).
+    pub state_dir: PathBuf,
+    /// The PKCS#8 private key (resolved against the config's directory).
+    pub key_file: PathBuf,
+    pub poll_interval: Duration,
+    pub diode: DiodeConfig,
+    pub modbus: ModbusConfig,
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// Where and how fast envelopes leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiodeConfig {
+    pub target: SocketAddr,
+    pub max_datagrams_per_sec: u32,
+}
+
+/// Timing shared by all Modbus devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModbusConfig {
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Per device: at least this long between the starts of two requests.
+    #[serde(with = "humantime_serde")]
+    pub min_request_gap: Duration,
+    pub max_parallel_devices: usize,
+}
+
+impl Default for ModbusConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(1),
+            min_request_gap: Duration::from_millis(50),
+            max_parallel_devices: 16,
+        }
+    }
+}
+
+/// One Modbus TCP device (one address, one or more unit ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceConfig {
+    pub name: String,
+    pub address: DeviceAddress,
+    pub unit_ids: Vec<u8>,
+    pub blocks: Vec<BlockConfig>,
+}
+
+/// A device's `host:port`; the host is resolved at poll time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl DeviceAddress {
+    /// Parses `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 literal.
+    pub fn parse(text: &str) -> Result<DeviceAddress, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("is empty; write host:port, e.g. \"10.20.0.11:502\"".into());
+        }
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| format!("{text:?} has '[' without ']'"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("{text:?}: expected ':port' after ']'"))?,
+                ),
+            };
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("{host:?} inside [...] is not an IPv6 address"));
+            }
+            (host, port)
+        } else if text.matches(':').count() > 1 {
+            // A bare IPv6 literal: no port can be given this way.
+            if text.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!(
+                    "{text:?} is not host:port; write IPv6 addresses as [addr]:port"
+                ));
+            }
+            (text, None)
+        } else {
+            match text.split_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (text, None),
+            }
+        };
+        let port = match port {
+            None => DEFAULT_MODBUS_PORT,
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) => return Err(format!("{text:?}: port 0 is not a usable port")),
+                Ok(p) => p,
+                Err(_) => return Err(format!("{text:?}: port {p:?} is not a number 1-65535")),
+            },
+        };
+        if host.parse::<IpAddr>().is_err() {
+            check_hostname(host).map_err(|why| format!("{text:?}: {why}"))?;
+        }
+        Ok(DeviceAddress {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// The endpoint as the summary reports it.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint::Tcp {
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+}
+
+impl fmt::Display for DeviceAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+fn check_hostname(host: &str) -> Result<(), String> {
+    if host.is_empty() {
+        return Err("host is empty".into());
+    }
+    if host.len() > 253 {
+        return Err("host name is longer than 253 characters".into());
+    }
+    for label in host.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!("{host:?} is not a valid host name or IP address"));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("{host:?}: host name labels cannot start or end with '-'"));
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!("{host:?} contains {bad:?}; not a host name or IP address"));
+        }
+    }
+    Ok(())
+}
+
+/// One block of registers or bits read every cycle.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockConfig {
+    pub name: String,
+    pub kind: RegisterKind,
+    pub start: u16,
+    pub count: u16,
+}
+
+// ---- The file as written ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    agent_id: AgentId,
+    zone: ZoneId,
+    state_dir: PathBuf,
+    key_file: PathBuf,
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    poll_interval: Duration,
+    diode: RawDiode,
+    #[serde(default)]
+    modbus: ModbusConfig,
+    devices: Option<Vec<RawDevice>>,
+}
+
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(60)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiode {
+    target: String,
+    #[serde(default = "default_rate")]
+    max_datagrams_per_sec: u32,
+}
+
+fn default_rate() -> u32 {
+    2000
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    name: String,
+    address: String,
+    #[serde(default = "default_unit_ids")]
+    unit_ids: Vec<u8>,
+    #[serde(default)]
+    blocks: Vec<BlockConfig>,
+}
+
+fn default_unit_ids() -> Vec<u8> {
+    vec![1]
+}
+
+// ---- Loading and validation -----------------------------------------------------------------
+
+impl Config {
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates config `text`; `origin` names the file in errors and anchors
+    /// relative paths.
+    pub fn parse(text: &str, origin: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let origin = origin.as_ref();
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let mut problems = Vec::new();
+        let mut problem = |field: String, message: String| problems.push(Problem { field, message });
+
+        if raw.poll_interval < MIN_POLL_INTERVAL {
+            problem(
+                "poll_interval".into(),
+                format!(
+                    "{} is shorter than the 1s minimum",
+                    humantime::format_duration(raw.poll_interval)
+                ),
+            );
+        }
+
+        let target = match raw.diode.target.trim().parse::<SocketAddr>() {
+            Ok(t) if t.port() == 0 => {
+                problem("diode.target".into(), "port 0 is not a usable port".into());
+                None
+            }
+            Ok(t) => Some(t),
+            Err(_) => {
+                problem(
+                    "diode.target".into(),
+                    format!(
+                        "{:?} is not an IP address with a port (e.g. \"192.0.2.10:7000\" or \"[fd00::10]:7000\"); host names are not accepted for the diode",
+                        raw.diode.target
+                    ),
+                );
+                None
+            }
+        };
+        if raw.diode.max_datagrams_per_sec == 0 {
+            problem(
+                "diode.max_datagrams_per_sec".into(),
+                "must be at least 1".into(),
+            );
+        }
+
+        let m = &raw.modbus;
+        for (field, value) in [
+            ("modbus.connect_timeout", m.connect_timeout),
+            ("modbus.request_timeout", m.request_timeout),
+        ] {
+            if value.is_zero() {
+                problem(field.into(), "must be longer than 0s".into());
+            }
+        }
+        if m.max_parallel_devices == 0 {
+            problem(
+                "modbus.max_parallel_devices".into(),
+                "must be at least 1".into(),
+            );
+        }
+
+        let mut devices = Vec::new();
+        match raw.devices {
+            None => problem(
+                "devices".into(),
+                "no [[devices]] configured; add one, or write `devices = []` for a gateway-only agent that reports host facts alone".into(),
+            ),
+            Some(raw_devices) => {
+                let mut names = HashSet::new();
+                for (i, d) in raw_devices.into_iter().enumerate() {
+                    let at = format!("devices[{i}]");
+                    if let Err(why) = check_name(&d.name) {
+                        problem(format!("{at}.name"), why);
+                    } else if !names.insert(d.name.clone()) {
+                        problem(
+                            format!("{at}.name"),
+                            format!("{:?} is used by an earlier device; device names must be unique", d.name),
+                        );
+                    }
+                    let address = match DeviceAddress::parse(&d.address) {
+                        Ok(a) => Some(a),
+                        Err(why) => {
+                            problem(format!("{at}.address"), why);
+                            None
+                        }
+                    };
+                    check_unit_ids(&at, &d.unit_ids, &mut problem);
+                    check_blocks(&at, &d.blocks, &mut problem);
+                    if let Some(address) = address {
+                        devices.push(DeviceConfig {
+                            name: d.name,
+                            address,
+                            unit_ids: d.unit_ids,
+                            blocks: d.blocks,
+                        });
+                    }
+                }
+            }
+        }
+
+        let (Some(target), true) = (target, problems.is_empty()) else {
+            return Err(ConfigError::Invalid {
+                path: origin.to_owned(),
+                problems,
+            });
+        };
+        let base = origin.parent().unwrap_or(Path::new(""));
+        Ok(Config {
+            path: origin.to_owned(),
+            agent_id: raw.agent_id,
+            zone: raw.zone,
+            state_dir: base.join(raw.state_dir),
+            key_file: base.join(raw.key_file),
+            poll_interval: raw.poll_interval,
+            diode: DiodeConfig {
+                target,
+                max_datagrams_per_sec: raw.diode.max_datagrams_per_sec,
+            },
+            modbus: raw.modbus,
+            devices,
+        })
+    }
+
+    /// How many (device, unit id) pairs a cycle polls.
+    pub fn asset_count(&self) -> usize {
+        self.devices.iter().map(|d| d.unit_ids.len()).sum()
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.trim().is_empty() {
+        return Err("is empty".into());
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(format!("is longer than {MAX_NAME_LEN} characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{name:?} contains a control character"));
+    }
+    if name.trim() != name {
+        return Err(format!("{name:?} has leading or trailing spaces"));
+    }
+    Ok(())
+}
+
+fn check_unit_ids(at: &str, ids: &[u8], problem: &mut impl FnMut(String, String)) {
+    if ids.is_empty() {
+        problem(
+            format!("{at}.unit_ids"),
+            "is empty; leave it out for the default [1]".into(),
+        );
+    }
+    let mut seen = HashSet::new();
+    for (j, &id) in ids.iter().enumerate() {
+        if id == 0 {
+            problem(
+                format!("{at}.unit_ids[{j}]"),
+                "0 is the Modbus broadcast address and is never polled; use the device's unit id (often 1 or 255)".into(),
+            );
+        } else if !seen.insert(id) {
+            problem(format!("{at}.unit_ids[{j}]"), format!("{id} is listed twice"));
+        }
+    }
+}
+
+fn check_blocks(at: &str, blocks: &[BlockConfig], problem: &mut impl FnMut(String, String)) {
+    let mut names = HashSet::new();
+    for (j, b) in blocks.iter().enumerate() {
+        let at = format!("{at}.blocks[{j}]");
+        if let Err(why) = check_name(&b.name) {
+            problem(format!("{at}.name"), why);
+        } else if !names.insert(b.name.as_str()) {
+            problem(
+                format!("{at}.name"),
+                format!("{:?} is used by an earlier block of this device; block names must be unique per device", b.name),
+            );
+        }
+        let (max, unit) = match b.kind {
+            RegisterKind::Holding | RegisterKind::Input => (MAX_REGISTERS_PER_READ, "registers"),
+            RegisterKind::Coil | RegisterKind::DiscreteInput => (MAX_BITS_PER_READ, "bits"),
+        };
+        if b.count == 0 {
+            problem(format!("{at}.count"), "0: a block must read at least one value".into());
+        } else if b.count > max {
+            problem(
+                format!("{at}.count"),
+                format!("{} is more than {max} {unit} per read; split the block", b.count),
+            );
+        }
+        let end = u32::from(b.start) + u32::from(b.count);
+        if end > 65536 {
+            problem(
+                format!("{at}.count"),
+                format!(
+                    "start {} + count {} runs past the last address 65535",
+                    b.start, b.count
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+agent_id = "gw-line1"
+zone = "cell-1"
+state_dir = "state"
+key_file = "/etc/outpost/agent.key"
+poll_interval = "30s"
+
+[diode]
+target = "192.0.2.10:7000"
+
+[modbus]
+request_timeout = "500ms"
+
+[[devices]]
+name = "mixer-plc"
+address = "10.20.0.11"
+[[devices.blocks]]
+name = "setpoints"
+kind = "holding"
+start = 100
+count = 8
+
+[[devices]]
+name = "drive"
+address = "drive-7.plant.local:1502"
+unit_ids = [3, 4]
+"#;
+
+    fn invalid(text: &str) -> Vec<String> {
+        match Config::parse(text, "/etc/outpost/agent.toml") {
+            Err(ConfigError::Invalid { problems, .. }) => problems
+                .into_iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect(),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    fn with_device(device: &str) -> String {
+        let head = GOOD.split("[[devices]]").next().unwrap_or_default();
+        format!("{head}{device}")
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(GOOD, "/etc/outpost/agent.toml").unwrap();
+        assert_eq!(c.agent_id.as_str(), "gw-line1");
+        assert_eq!(c.state_dir, PathBuf::from("/etc/outpost/state"));
+        assert_eq!(c.key_file, PathBuf::from("/etc/outpost/agent.key"));
+        assert_eq!(c.poll_interval, Duration::from_secs(30));
+        assert_eq!(c.diode.max_datagrams_per_sec, 2000);
+        assert_eq!(c.modbus.request_timeout, Duration::from_millis(500));
+        assert_eq!(c.modbus.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.devices.len(), 2);
+        assert_eq!(c.devices[0].unit_ids, vec![1]);
+        assert_eq!(
+            c.devices[0].address,
+            DeviceAddress {
+                host: "10.20.0.11".into(),
+                port: 502
+            }
+        );
+        assert_eq!(c.devices[1].address.port, 1502);
+        assert_eq!(c.devices[0].blocks[0].kind, RegisterKind::Holding);
+        assert_eq!(c.asset_count(), 3);
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let c = Config::parse(GOOD, "agent.toml").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("state"));
+        let c = Config::parse(GOOD, "conf/agent.toml").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("conf/state"));
+    }
+
+    #[test]
+    fn typo_key_names_the_key_and_line() {
+        let text = GOOD.replace("poll_interval", "pol_interval");
+        let err = Config::parse(&text, "agent.toml").unwrap_err().to_string();
+        assert!(err.starts_with("agent.toml: "), "{err}");
+        assert!(err.contains("pol_interval"), "{err}");
+        assert!(err.contains("line 6"), "{err}");
+        let text = GOOD.replace("count = 8", "count = 8\ncolor = 1");
+        let err = Config::parse(&text, "agent.toml").unwrap_err().to_string();
+        assert!(err.contains("unknown field `color`"), "{err}");
+    }
+
+    #[test]
+    fn bad_ids_and_kinds_are_syntax_errors_with_lines() {
+        let err = Config::parse(&GOOD.replace("gw-line1", "gw line1"), "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("contains ' '") && err.contains("line 2"), "{err}");
+        let err = Config::parse(&GOOD.replace("\"holding\"", "\"holdings\""), "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("holdings"), "{err}");
+        let err = Config::parse(&GOOD.replace("[3, 4]", "[3, 300]"), "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("300"), "{err}");
+    }
+
+    #[test]
+    fn error_names_file_and_field_path() {
+        let text = GOOD.replace("count = 8", "count = 300");
+        let err = Config::parse(&text, "agent.toml").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "agent.toml: devices[0].blocks[0].count: 300 is more than 125 registers per read; split the block"
+        );
+    }
+
+    #[test]
+    fn unit_id_zero_and_duplicates_refused() {
+        let p = invalid(&GOOD.replace("[3, 4]", "[0, 4, 4]"));
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].starts_with("devices[1].unit_ids[0]: 0 is the Modbus broadcast"));
+        assert_eq!(p[1], "devices[1].unit_ids[2]: 4 is listed twice");
+        let p = invalid(&GOOD.replace("[3, 4]", "[]"));
+        assert!(p[0].starts_with("devices[1].unit_ids: is empty"), "{p:?}");
+    }
+
+    #[test]
+    fn duplicate_device_and_block_names_refused() {
+        let p = invalid(&GOOD.replace("\"drive\"", "\"mixer-plc\""));
+        assert_eq!(
+            p,
+            vec!["devices[1].name: \"mixer-plc\" is used by an earlier device; device names must be unique"]
+        );
+        let text = with_device(
+            r#"[[devices]]
+name = "p"
+address = "10.0.0.1"
+[[devices.blocks]]
+name = "a"
+kind = "coil"
+start = 0
+count = 2000
+[[devices.blocks]]
+name = "a"
+kind = "input"
+start = 0
+count = 1
+"#,
+        );
+        let p = invalid(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("devices[0].blocks[1].name: \"a\" is used by an earlier block"));
+    }
+
+    #[test]
+    fn counts_checked_per_kind_and_range() {
+        let block = |kind: &str, start: u32, count: u32| {
+            with_device(&format!(
+                "[[devices]]\nname = \"p\"\naddress = \"10.0.0.1\"\n[[devices.blocks]]\nname = \"b\"\nkind = \"{kind}\"\nstart = {start}\ncount = {count}\n"
+            ))
+        };
+        assert!(invalid(&block("holding", 0, 0))[0].contains("count: 0: a block must read"));
+        assert!(invalid(&block("coil", 0, 2001))[0].contains("2001 is more than 2000 bits"));
+        assert!(invalid(&block("input", 0, 126))[0].contains("126 is more than 125 registers"));
+        assert!(Config::parse(&block("discrete_input", 0, 2000), "a.toml").is_ok());
+        assert!(Config::parse(&block("holding", 65411, 125), "a.toml").is_ok());
+        let p = invalid(&block("holding", 65500, 100));
+        assert_eq!(
+            p,
+            vec!["devices[0].blocks[0].count: start 65500 + count 100 runs past the last address 65535"]
+        );
+    }
+
+    #[test]
+    fn addresses() {
+        let ok = |t: &str| DeviceAddress::parse(t).unwrap();
+        assert_eq!(ok("10.0.0.1:1502").port, 1502);
+        assert_eq!(ok("plc-1.local").port, 502);
+        assert_eq!(ok("[fd00::1]:5020").host, "fd00::1");
+        assert_eq!(ok("[fd00::1]").port, 502);
+        assert_eq!(ok("fd00::1").port, 502);
+        assert_eq!(ok("[fd00::1]:5020").to_string(), "[fd00::1]:5020");
+        for bad in ["", "10.0.0.1:0", "10.0.0.1:99999", "plc_1:502", "a..b", "[10.0.0.1]:502", "x:y", "-a"] {
+            assert!(DeviceAddress::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let p = invalid(&GOOD.replace("10.20.0.11", "10.20.0.11:http"));
+        assert!(p[0].starts_with("devices[0].address: \"10.20.0.11:http\": port \"http\""), "{p:?}");
+    }
+
+    #[test]
+    fn diode_target_must_be_ip_and_port() {
+        let p = invalid(&GOOD.replace("192.0.2.10:7000", "diode.local:7000"));
+        assert!(p[0].starts_with("diode.target: \"diode.local:7000\" is not an IP address with a port"));
+        assert!(invalid(&GOOD.replace("192.0.2.10:7000", "192.0.2.10"))[0].starts_with("diode.target"));
+        assert!(invalid(&GOOD.replace("192.0.2.10:7000", "192.0.2.10:0"))[0].contains("port 0"));
+        let c = Config::parse(&GOOD.replace("192.0.2.10:7000", "[::1]:7000"), "a.toml").unwrap();
+        assert_eq!(c.diode.target.port(), 7000);
+    }
+
+    #[test]
+    fn durations_and_limits() {
+        let p = invalid(&GOOD.replace("\"30s\"", "\"500ms\""));
+        assert_eq!(p, vec!["poll_interval: 500ms is shorter than the 1s minimum"]);
+        let p = invalid(&GOOD.replace("\"500ms\"", "\"0s\""));
+        assert_eq!(p, vec!["modbus.request_timeout: must be longer than 0s"]);
+        let text = GOOD.replace("[modbus]", "[modbus]\nmax_parallel_devices = 0\nconnect_timeout = \"0s\"");
+        assert_eq!(invalid(&text).len(), 2);
+        let err = Config::parse(&GOOD.replace("\"30s\"", "\"30 parsecs\""), "a.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn zero_devices_must_be_explicit() {
+        let head = GOOD.split("[[devices]]").next().unwrap_or_default();
+        let p = invalid(head);
+        assert!(p[0].starts_with("devices: no [[devices]] configured"), "{p:?}");
+        let c = Config::parse(&format!("devices = []\n{head}"), "a.toml").unwrap();
+        assert!(c.devices.is_empty());
+    }
+
+    #[test]
+    fn all_problems_reported_at_once() {
+        let text = GOOD
+            .replace("count = 8", "count = 0")
+            .replace("[3, 4]", "[0]")
+            .replace("\"30s\"", "\"0s\"");
+        let err = Config::parse(&text, "agent.toml").unwrap_err().to_string();
+        assert_eq!(err.lines().count(), 3, "{err}");
+        assert!(err.lines().all(|l| l.starts_with("agent.toml: ")), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let err = Config::load("/nonexistent/outpost/agent.toml").unwrap_err().to_string();
+        assert!(err.starts_with("/nonexistent/outpost/agent.toml: cannot read config"), "{err}");
+    }
+}

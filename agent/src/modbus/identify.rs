@@ -1,0 +1,280 @@
+//! Device identification: FC 43 / MEI 14 Read Device Identification, with FC 17 as fallback.
+//!
+//! 1. Read the Basic stream (read code 01) from object 0, following `more_follows` /
+//!    `next_object_id` across responses: at most [`MAX_PAGES`] requests per stream, and the next
+//!    object id must be above the one just asked for (otherwise the device is looping; stop with
+//!    a problem note and keep what arrived).
+//! 2. Read the Regular stream (read code 02) the same way and merge it over Basic. A device that
+//!    answers Regular with an exception is a Basic-only device: Basic is kept, no problem noted.
+//! 3. Objects 0x00–0x06 fill the named [`DeviceIdentity`] fields; any other object id goes to
+//!    `other`. Values are lossy UTF-8, NULs and surrounding whitespace trimmed, capped at
+//!    [`MAX_VALUE_CHARS`] characters.
+//! 4. If FC 43 raised an exception (typically 01 Illegal Function), did not answer, or gave
+//!    nothing useful (no objects), fall back to FC 17 Report Server ID and set
+//!    `method = ReportServerId`. Its answer is stored in `other` (FC 43 objects cannot be present
+//!    then, so the private ids 0x80–0x82 are free):
+//!    - `other[0x80]`: the server id byte followed by the additional data, as lowercase hex;
+//!    - `other[0x81]`: the run indicator, `on` or `off`;
+//!    - `other[0x82]`: the additional data as text, only when it is printable ASCII.
+//!
+//! Identification never fails as a whole: what went wrong is reported in
+//! [`Identified::problems`], and [`Identified::answered`] / [`Identified::timeouts`] let the
+//! caller decide whether the device is reachable at all.
+
+use std::collections::BTreeMap;
+
+use outpost_proto::model::{DeviceIdentity, IdentMethod};
+use tokio_modbus::prelude::ReadCode;
+
+use super::read_only::{ModbusError, ReadOnlyClient, ServerId};
+
+/// Most requests spent on one FC 43 stream.
+pub const MAX_PAGES: usize = 16;
+/// Longest identity value kept, in characters.
+pub const MAX_VALUE_CHARS: usize = 255;
+
+/// The outcome of identifying one unit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identified {
+    pub identity: DeviceIdentity,
+    /// Problem lines for the summary (`identification: …`).
+    pub problems: Vec<String>,
+    /// The device gave at least one Modbus answer (data or exception).
+    pub answered: bool,
+    /// Requests that got no answer in time.
+    pub timeouts: u32,
+}
+
+impl Identified {
+    fn note(&mut self, err: &ModbusError) {
+        if err.is_answer() {
+            self.answered = true;
+        }
+        if matches!(err, ModbusError::Timeout(_)) {
+            self.timeouts += 1;
+        }
+    }
+}
+
+/// Objects read from one FC 43 stream, and how the read ended.
+struct Stream {
+    objects: BTreeMap<u8, Vec<u8>>,
+    problem: Option<String>,
+}
+
+/// Reads one stream, following `more_follows`. Errs only when the first request failed.
+async fn read_stream(
+    client: &mut ReadOnlyClient,
+    code: ReadCode,
+    out: &mut Identified,
+) -> Result<Stream, ModbusError> {
+    let name = stream_name(code);
+    let mut objects = BTreeMap::new();
+    let mut asked = 0u8;
+    for page in 0..MAX_PAGES {
+        let response = match client.read_device_identification(code, asked).await {
+            Ok(r) => r,
+            Err(e) if page == 0 => {
+                out.note(&e);
+                return Err(e);
+            }
+            Err(e) => {
+                out.note(&e);
+                return Ok(Stream {
+                    objects,
+                    problem: Some(format!(
+                        "identification: FC 43 {name} stream from object {asked:#04x}: {e}"
+                    )),
+                });
+            }
+        };
+        out.answered = true;
+        let got = response.device_id_objects.len();
+        for obj in response.device_id_objects {
+            objects.insert(obj.id, obj.value.to_vec());
+        }
+        if !response.more_follows {
+            return Ok(Stream {
+                objects,
+                problem: None,
+            });
+        }
+        let next = response.next_object_id;
+        if next <= asked || got == 0 {
+            return Ok(Stream {
+                objects,
+                problem: Some(format!(
+                    "identification: FC 43 {name} stream: device asked to continue from object {next:#04x} after {asked:#04x} with {got} objects; stopped to avoid a loop"
+                )),
+            });
+        }
+        asked = next;
+    }
+    Ok(Stream {
+        objects,
+        problem: Some(format!(
+            "identification: FC 43 {name} stream: still more objects after {MAX_PAGES} requests; stopped"
+        )),
+    })
+}
+
+fn stream_name(code: ReadCode) -> &'static str {
+    match code {
+        ReadCode::Basic => "basic",
+        ReadCode::Regular => "regular",
+        ReadCode::Extended => "extended",
+        ReadCode::Specific => "specific",
+    }
+}
+
+/// Identifies the unit `client` currently addresses.
+pub async fn identify(client: &mut ReadOnlyClient) -> Identified {
+    let mut out = Identified::default();
+    let fc43_failure = match read_stream(client, ReadCode::Basic, &mut out).await {
+        Ok(basic) => {
+            let mut objects = basic.objects;
+            out.problems.extend(basic.problem);
+            match read_stream(client, ReadCode::Regular, &mut out).await {
+                Ok(regular) => {
+                    objects.extend(regular.objects);
+                    out.problems.extend(regular.problem);
+                }
+                // A Basic-only device: keep Basic.
+                Err(ModbusError::Exception(_)) => {}
+                Err(e) => out
+                    .problems
+                    .push(format!("identification: FC 43 regular stream: {e}")),
+            }
+            if objects.is_empty() {
+                Some("FC 43 gave no objects".to_owned())
+            } else {
+                out.identity = identity_from_objects(&objects);
+                None
+            }
+        }
+        Err(e) => Some(format!("FC 43 {e}")),
+    };
+    let Some(fc43_failure) = fc43_failure else {
+        return out;
+    };
+    match client.report_server_id().await {
+        Ok(id) => {
+            out.answered = true;
+            out.identity = identity_from_server_id(&id);
+        }
+        Err(e) => {
+            out.note(&e);
+            out.problems.push(format!(
+                "identification: {fc43_failure}; FC 17 {e}; device not identified"
+            ));
+        }
+    }
+    out
+}
+
+/// Cleans an identity value: lossy UTF-8, NULs and outer whitespace trimmed, length-capped.
+pub fn clean_value(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let trimmed = text.trim_matches(|c: char| c == '\0' || c.is_whitespace());
+    trimmed
+        .chars()
+        .filter(|c| *c != '\0')
+        .take(MAX_VALUE_CHARS)
+        .collect()
+}
+
+/// Maps FC 43 objects to the identity fields.
+pub fn identity_from_objects(objects: &BTreeMap<u8, Vec<u8>>) -> DeviceIdentity {
+    let mut id = DeviceIdentity {
+        method: IdentMethod::ReadDeviceIdentification,
+        ..DeviceIdentity::default()
+    };
+    for (&obj, raw) in objects {
+        let value = clean_value(raw);
+        let slot = match obj {
+            0x00 => &mut id.vendor_name,
+            0x01 => &mut id.product_code,
+            0x02 => &mut id.revision,
+            0x03 => &mut id.vendor_url,
+            0x04 => &mut id.product_name,
+            0x05 => &mut id.model_name,
+            0x06 => &mut id.user_application_name,
+            other => {
+                id.other.insert(other, value);
+                continue;
+            }
+        };
+        *slot = Some(value);
+    }
+    id
+}
+
+/// Maps an FC 17 answer to an identity (see the module docs for where each part goes).
+pub fn identity_from_server_id(sid: &ServerId) -> DeviceIdentity {
+    let mut bytes = Vec::with_capacity(1 + sid.additional.len());
+    bytes.push(sid.server_id);
+    bytes.extend_from_slice(&sid.additional);
+    let mut hex = outpost_proto::hex::encode(&bytes);
+    hex.truncate(2 * MAX_VALUE_CHARS);
+    let mut other = BTreeMap::new();
+    other.insert(0x80, hex);
+    other.insert(0x81, if sid.running { "on" } else { "off" }.to_owned());
+    let text = clean_value(&sid.additional);
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+        other.insert(0x82, text);
+    }
+    DeviceIdentity {
+        method: IdentMethod::ReportServerId,
+        other,
+        ..DeviceIdentity::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_cleaned_and_capped() {
+        assert_eq!(clean_value(b"  ACME\0\0"), "ACME");
+        assert_eq!(clean_value(b"\0V1.2\0"), "V1.2");
+        assert_eq!(clean_value(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(clean_value(&[b'x'; 400]).len(), MAX_VALUE_CHARS);
+    }
+
+    #[test]
+    fn objects_map_to_fields() {
+        let mut objects = BTreeMap::new();
+        objects.insert(0, b"ACME".to_vec());
+        objects.insert(2, b"v2.1".to_vec());
+        objects.insert(6, b"Mixer".to_vec());
+        objects.insert(0x80, b"serial-9".to_vec());
+        let id = identity_from_objects(&objects);
+        assert_eq!(id.method, IdentMethod::ReadDeviceIdentification);
+        assert_eq!(id.vendor_name.as_deref(), Some("ACME"));
+        assert_eq!(id.revision.as_deref(), Some("v2.1"));
+        assert_eq!(id.user_application_name.as_deref(), Some("Mixer"));
+        assert_eq!(id.product_code, None);
+        assert_eq!(id.other.get(&0x80).map(String::as_str), Some("serial-9"));
+    }
+
+    #[test]
+    fn server_id_mapping() {
+        let id = identity_from_server_id(&ServerId {
+            server_id: 0x42,
+            running: true,
+            additional: b"PLC-5".to_vec(),
+        });
+        assert_eq!(id.method, IdentMethod::ReportServerId);
+        assert_eq!(id.other[&0x80], "42504c432d35");
+        assert_eq!(id.other[&0x81], "on");
+        assert_eq!(id.other[&0x82], "PLC-5");
+        let id = identity_from_server_id(&ServerId {
+            server_id: 1,
+            running: false,
+            additional: vec![0, 1, 2],
+        });
+        assert_eq!(id.other[&0x81], "off");
+        assert!(!id.other.contains_key(&0x82));
+    }
+}

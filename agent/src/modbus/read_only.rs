@@ -1,0 +1,292 @@
+//! The only Modbus client in the agent, read-only by construction.
+//!
+//! [`ReadOnlyClient`] owns a `tokio_modbus` TCP context privately and exposes only read
+//! functions: FC 1, 2, 3, 4, 17 and 43/14. There is no `Deref`, no accessor and no trait impl
+//! that hands the context out, so nothing in the agent can send a write:
+//!
+//! ```compile_fail
+//! use tokio_modbus::prelude::*;
+//! async fn f(client: &mut outpost_agent::modbus::read_only::ReadOnlyClient) {
+//!     let _ = client.write_single_register(1, 2).await;
+//! }
+//! ```
+//!
+//! while the same shape with a read compiles:
+//!
+//! ```no_run
+//! use tokio_modbus::prelude::*;
+//! async fn f(client: &mut outpost_agent::modbus::read_only::ReadOnlyClient) {
+//!     let _ = client.read_holding_registers(1, 2).await;
+//! }
+//! ```
+//!
+//! Every request runs under `request_timeout`, the connection under `connect_timeout`. Requests
+//! take `&mut self`, so a device never has more than one outstanding request, and starts are
+//! spaced at least `min_request_gap` apart (politeness to small PLCs).
+//!
+//! After a timeout or a transport error the TCP connection is in an unknown state (a late answer
+//! would be taken for the next request's), so the client drops it and reconnects before the next
+//! request; the gap between request starts survives the reconnect.
+//!
+//! tokio-modbus's `Reader` helpers `debug_assert!` on response lengths and `unreachable!` on
+//! mismatched responses; this client calls `Client::call` and checks responses itself, so a
+//! misbehaving device yields [`ModbusError::UnexpectedResponse`], never a panic.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_modbus::client::{Client as _, Context};
+use tokio_modbus::prelude::{ReadCode, ReadDeviceIdentificationResponse, SlaveContext as _};
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+
+/// Timing for one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub min_request_gap: Duration,
+}
+
+impl From<&crate::config::ModbusConfig> for Timing {
+    fn from(m: &crate::config::ModbusConfig) -> Self {
+        Timing {
+            connect_timeout: m.connect_timeout,
+            request_timeout: m.request_timeout,
+            min_request_gap: m.min_request_gap,
+        }
+    }
+}
+
+/// Why a request (or the connection) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModbusError {
+    #[error("connect timed out after {}", humantime::format_duration(*.0))]
+    ConnectTimeout(Duration),
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("exception {0:?}")]
+    Exception(ExceptionCode),
+    #[error("transport error: {0}")]
+    Transport(std::io::Error),
+    #[error("unexpected response: {0}")]
+    UnexpectedResponse(String),
+}
+
+impl ModbusError {
+    /// True when the device gave a Modbus answer (an exception is an answer).
+    pub fn is_answer(&self) -> bool {
+        matches!(self, ModbusError::Exception(_))
+    }
+}
+
+/// A Report Server ID (FC 17) answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerId {
+    pub server_id: u8,
+    pub running: bool,
+    pub additional: Vec<u8>,
+}
+
+/// A read-only Modbus TCP client for one device.
+pub struct ReadOnlyClient {
+    ctx: Option<Context>,
+    peer: SocketAddr,
+    unit: u8,
+    timing: Timing,
+    last_start: Option<Instant>,
+    requests: u64,
+}
+
+impl std::fmt::Debug for ReadOnlyClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadOnlyClient")
+            .field("peer", &self.peer)
+            .field("unit", &self.unit)
+            .field("connected", &self.ctx.is_some())
+            .finish()
+    }
+}
+
+async fn open(peer: SocketAddr, unit: u8, timeout: Duration) -> Result<Context, ModbusError> {
+    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(peer)).await
+    {
+        Err(_) => return Err(ModbusError::ConnectTimeout(timeout)),
+        Ok(Err(e)) => return Err(ModbusError::Connect(e)),
+        Ok(Ok(s)) => s,
+    };
+    // Small request/response exchanges: do not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    Ok(tokio_modbus::client::tcp::attach_slave(stream, Slave(unit)))
+}
+
+impl ReadOnlyClient {
+    /// Connects to `peer` (under `timing.connect_timeout`), addressing unit id `unit`.
+    pub async fn connect(peer: SocketAddr, unit: u8, timing: Timing) -> Result<Self, ModbusError> {
+        let ctx = open(peer, unit, timing.connect_timeout).await?;
+        Ok(ReadOnlyClient {
+            ctx: Some(ctx),
+            peer,
+            unit,
+            timing,
+            last_start: None,
+            requests: 0,
+        })
+    }
+
+    /// The device's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Requests sent so far (including ones that failed).
+    pub fn requests(&self) -> u64 {
+        self.requests
+    }
+
+    /// Addresses further requests to unit id `unit` (same TCP connection).
+    pub fn set_unit(&mut self, unit: u8) {
+        self.unit = unit;
+        if let Some(ctx) = self.ctx.as_mut() {
+            ctx.set_slave(Slave(unit));
+        }
+    }
+
+    /// FC 1: `count` coils from `addr`.
+    pub async fn read_coils(&mut self, addr: u16, count: u16) -> Result<Vec<bool>, ModbusError> {
+        match self.call(Request::ReadCoils(addr, count)).await? {
+            Response::ReadCoils(bits) => take_bits(bits, count),
+            other => Err(unexpected("FC 1", &other)),
+        }
+    }
+
+    /// FC 2: `count` discrete inputs from `addr`.
+    pub async fn read_discrete_inputs(
+        &mut self,
+        addr: u16,
+        count: u16,
+    ) -> Result<Vec<bool>, ModbusError> {
+        match self.call(Request::ReadDiscreteInputs(addr, count)).await? {
+            Response::ReadDiscreteInputs(bits) => take_bits(bits, count),
+            other => Err(unexpected("FC 2", &other)),
+        }
+    }
+
+    /// FC 3: `count` holding registers from `addr`.
+    pub async fn read_holding_registers(
+        &mut self,
+        addr: u16,
+        count: u16,
+    ) -> Result<Vec<u16>, ModbusError> {
+        match self.call(Request::ReadHoldingRegisters(addr, count)).await? {
+            Response::ReadHoldingRegisters(words) => exact_words(words, count),
+            other => Err(unexpected("FC 3", &other)),
+        }
+    }
+
+    /// FC 4: `count` input registers from `addr`.
+    pub async fn read_input_registers(
+        &mut self,
+        addr: u16,
+        count: u16,
+    ) -> Result<Vec<u16>, ModbusError> {
+        match self.call(Request::ReadInputRegisters(addr, count)).await? {
+            Response::ReadInputRegisters(words) => exact_words(words, count),
+            other => Err(unexpected("FC 4", &other)),
+        }
+    }
+
+    /// FC 17: Report Server ID.
+    pub async fn report_server_id(&mut self) -> Result<ServerId, ModbusError> {
+        match self.call(Request::ReportServerId).await? {
+            Response::ReportServerId(server_id, running, additional) => Ok(ServerId {
+                server_id,
+                running,
+                additional,
+            }),
+            other => Err(unexpected("FC 17", &other)),
+        }
+    }
+
+    /// FC 43 / MEI 14: one Read Device Identification request (paging is the caller's).
+    pub async fn read_device_identification(
+        &mut self,
+        code: ReadCode,
+        object_id: u8,
+    ) -> Result<ReadDeviceIdentificationResponse, ModbusError> {
+        match self
+            .call(Request::ReadDeviceIdentification(code, object_id))
+            .await?
+        {
+            Response::ReadDeviceIdentification(r) => Ok(r),
+            other => Err(unexpected("FC 43", &other)),
+        }
+    }
+
+    /// Closes the connection politely.
+    pub async fn disconnect(mut self) {
+        if let Some(mut ctx) = self.ctx.take() {
+            let _ = tokio::time::timeout(self.timing.request_timeout, ctx.disconnect()).await;
+        }
+    }
+
+    /// Sends one request: waits for the politeness gap, reconnects if the last exchange left
+    /// the connection unusable, and bounds the exchange by the request timeout.
+    async fn call(&mut self, request: Request<'static>) -> Result<Response, ModbusError> {
+        if let Some(last) = self.last_start {
+            tokio::time::sleep_until(last + self.timing.min_request_gap).await;
+        }
+        self.last_start = Some(Instant::now());
+        self.requests += 1;
+        let mut ctx = match self.ctx.take() {
+            Some(ctx) => ctx,
+            None => open(self.peer, self.unit, self.timing.connect_timeout).await?,
+        };
+        let timeout = self.timing.request_timeout;
+        match tokio::time::timeout(timeout, ctx.call(request)).await {
+            // The connection is left dropped (closed): a late answer must not be read as the
+            // next request's.
+            Err(_) => Err(ModbusError::Timeout(timeout)),
+            Ok(Err(tokio_modbus::Error::Transport(e))) => Err(ModbusError::Transport(e)),
+            Ok(Err(tokio_modbus::Error::Protocol(e))) => {
+                Err(ModbusError::UnexpectedResponse(e.to_string()))
+            }
+            Ok(Ok(Err(code))) => {
+                self.ctx = Some(ctx);
+                Err(ModbusError::Exception(code))
+            }
+            Ok(Ok(Ok(response))) => {
+                self.ctx = Some(ctx);
+                Ok(response)
+            }
+        }
+    }
+}
+
+fn unexpected(what: &str, got: &Response) -> ModbusError {
+    ModbusError::UnexpectedResponse(format!("{what} answered with {:?}", got.function_code()))
+}
+
+fn take_bits(mut bits: Vec<bool>, count: u16) -> Result<Vec<bool>, ModbusError> {
+    let want = usize::from(count);
+    if bits.len() < want {
+        return Err(ModbusError::UnexpectedResponse(format!(
+            "asked for {want} bits, got {}",
+            bits.len()
+        )));
+    }
+    bits.truncate(want);
+    Ok(bits)
+}
+
+fn exact_words(words: Vec<u16>, count: u16) -> Result<Vec<u16>, ModbusError> {
+    if words.len() != usize::from(count) {
+        return Err(ModbusError::UnexpectedResponse(format!(
+            "asked for {count} registers, got {}",
+            words.len()
+        )));
+    }
+    Ok(words)
+}

@@ -1,0 +1,257 @@
+//! The diode transport: a UDP socket that only ever sends.
+//!
+//! [`DiodeSender`] binds an ephemeral port on the wildcard address of the target's family and
+//! `connect`s it to the diode, so the kernel discards any datagram from anyone else. The socket
+//! is private and the type exposes one operation, [`DiodeSender::send_message`]: there is no
+//! receive path in the agent, by construction.
+//!
+//! Each message is cut into datagrams by `outpost_proto::frame::fragment` under a message id
+//! that starts at a random 64-bit value (so a restarted agent does not reuse recent ids) and
+//! goes up by one per message. Datagrams are paced to `max_datagrams_per_sec`: datagram *n* of
+//! the stream is not sent before `start + n / rate`, so the average rate never exceeds the limit
+//! (short bursts of about a timer tick's worth are possible).
+//!
+//! ICMP errors: on Linux a connected UDP socket reports an ICMP "port unreachable" for an
+//! earlier datagram as `ECONNREFUSED` on a later `send`, and that later datagram is not sent.
+//! The sender counts it (`SendReport::refused`), logs a warning, and sends the same datagram
+//! once more; other errors on a datagram are counted as failed and the remaining datagrams are
+//! still sent. Only when no datagram at all got out is `send_message` an error.
+
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use outpost_proto::frame::{self, FrameError};
+use ring::rand::{SecureRandom as _, SystemRandom};
+use tokio::time::Instant;
+
+/// How long one `send` may block when the socket buffer is full.
+const SEND_BLOCK_LIMIT: Duration = Duration::from_secs(1);
+
+/// Why a message could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum DiodeError {
+    #[error("diode {target}: cannot open UDP socket: {source}")]
+    Socket {
+        target: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("diode: cannot pick a random message id: the system random number generator failed")]
+    Rng,
+    #[error("diode {target}: cannot frame message: {0}", .source)]
+    Frame {
+        target: SocketAddr,
+        source: FrameError,
+    },
+    #[error("diode {target}: none of the {datagrams} datagrams could be sent ({refused} refused by ICMP); last error: {last}")]
+    NothingSent {
+        target: SocketAddr,
+        datagrams: usize,
+        refused: usize,
+        last: std::io::Error,
+    },
+}
+
+/// What one [`DiodeSender::send_message`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendReport {
+    pub message_id: u64,
+    pub datagrams: usize,
+    /// Datagrams the kernel accepted.
+    pub sent: usize,
+    /// `ECONNREFUSED` reports (ICMP port unreachable for an earlier datagram).
+    pub refused: usize,
+    /// Datagrams that could not be sent at all.
+    pub failed: usize,
+    /// Bytes put on the wire (UDP payloads).
+    pub bytes: usize,
+    pub duration: Duration,
+}
+
+/// A send-only, paced UDP sender to the diode.
+#[derive(Debug)]
+pub struct DiodeSender {
+    socket: UdpSocket,
+    target: SocketAddr,
+    next_id: u64,
+    spacing: Duration,
+    next_slot: Option<Instant>,
+}
+
+impl DiodeSender {
+    /// Opens a socket connected to `target`, paced to `max_datagrams_per_sec` (at least 1).
+    pub fn new(target: SocketAddr, max_datagrams_per_sec: u32) -> Result<DiodeSender, DiodeError> {
+        let socket_err = |source| DiodeError::Socket { target, source };
+        let local: SocketAddr = match target {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(local).map_err(socket_err)?;
+        socket.connect(target).map_err(socket_err)?;
+        socket
+            .set_write_timeout(Some(SEND_BLOCK_LIMIT))
+            .map_err(socket_err)?;
+        let mut seed = [0u8; 8];
+        SystemRandom::new()
+            .fill(&mut seed)
+            .map_err(|_| DiodeError::Rng)?;
+        Ok(DiodeSender {
+            socket,
+            target,
+            next_id: u64::from_be_bytes(seed),
+            spacing: Duration::from_secs(1) / max_datagrams_per_sec.max(1),
+            next_slot: None,
+        })
+    }
+
+    /// The diode address.
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// Frames `message` and sends its datagrams, paced.
+    pub async fn send_message(&mut self, message: &[u8]) -> Result<SendReport, DiodeError> {
+        let message_id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let datagrams = frame::fragment(message_id, message).map_err(|source| DiodeError::Frame {
+            target: self.target,
+            source,
+        })?;
+        let started = Instant::now();
+        let mut report = SendReport {
+            message_id,
+            datagrams: datagrams.len(),
+            sent: 0,
+            refused: 0,
+            failed: 0,
+            bytes: 0,
+            duration: Duration::ZERO,
+        };
+        let mut last_error = None;
+        for d in &datagrams {
+            self.pace().await;
+            let mut outcome = self.socket.send(d);
+            if matches!(&outcome, Err(e) if e.kind() == ErrorKind::ConnectionRefused) {
+                report.refused += 1;
+                tracing::warn!(
+                    target_addr = %self.target,
+                    message_id,
+                    "diode {}: ICMP port unreachable for an earlier datagram (nothing listening on the diode's port?); resending",
+                    self.target
+                );
+                outcome = self.socket.send(d);
+            }
+            match outcome {
+                Ok(n) => {
+                    report.sent += 1;
+                    report.bytes += n;
+                }
+                Err(e) => {
+                    if e.kind() == ErrorKind::ConnectionRefused {
+                        report.refused += 1;
+                    }
+                    report.failed += 1;
+                    tracing::warn!(message_id, "diode {}: datagram not sent: {e}", self.target);
+                    last_error = Some(e);
+                }
+            }
+        }
+        report.duration = started.elapsed();
+        match last_error {
+            Some(last) if report.sent == 0 => Err(DiodeError::NothingSent {
+                target: self.target,
+                datagrams: report.datagrams,
+                refused: report.refused,
+                last,
+            }),
+            _ => Ok(report),
+        }
+    }
+
+    /// Waits for the next send slot.
+    async fn pace(&mut self) {
+        let now = Instant::now();
+        let slot = match self.next_slot {
+            // Slots left unused while idle are not saved up for a later burst.
+            Some(slot) if slot > now => slot,
+            _ => now,
+        };
+        if slot > now {
+            tokio::time::sleep_until(slot).await;
+        }
+        self.next_slot = Some(slot + self.spacing);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use outpost_proto::reassembly::{ReassemblyLimits, Reassembler};
+
+    fn receiver() -> UdpSocket {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        rx
+    }
+
+    #[tokio::test]
+    async fn sends_a_message_that_reassembles() {
+        let rx = receiver();
+        let mut tx = DiodeSender::new(rx.local_addr().unwrap(), 100_000).unwrap();
+        let message: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let report = tx.send_message(&message).await.unwrap();
+        assert_eq!(report.datagrams, frame::fragment_count(message.len()));
+        assert_eq!(report.sent, report.datagrams);
+        assert_eq!((report.refused, report.failed), (0, 0));
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let mut buf = [0u8; 2048];
+        let mut done = None;
+        for _ in 0..report.datagrams {
+            let (n, from) = rx.recv_from(&mut buf).unwrap();
+            assert!(n <= frame::MAX_DATAGRAM);
+            if let Some(m) = r.push(from, &buf[..n], 0).unwrap() {
+                done = Some(m);
+            }
+        }
+        assert_eq!(done.as_deref(), Some(&message[..]));
+
+        // The next message has the next id.
+        let again = tx.send_message(b"x").await.unwrap();
+        assert_eq!(again.message_id, report.message_id.wrapping_add(1));
+    }
+
+    #[tokio::test]
+    async fn paces_datagrams() {
+        let rx = receiver();
+        let mut tx = DiodeSender::new(rx.local_addr().unwrap(), 200).unwrap();
+        let message = vec![1u8; frame::MAX_PAYLOAD * 20];
+        let report = tx.send_message(&message).await.unwrap();
+        assert_eq!(report.datagrams, 20);
+        // 20 datagrams at 200/s: the 20th is due 95 ms after the first.
+        assert!(report.duration >= Duration::from_millis(90), "{report:?}");
+        assert!(report.duration < Duration::from_secs(2), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_counted_not_fatal() {
+        // Bind then drop: the port is (almost certainly) closed for the rest of the test.
+        let closed = receiver().local_addr().unwrap();
+        let mut tx = DiodeSender::new(closed, 10_000).unwrap();
+        let message = vec![2u8; frame::MAX_PAYLOAD * 5];
+        let first = tx.send_message(&message).await.unwrap();
+        assert_eq!(first.datagrams, 5);
+        assert_eq!(first.sent, 5, "{first:?}");
+        assert!(first.refused >= 1, "{first:?}");
+    }
+
+    #[test]
+    fn refuses_empty_message() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut tx = DiodeSender::new("127.0.0.1:9".parse().unwrap(), 10).unwrap();
+        let err = rt.block_on(tx.send_message(b"")).unwrap_err();
+        assert!(err.to_string().contains("empty message"), "{err}");
+    }
+}

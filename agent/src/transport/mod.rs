@@ -1,0 +1,3 @@
+//! Transports that carry sealed envelopes out of the zone. Today: the UDP diode.
+
+pub mod diode;
