@@ -221,13 +221,17 @@ fn check_hostname(host: &str) -> Result<(), String> {
             return Err(format!("{host:?} is not a valid host name or IP address"));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err(format!("{host:?}: host name labels cannot start or end with '-'"));
+            return Err(format!(
+                "{host:?}: host name labels cannot start or end with '-'"
+            ));
         }
         if let Some(bad) = label
             .chars()
             .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
         {
-            return Err(format!("{host:?} contains {bad:?}; not a host name or IP address"));
+            return Err(format!(
+                "{host:?} contains {bad:?}; not a host name or IP address"
+            ));
         }
     }
     Ok(())
@@ -313,7 +317,8 @@ impl Config {
             message: e.to_string().trim_end().to_owned(),
         })?;
         let mut problems = Vec::new();
-        let mut problem = |field: String, message: String| problems.push(Problem { field, message });
+        let mut problem =
+            |field: String, message: String| problems.push(Problem { field, message });
 
         if raw.poll_interval < MIN_POLL_INTERVAL {
             problem(
@@ -464,7 +469,10 @@ fn check_unit_ids(at: &str, ids: &[u8], problem: &mut impl FnMut(String, String)
                 "0 is the Modbus broadcast address and is never polled; use the device's unit id (often 1 or 255)".into(),
             );
         } else if !seen.insert(id) {
-            problem(format!("{at}.unit_ids[{j}]"), format!("{id} is listed twice"));
+            problem(
+                format!("{at}.unit_ids[{j}]"),
+                format!("{id} is listed twice"),
+            );
         }
     }
 }
@@ -478,7 +486,10 @@ fn check_blocks(at: &str, blocks: &[BlockConfig], problem: &mut impl FnMut(Strin
         } else if !names.insert(b.name.as_str()) {
             problem(
                 format!("{at}.name"),
-                format!("{:?} is used by an earlier block of this device; block names must be unique per device", b.name),
+                format!(
+                    "{:?} is used by an earlier block of this device; block names must be unique per device",
+                    b.name
+                ),
             );
         }
         let (max, unit) = match b.kind {
@@ -486,11 +497,17 @@ fn check_blocks(at: &str, blocks: &[BlockConfig], problem: &mut impl FnMut(Strin
             RegisterKind::Coil | RegisterKind::DiscreteInput => (MAX_BITS_PER_READ, "bits"),
         };
         if b.count == 0 {
-            problem(format!("{at}.count"), "0: a block must read at least one value".into());
+            problem(
+                format!("{at}.count"),
+                "0: a block must read at least one value".into(),
+            );
         } else if b.count > max {
             problem(
                 format!("{at}.count"),
-                format!("{} is more than {max} {unit} per read; split the block", b.count),
+                format!(
+                    "{} is more than {max} {unit} per read; split the block",
+                    b.count
+                ),
             );
         }
         let end = u32::from(b.start) + u32::from(b.count);
@@ -602,7 +619,10 @@ unit_ids = [3, 4]
         let err = Config::parse(&GOOD.replace("gw-line1", "gw line1"), "a.toml")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("contains ' '") && err.contains("line 2"), "{err}");
+        assert!(
+            err.contains("contains ' '") && err.contains("line 2"),
+            "{err}"
+        );
         let err = Config::parse(&GOOD.replace("\"holding\"", "\"holdings\""), "a.toml")
             .unwrap_err()
             .to_string();
@@ -638,7 +658,9 @@ unit_ids = [3, 4]
         let p = invalid(&GOOD.replace("\"drive\"", "\"mixer-plc\""));
         assert_eq!(
             p,
-            vec!["devices[1].name: \"mixer-plc\" is used by an earlier device; device names must be unique"]
+            vec![
+                "devices[1].name: \"mixer-plc\" is used by an earlier device; device names must be unique"
+            ]
         );
         let text = with_device(
             r#"[[devices]]
@@ -676,7 +698,9 @@ count = 1
         let p = invalid(&block("holding", 65500, 100));
         assert_eq!(
             p,
-            vec!["devices[0].blocks[0].count: start 65500 + count 100 runs past the last address 65535"]
+            vec![
+                "devices[0].blocks[0].count: start 65500 + count 100 runs past the last address 65535"
+            ]
         );
     }
 
@@ -689,18 +713,34 @@ count = 1
         assert_eq!(ok("[fd00::1]").port, 502);
         assert_eq!(ok("fd00::1").port, 502);
         assert_eq!(ok("[fd00::1]:5020").to_string(), "[fd00::1]:5020");
-        for bad in ["", "10.0.0.1:0", "10.0.0.1:99999", "plc_1:502", "a..b", "[10.0.0.1]:502", "x:y", "-a"] {
+        for bad in [
+            "",
+            "10.0.0.1:0",
+            "10.0.0.1:99999",
+            "plc_1:502",
+            "a..b",
+            "[10.0.0.1]:502",
+            "x:y",
+            "-a",
+        ] {
             assert!(DeviceAddress::parse(bad).is_err(), "{bad:?} accepted");
         }
         let p = invalid(&GOOD.replace("10.20.0.11", "10.20.0.11:http"));
-        assert!(p[0].starts_with("devices[0].address: \"10.20.0.11:http\": port \"http\""), "{p:?}");
+        assert!(
+            p[0].starts_with("devices[0].address: \"10.20.0.11:http\": port \"http\""),
+            "{p:?}"
+        );
     }
 
     #[test]
     fn diode_target_must_be_ip_and_port() {
         let p = invalid(&GOOD.replace("192.0.2.10:7000", "diode.local:7000"));
-        assert!(p[0].starts_with("diode.target: \"diode.local:7000\" is not an IP address with a port"));
-        assert!(invalid(&GOOD.replace("192.0.2.10:7000", "192.0.2.10"))[0].starts_with("diode.target"));
+        assert!(
+            p[0].starts_with("diode.target: \"diode.local:7000\" is not an IP address with a port")
+        );
+        assert!(
+            invalid(&GOOD.replace("192.0.2.10:7000", "192.0.2.10"))[0].starts_with("diode.target")
+        );
         assert!(invalid(&GOOD.replace("192.0.2.10:7000", "192.0.2.10:0"))[0].contains("port 0"));
         let c = Config::parse(&GOOD.replace("192.0.2.10:7000", "[::1]:7000"), "a.toml").unwrap();
         assert_eq!(c.diode.target.port(), 7000);
@@ -709,10 +749,16 @@ count = 1
     #[test]
     fn durations_and_limits() {
         let p = invalid(&GOOD.replace("\"30s\"", "\"500ms\""));
-        assert_eq!(p, vec!["poll_interval: 500ms is shorter than the 1s minimum"]);
+        assert_eq!(
+            p,
+            vec!["poll_interval: 500ms is shorter than the 1s minimum"]
+        );
         let p = invalid(&GOOD.replace("\"500ms\"", "\"0s\""));
         assert_eq!(p, vec!["modbus.request_timeout: must be longer than 0s"]);
-        let text = GOOD.replace("[modbus]", "[modbus]\nmax_parallel_devices = 0\nconnect_timeout = \"0s\"");
+        let text = GOOD.replace(
+            "[modbus]",
+            "[modbus]\nmax_parallel_devices = 0\nconnect_timeout = \"0s\"",
+        );
         assert_eq!(invalid(&text).len(), 2);
         let err = Config::parse(&GOOD.replace("\"30s\"", "\"30 parsecs\""), "a.toml")
             .unwrap_err()
@@ -724,7 +770,10 @@ count = 1
     fn zero_devices_must_be_explicit() {
         let head = GOOD.split("[[devices]]").next().unwrap_or_default();
         let p = invalid(head);
-        assert!(p[0].starts_with("devices: no [[devices]] configured"), "{p:?}");
+        assert!(
+            p[0].starts_with("devices: no [[devices]] configured"),
+            "{p:?}"
+        );
         let c = Config::parse(&format!("devices = []\n{head}"), "a.toml").unwrap();
         assert!(c.devices.is_empty());
     }
@@ -742,7 +791,12 @@ count = 1
 
     #[test]
     fn missing_file_is_named() {
-        let err = Config::load("/nonexistent/outpost/agent.toml").unwrap_err().to_string();
-        assert!(err.starts_with("/nonexistent/outpost/agent.toml: cannot read config"), "{err}");
+        let err = Config::load("/nonexistent/outpost/agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("/nonexistent/outpost/agent.toml: cannot read config"),
+            "{err}"
+        );
     }
 }

@@ -209,10 +209,16 @@ mod tests {
         let err = generate(dir.path(), None).unwrap_err();
         assert!(matches!(err, KeyFileError::Exists { .. }), "{err}");
         assert!(err.to_string().contains("--force"));
-        assert_eq!(load_private(&first.private_path).unwrap().key_id(), first.key_id);
+        assert_eq!(
+            load_private(&first.private_path).unwrap().key_id(),
+            first.key_id
+        );
         let second = generate_with(dir.path(), None, true).unwrap();
         assert_ne!(second.key_id, first.key_id);
-        assert_eq!(load_private(&second.private_path).unwrap().key_id(), second.key_id);
+        assert_eq!(
+            load_private(&second.private_path).unwrap().key_id(),
+            second.key_id
+        );
         assert_eq!(mode(&second.private_path), 0o600);
     }
 
@@ -242,11 +248,17 @@ mod tests {
         fs::write(&path, b"not a key").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         let msg = load_private(&path).unwrap_err().to_string();
-        assert!(msg.contains("not a valid Ed25519 PKCS#8") && msg.contains("keygen"), "{msg}");
+        assert!(
+            msg.contains("not a valid Ed25519 PKCS#8") && msg.contains("keygen"),
+            "{msg}"
+        );
         let msg = load_private(&dir.path().join("missing.key"))
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("missing.key: cannot open private key"), "{msg}");
+        assert!(
+            msg.contains("missing.key: cannot open private key"),
+            "{msg}"
+        );
         let msg = load_private(dir.path()).unwrap_err().to_string();
         assert!(msg.contains("not a regular file"), "{msg}");
     }

@@ -1,1 +1,188 @@
-fn main() {}
+//! `outpost-agent`: the command line around the agent library.
+//!
+//! - `keygen --out DIR [--agent ID] [--force]`: write `agent.key` (0600) and `agent.pub`.
+//! - `run --config FILE [--once]`: poll and send every `poll_interval` until SIGTERM/SIGINT, or
+//!   one cycle with `--once` (exit 0 when the envelope was sent; unreachable devices are reported
+//!   inside the summary, not as a failure).
+//! - `check-config --config FILE`: validate and print what would be polled.
+//!
+//! Logs go to stderr (`RUST_LOG` respected, default `info`); the runtime is tokio's
+//! current-thread one, to keep a small gateway's footprint small.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use outpost_agent::{Agent, Config, keyfile};
+use outpost_proto::AgentId;
+
+#[derive(Parser)]
+#[command(
+    name = "outpost-agent",
+    version,
+    about = "Outpost edge agent: read-only Modbus TCP inventory, signed summaries over a one-way UDP diode"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate the agent's signing key: DIR/agent.key (mode 0600) and DIR/agent.pub.
+    Keygen {
+        /// Directory to write the key files into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Agent id to write into agent.pub (the collector enrolls it under this id).
+        #[arg(long, value_name = "ID")]
+        agent: Option<AgentId>,
+        /// Replace an existing key (the collector must then enroll the new agent.pub).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Poll the configured devices and send signed summaries over the diode.
+    Run {
+        /// The agent's TOML config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Run one cycle and exit: 0 when the summary was sent.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Validate a config and print what would be polled.
+    CheckConfig {
+        /// The agent's TOML config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Keygen { out, agent, force } => keygen(out, agent, force),
+        Command::CheckConfig { config } => check_config(config),
+        Command::Run { config, once } => run(config, once),
+    }
+}
+
+fn keygen(out: PathBuf, agent: Option<AgentId>, force: bool) -> anyhow::Result<()> {
+    let g = keyfile::generate_with(&out, agent.as_ref(), force)?;
+    println!("key id:      {}", g.key_id);
+    println!("private key: {}", g.private_path.display());
+    println!("public key:  {}", g.public_path.display());
+    println!(
+        "enroll it at the collector: outpost-collector enroll --db FILE --zone ZONE --key {}",
+        g.public_path.display()
+    );
+    Ok(())
+}
+
+fn check_config(path: PathBuf) -> anyhow::Result<()> {
+    let c = Config::load(&path)?;
+    println!("{}: OK", path.display());
+    println!("agent {} in zone {}", c.agent_id, c.zone);
+    println!("key file:  {}", c.key_file.display());
+    println!("state dir: {}", c.state_dir.display());
+    println!(
+        "every {}, to diode {} at up to {} datagrams/s",
+        humantime::format_duration(c.poll_interval),
+        c.diode.target,
+        c.diode.max_datagrams_per_sec
+    );
+    let m = &c.modbus;
+    println!(
+        "modbus: connect timeout {}, request timeout {}, gap {}, {} devices in parallel",
+        humantime::format_duration(m.connect_timeout),
+        humantime::format_duration(m.request_timeout),
+        humantime::format_duration(m.min_request_gap),
+        m.max_parallel_devices
+    );
+    if c.devices.is_empty() {
+        println!("no devices: gateway facts only");
+    }
+    for d in &c.devices {
+        let units: Vec<String> = d.unit_ids.iter().map(u8::to_string).collect();
+        println!(
+            "device {} at {} unit ids [{}]",
+            d.name,
+            d.address,
+            units.join(", ")
+        );
+        for b in &d.blocks {
+            println!(
+                "  block {}: {} {}..{} ({} values)",
+                b.name,
+                b.kind.as_str(),
+                b.start,
+                u32::from(b.start) + u32::from(b.count) - 1,
+                b.count
+            );
+        }
+    }
+    println!("{} assets per cycle", c.asset_count());
+    Ok(())
+}
+
+fn run(path: PathBuf, once: bool) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(4)
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let mut agent = Agent::new(config)?;
+        if once {
+            let report = agent.run_cycle().await?;
+            tracing::debug!(?report, "single cycle done");
+            return Ok(());
+        }
+        agent.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or SIGINT. If the handlers cannot be installed, it never completes
+/// (the process can still be killed) and says so.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (term, int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cannot install signal handlers: {e}; stop the agent with SIGKILL");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    let (mut term, mut int) = (term, int);
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

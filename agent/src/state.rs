@@ -142,7 +142,10 @@ impl StateDir {
             }
         };
         if meta.len() > MAX_TIP_FILE {
-            return Err(corrupt(format!("{} bytes, far larger than a tip", meta.len())));
+            return Err(corrupt(format!(
+                "{} bytes, far larger than a tip",
+                meta.len()
+            )));
         }
         let bytes = fs::read(path).map_err(|source| StateError::Io {
             path: path.clone(),
@@ -153,8 +156,8 @@ impl StateDir {
         if text.trim().is_empty() {
             return Err(corrupt("the file is empty".into()));
         }
-        let file: TipFile = toml::from_str(&text)
-            .map_err(|e| corrupt(e.message().trim_end().to_owned()))?;
+        let file: TipFile =
+            toml::from_str(&text).map_err(|e| corrupt(e.message().trim_end().to_owned()))?;
         let hash = Digest::from_hex(&file.hash)
             .ok_or_else(|| corrupt("hash is not 64 hex digits".into()))?;
         Ok(ChainTip {

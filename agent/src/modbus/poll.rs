@@ -68,19 +68,21 @@ async fn connect(device: &DeviceConfig, timing: Timing) -> Result<ReadOnlyClient
     let host = device.address.host.as_str();
     let port = device.address.port;
     let first_unit = device.unit_ids.first().copied().unwrap_or(1);
-    let addrs: Vec<SocketAddr> =
-        match tokio::time::timeout(timing.connect_timeout, tokio::net::lookup_host((host, port)))
-            .await
-        {
-            Err(_) => {
-                return Err(format!(
-                    "cannot resolve host {host:?}: no answer within {}",
-                    humantime::format_duration(timing.connect_timeout)
-                ));
-            }
-            Ok(Err(e)) => return Err(format!("cannot resolve host {host:?}: {e}")),
-            Ok(Ok(addrs)) => addrs.take(MAX_ADDRESSES).collect(),
-        };
+    let addrs: Vec<SocketAddr> = match tokio::time::timeout(
+        timing.connect_timeout,
+        tokio::net::lookup_host((host, port)),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(format!(
+                "cannot resolve host {host:?}: no answer within {}",
+                humantime::format_duration(timing.connect_timeout)
+            ));
+        }
+        Ok(Err(e)) => return Err(format!("cannot resolve host {host:?}: {e}")),
+        Ok(Ok(addrs)) => addrs.take(MAX_ADDRESSES).collect(),
+    };
     let mut last = format!("host {host:?} resolved to no address");
     for addr in addrs {
         match ReadOnlyClient::connect(addr, first_unit, timing).await {
@@ -218,13 +220,9 @@ pub async fn read_block(
         match block.kind {
             RegisterKind::Holding => values.extend(client.read_holding_registers(addr, n).await?),
             RegisterKind::Input => values.extend(client.read_input_registers(addr, n).await?),
-            RegisterKind::Coil => values.extend(
-                client
-                    .read_coils(addr, n)
-                    .await?
-                    .into_iter()
-                    .map(u16::from),
-            ),
+            RegisterKind::Coil => {
+                values.extend(client.read_coils(addr, n).await?.into_iter().map(u16::from))
+            }
             RegisterKind::DiscreteInput => values.extend(
                 client
                     .read_discrete_inputs(addr, n)

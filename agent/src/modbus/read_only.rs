@@ -111,8 +111,7 @@ impl std::fmt::Debug for ReadOnlyClient {
 }
 
 async fn open(peer: SocketAddr, unit: u8, timeout: Duration) -> Result<Context, ModbusError> {
-    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(peer)).await
-    {
+    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(peer)).await {
         Err(_) => return Err(ModbusError::ConnectTimeout(timeout)),
         Ok(Err(e)) => return Err(ModbusError::Connect(e)),
         Ok(Ok(s)) => s,
@@ -180,7 +179,10 @@ impl ReadOnlyClient {
         addr: u16,
         count: u16,
     ) -> Result<Vec<u16>, ModbusError> {
-        match self.call(Request::ReadHoldingRegisters(addr, count)).await? {
+        match self
+            .call(Request::ReadHoldingRegisters(addr, count))
+            .await?
+        {
             Response::ReadHoldingRegisters(words) => exact_words(words, count),
             other => Err(unexpected("FC 3", &other)),
         }

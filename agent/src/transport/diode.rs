@@ -43,7 +43,9 @@ pub enum DiodeError {
         target: SocketAddr,
         source: FrameError,
     },
-    #[error("diode {target}: none of the {datagrams} datagrams could be sent ({refused} refused by ICMP); last error: {last}")]
+    #[error(
+        "diode {target}: none of the {datagrams} datagrams could be sent ({refused} refused by ICMP); last error: {last}"
+    )]
     NothingSent {
         target: SocketAddr,
         datagrams: usize,
@@ -113,10 +115,11 @@ impl DiodeSender {
     pub async fn send_message(&mut self, message: &[u8]) -> Result<SendReport, DiodeError> {
         let message_id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let datagrams = frame::fragment(message_id, message).map_err(|source| DiodeError::Frame {
-            target: self.target,
-            source,
-        })?;
+        let datagrams =
+            frame::fragment(message_id, message).map_err(|source| DiodeError::Frame {
+                target: self.target,
+                source,
+            })?;
         let started = Instant::now();
         let mut report = SendReport {
             message_id,
@@ -186,7 +189,7 @@ impl DiodeSender {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outpost_proto::reassembly::{ReassemblyLimits, Reassembler};
+    use outpost_proto::reassembly::{Reassembler, ReassemblyLimits};
 
     fn receiver() -> UdpSocket {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
