@@ -1,1 +1,10 @@
+//! Outpost's test bed: everything needed to exercise the agent and the collector against
+//! something that behaves like a plant, without a plant.
+//!
+//! - [`sim`]: a Modbus TCP plant simulator (tokio-modbus server) with realistic device
+//!   identities, volatile process values, misbehaving devices and per-function-code counters.
+//! - [`harness`]: small helpers for end-to-end tests (built binaries, child processes killed
+//!   on drop, bounded waiting, free loopback ports, temp dirs, ready files).
 
+pub mod harness;
+pub mod sim;
