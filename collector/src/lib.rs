@@ -1,1 +1,24 @@
+//! The Outpost collector: the IT side of the conduit.
+//!
+//! Datagrams arrive over a one-way UDP diode ([`serve`]), are reassembled into envelopes
+//! (`outpost_proto::reassembly`), verified and judged ([`ingest`]), and applied to a SQLite CMDB
+//! in one transaction per envelope ([`cmdb`]). Everything refused is counted, logged and kept in
+//! the quarantine table. [`render`] turns the read side ([`cmdb::query`]) into text tables for
+//! people and versioned JSON documents for scripts (see `docs/json.md`).
+//!
+//! - [`cmdb`]: the database: schema and migrations, trusted keys, applying summaries, queries.
+//! - [`ingest`]: envelope bytes in, applied or quarantined out; no sockets.
+//! - [`serve`]: the UDP listener around the reassembler and a blocking ingest thread.
+//! - [`render`]: tables and JSON documents.
 
+pub mod cmdb;
+pub mod ingest;
+pub mod lograte;
+pub mod render;
+pub mod serve;
+pub mod table;
+pub mod time;
+
+pub use cmdb::{Cmdb, CmdbError};
+pub use ingest::{Applied, Ingest, Reason, Rejected};
+pub use serve::{ServeConfig, ServeError, ServeStats, serve};

@@ -1,0 +1,587 @@
+//! Applying one verified summary to the CMDB, in ONE transaction.
+//!
+//! The envelope row, the agent's new chain tip, the chain events (first seen, gap, break), the
+//! gateway CI, every field-device CI with its attributes, attribute history, relations and
+//! events, and the counters describing all of it are written together or not at all.
+//!
+//! Speed: the agent's assets and their content hashes are read with one query per envelope;
+//! an asset whose observation hashes the same as last time only gets its timestamps touched.
+//! Only a changed asset has its attributes read and compared (see [`super::attributes`]).
+//!
+//! Times written here are the collector's receive time ([`EnvelopeMeta::received_at_ms`]); the
+//! agent's clock is kept in the envelope row.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use outpost_proto::model::{AssetObservation, HostFacts, Summary};
+use outpost_proto::{AgentId, ChainTip, Digest, KeyId, SequenceVerdict, ZoneId};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use serde_json::json;
+
+use super::attributes::{self, answered, status_name};
+use super::record::{self, EventScope, kind};
+use super::{Cmdb, CmdbError, ci_key};
+use crate::time::sql_int;
+
+/// Everything about an accepted envelope that the CMDB records besides its body.
+#[derive(Debug, Clone)]
+pub struct EnvelopeMeta<'a> {
+    pub agent: &'a AgentId,
+    pub zone: &'a ZoneId,
+    pub key_id: KeyId,
+    pub seq: u64,
+    pub hash: Digest,
+    pub prev_hash: Digest,
+    /// The agent's clock when it sealed the envelope.
+    pub agent_time_ms: u64,
+    /// The body kind (`summary`).
+    pub kind: &'static str,
+    pub verdict: SequenceVerdict,
+    /// The agent's chain tip before this envelope (`None` before its first).
+    pub previous: Option<ChainTip>,
+    pub peer: &'a str,
+    pub received_at_ms: u64,
+    /// The wire bytes, stored verbatim.
+    pub raw: &'a [u8],
+}
+
+/// What applying one summary did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOutcome {
+    pub assets: usize,
+    pub assets_new: usize,
+    pub assets_changed: usize,
+    pub assets_unchanged: usize,
+    pub attribute_changes: usize,
+    pub events: usize,
+}
+
+/// The stored name of a sequence verdict.
+pub fn verdict_name(v: &SequenceVerdict) -> &'static str {
+    match v {
+        SequenceVerdict::First => "first",
+        SequenceVerdict::Next => "next",
+        SequenceVerdict::Gap { .. } => "gap",
+        SequenceVerdict::ChainBreak => "chain_break",
+        SequenceVerdict::Replay { .. } => "replay",
+    }
+}
+
+impl Cmdb {
+    /// Applies a verified, judged summary in one transaction.
+    pub fn apply_summary(
+        &mut self,
+        meta: &EnvelopeMeta<'_>,
+        summary: &Summary,
+    ) -> Result<ApplyOutcome, CmdbError> {
+        let path = self.path().to_owned();
+        let sqlite = |source| CmdbError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn_mut()
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sqlite)?;
+        let out = {
+            let mut w = Writer {
+                tx: &tx,
+                meta,
+                hash_hex: meta.hash.to_string(),
+                zone_ci: ci_key::zone(meta.zone.as_str()),
+                agent_ci: ci_key::agent(meta.agent.as_str()),
+                now: sql_int(meta.received_at_ms),
+                out: ApplyOutcome::default(),
+                counters: BTreeMap::new(),
+            };
+            w.envelope().map_err(sqlite)?;
+            w.chain_events().map_err(sqlite)?;
+            if let Some(gateway) = &summary.gateway {
+                w.gateway(gateway).map_err(sqlite)?;
+            }
+            w.assets(&summary.assets).map_err(sqlite)?;
+            w.flush_counters().map_err(sqlite)?;
+            w.out
+        };
+        tx.commit().map_err(sqlite)?;
+        Ok(out)
+    }
+}
+
+struct Writer<'t, 'm> {
+    tx: &'t Transaction<'t>,
+    meta: &'m EnvelopeMeta<'m>,
+    hash_hex: String,
+    zone_ci: String,
+    agent_ci: String,
+    now: i64,
+    out: ApplyOutcome,
+    counters: BTreeMap<&'static str, i64>,
+}
+
+/// An asset's stored state, read only when its observation changed.
+struct Stored {
+    id: i64,
+    agent: String,
+    status: String,
+    attributes: HashMap<String, Option<String>>,
+}
+
+impl Writer<'_, '_> {
+    fn count(&mut self, name: &'static str, delta: i64) {
+        *self.counters.entry(name).or_insert(0) += delta;
+    }
+
+    fn event(
+        &mut self,
+        kind: &'static str,
+        asset: Option<&str>,
+        detail: serde_json::Value,
+    ) -> rusqlite::Result<()> {
+        let scope = EventScope {
+            agent: Some(self.meta.agent.as_str()),
+            zone: Some(self.meta.zone.as_str()),
+            asset,
+        };
+        record::event(self.tx, self.meta.received_at_ms, kind, scope, &detail)?;
+        self.out.events += 1;
+        Ok(())
+    }
+
+    fn envelope(&mut self) -> rusqlite::Result<()> {
+        let m = self.meta;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO envelopes (agent_id, seq, hash, prev_hash, key_id, zone,
+                     agent_time_ms, kind, verdict, received_at_ms, peer, raw)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            )?
+            .execute(params![
+                m.agent.as_str(),
+                sql_int(m.seq),
+                self.hash_hex,
+                m.prev_hash.to_string(),
+                m.key_id.to_string(),
+                m.zone.as_str(),
+                sql_int(m.agent_time_ms),
+                m.kind,
+                verdict_name(&m.verdict),
+                self.now,
+                m.peer,
+                m.raw,
+            ])?;
+        self.tx
+            .prepare_cached(
+                "UPDATE agents SET first_seen_ms = COALESCE(first_seen_ms, ?2),
+                     last_seen_ms = ?2, last_seq = ?3, last_hash = ?4,
+                     last_envelope_agent_ms = ?5, last_peer = ?6,
+                     envelopes_accepted = envelopes_accepted + 1
+                 WHERE agent_id = ?1",
+            )?
+            .execute(params![
+                m.agent.as_str(),
+                self.now,
+                sql_int(m.seq),
+                self.hash_hex,
+                sql_int(m.agent_time_ms),
+                m.peer,
+            ])?;
+        self.count("envelopes_accepted", 1);
+        Ok(())
+    }
+
+    fn chain_events(&mut self) -> rusqlite::Result<()> {
+        let m = self.meta;
+        match m.verdict {
+            SequenceVerdict::First => {
+                self.count("agents_first_seen", 1);
+                let detail = json!({
+                    "first_seq": m.seq,
+                    "key_id": m.key_id.to_string(),
+                    "peer": m.peer,
+                });
+                self.event(kind::AGENT_FIRST_SEEN, None, detail)?;
+            }
+            SequenceVerdict::Gap { from, to } => {
+                let missing = to.saturating_sub(from).saturating_add(1);
+                self.count("sequence_gaps", 1);
+                self.count("envelopes_missing", sql_int(missing));
+                let detail = json!({
+                    "from_seq": from,
+                    "to_seq": to,
+                    "missing": missing,
+                    "received_seq": m.seq,
+                });
+                self.event(kind::SEQUENCE_GAP, None, detail)?;
+            }
+            SequenceVerdict::ChainBreak => {
+                self.count("chain_breaks", 1);
+                let expected = m.previous.map(|t| t.hash.to_string());
+                let detail = json!({
+                    "seq": m.seq,
+                    "prev_hash": m.prev_hash.to_string(),
+                    "expected_prev_hash": expected,
+                });
+                self.event(kind::CHAIN_BREAK, None, detail)?;
+            }
+            SequenceVerdict::Next | SequenceVerdict::Replay { .. } => {}
+        }
+        Ok(())
+    }
+
+    fn gateway(&mut self, g: &HostFacts) -> rusqlite::Result<()> {
+        let gateway_ci = ci_key::gateway(self.meta.agent.as_str());
+        let interfaces = serde_json::to_string(&g.interfaces).unwrap_or_else(|_| "[]".into());
+        self.tx
+            .prepare_cached(
+                "INSERT INTO gateways (ci_key, agent_id, zone, hostname, os_name, os_version,
+                     kernel_version, cpu_arch, cpu_count, memory_bytes, boot_time_ms,
+                     interfaces_json, agent_version, first_seen_ms, last_seen_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?14)
+                 ON CONFLICT (ci_key) DO UPDATE SET zone = excluded.zone,
+                     hostname = excluded.hostname, os_name = excluded.os_name,
+                     os_version = excluded.os_version, kernel_version = excluded.kernel_version,
+                     cpu_arch = excluded.cpu_arch, cpu_count = excluded.cpu_count,
+                     memory_bytes = excluded.memory_bytes, boot_time_ms = excluded.boot_time_ms,
+                     interfaces_json = excluded.interfaces_json,
+                     agent_version = excluded.agent_version, last_seen_ms = excluded.last_seen_ms",
+            )?
+            .execute(params![
+                gateway_ci,
+                self.meta.agent.as_str(),
+                self.meta.zone.as_str(),
+                g.hostname,
+                g.os_name,
+                g.os_version,
+                g.kernel_version,
+                g.cpu_arch,
+                i64::from(g.cpu_count),
+                sql_int(g.memory_bytes),
+                sql_int(g.boot_time.saturating_mul(1000)),
+                interfaces,
+                g.agent_version,
+                self.now,
+            ])?;
+        self.relation(&gateway_ci, "hosts", &self.agent_ci.clone())
+    }
+
+    fn relation(&mut self, from: &str, rel: &str, to: &str) -> rusqlite::Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO relations (from_ci, type, to_ci, since_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![from, rel, to, self.now])?;
+        Ok(())
+    }
+
+    fn assets(&mut self, observations: &[AssetObservation]) -> rusqlite::Result<()> {
+        // One query for every asset this agent reported before: key → (id, content hash).
+        let mut known: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
+        {
+            let mut stmt = self.tx.prepare_cached(
+                "SELECT ci_key, asset_id, content_hash FROM assets WHERE agent_id = ?1",
+            )?;
+            let rows = stmt.query_map([self.meta.agent.as_str()], |r| {
+                Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?)))
+            })?;
+            for row in rows {
+                let (key, value) = row?;
+                known.insert(key, value);
+            }
+        }
+        let mut seen = HashSet::with_capacity(observations.len());
+        for obs in observations {
+            let key = ci_key::asset(self.meta.zone, &obs.endpoint, obs.unit_id);
+            if !seen.insert(key.clone()) {
+                // The agent listed one device twice; the first entry wins.
+                tracing::warn!(agent = %self.meta.agent, seq = self.meta.seq, asset = %key,
+                    "summary lists this device more than once; keeping the first entry");
+                self.count("summary_duplicate_assets", 1);
+                continue;
+            }
+            self.out.assets += 1;
+            let hash = attributes::content_hash(obs);
+            match known.get(&key) {
+                Some((id, stored)) if stored.as_slice() == hash.as_slice() => {
+                    self.touch(*id, obs)?;
+                    self.out.assets_unchanged += 1;
+                }
+                _ => match self.load(&key)? {
+                    Some(stored) => self.update(&key, stored, obs, &hash)?,
+                    None => self.insert(&key, obs, &hash)?,
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn touch(&mut self, id: i64, obs: &AssetObservation) -> rusqlite::Result<()> {
+        self.tx
+            .prepare_cached(
+                "UPDATE assets SET last_polled_ms = ?2,
+                     last_seen_ms = CASE WHEN ?3 THEN ?2 ELSE last_seen_ms END,
+                     last_envelope_seq = ?4
+                 WHERE asset_id = ?1",
+            )?
+            .execute(params![
+                id,
+                self.now,
+                answered(&obs.status),
+                sql_int(self.meta.seq)
+            ])?;
+        Ok(())
+    }
+
+    fn load(&mut self, key: &str) -> rusqlite::Result<Option<Stored>> {
+        let row: Option<(i64, String, String)> = self
+            .tx
+            .prepare_cached("SELECT asset_id, agent_id, status FROM assets WHERE ci_key = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((id, agent, status)) = row else {
+            return Ok(None);
+        };
+        let mut attributes = HashMap::new();
+        let mut stmt = self
+            .tx
+            .prepare_cached("SELECT attribute, value FROM asset_attributes WHERE asset_id = ?1")?;
+        for row in stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
+            let (name, value) = row?;
+            attributes.insert(name, value);
+        }
+        Ok(Some(Stored {
+            id,
+            agent,
+            status,
+            attributes,
+        }))
+    }
+
+    fn insert(&mut self, key: &str, obs: &AssetObservation, hash: &[u8]) -> rusqlite::Result<()> {
+        let attrs: HashMap<String, Option<String>> = attributes::observed(obs)
+            .into_iter()
+            .filter(|(_, v)| v.is_some())
+            .collect();
+        let col = |name: &str| attrs.get(name).cloned().flatten();
+        let seen = answered(&obs.status).then_some(self.now);
+        self.tx
+            .prepare_cached(
+                "INSERT INTO assets (ci_key, zone, agent_id, name, endpoint, unit_id,
+                     vendor_name, product_code, revision, vendor_url, product_name, model_name,
+                     user_application_name, ident_method, status, last_problem, content_hash,
+                     first_seen_ms, last_seen_ms, last_polled_ms, last_envelope_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                     ?17, ?18, ?19, ?18, ?20)",
+            )?
+            .execute(params![
+                key,
+                self.meta.zone.as_str(),
+                self.meta.agent.as_str(),
+                obs.name,
+                obs.endpoint.to_string(),
+                obs.unit_id,
+                col("vendor_name"),
+                col("product_code"),
+                col("revision"),
+                col("vendor_url"),
+                col("product_name"),
+                col("model_name"),
+                col("user_application_name"),
+                col("ident_method").unwrap_or_else(|| "none".into()),
+                status_name(&obs.status),
+                attributes::problem_text(obs),
+                hash,
+                self.now,
+                seen,
+                sql_int(self.meta.seq),
+            ])?;
+        let id = self.tx.last_insert_rowid();
+        let mut names: Vec<&String> = attrs.keys().collect();
+        names.sort();
+        for name in names {
+            let value = attrs.get(name).cloned().flatten();
+            self.set_attribute(id, name, None, value.as_deref())?;
+        }
+        let zone_ci = self.zone_ci.clone();
+        let agent_ci = self.agent_ci.clone();
+        self.relation(key, "located_in", &zone_ci)?;
+        self.relation(key, "reported_by", &agent_ci)?;
+        self.out.assets_new += 1;
+        self.count("assets_new", 1);
+        let detail = json!({
+            "name": obs.name,
+            "endpoint": obs.endpoint.to_string(),
+            "unit_id": obs.unit_id,
+            "status": status_name(&obs.status),
+            "vendor_name": col("vendor_name"),
+            "product_code": col("product_code"),
+            "revision": col("revision"),
+        });
+        self.event(kind::ASSET_NEW, Some(key), detail)
+    }
+
+    fn update(
+        &mut self,
+        key: &str,
+        stored: Stored,
+        obs: &AssetObservation,
+        hash: &[u8],
+    ) -> rusqlite::Result<()> {
+        let mut current = stored.attributes;
+        let mut drift = Vec::new();
+        for (name, value) in attributes::observed(obs) {
+            let old = current.get(&name).cloned().flatten();
+            if old == value || (value.is_none() && !current.contains_key(&name)) {
+                continue;
+            }
+            self.set_attribute(stored.id, &name, old.as_deref(), value.as_deref())?;
+            // Drift is a known value that changed; learning a value for the first time
+            // (after an unreachable first poll, a newly configured block) is not.
+            if attributes::is_drift(&name) && current.contains_key(&name) {
+                drift.push(json!({
+                    "attribute": name,
+                    "old": attributes::event_value(&name, old.as_deref()),
+                    "new": attributes::event_value(&name, value.as_deref()),
+                }));
+            }
+            current.insert(name, value);
+        }
+        let col = |name: &str| current.get(name).cloned().flatten();
+        let seen = answered(&obs.status).then_some(self.now);
+        self.tx
+            .prepare_cached(
+                "UPDATE assets SET agent_id = ?2, name = ?3, vendor_name = ?4,
+                     product_code = ?5, revision = ?6, vendor_url = ?7, product_name = ?8,
+                     model_name = ?9, user_application_name = ?10, ident_method = ?11,
+                     status = ?12, last_problem = ?13, content_hash = ?14,
+                     last_seen_ms = COALESCE(?15, last_seen_ms), last_polled_ms = ?16,
+                     last_envelope_seq = ?17
+                 WHERE asset_id = ?1",
+            )?
+            .execute(params![
+                stored.id,
+                self.meta.agent.as_str(),
+                obs.name,
+                col("vendor_name"),
+                col("product_code"),
+                col("revision"),
+                col("vendor_url"),
+                col("product_name"),
+                col("model_name"),
+                col("user_application_name"),
+                col("ident_method").unwrap_or_else(|| "none".into()),
+                status_name(&obs.status),
+                attributes::problem_text(obs),
+                hash,
+                seen,
+                self.now,
+                sql_int(self.meta.seq),
+            ])?;
+        if stored.agent != self.meta.agent.as_str() {
+            self.tx
+                .prepare_cached(
+                    "DELETE FROM relations WHERE from_ci = ?1 AND type = 'reported_by'",
+                )?
+                .execute([key])?;
+            let agent_ci = self.agent_ci.clone();
+            self.relation(key, "reported_by", &agent_ci)?;
+        }
+        let was_up = stored.status != "unreachable";
+        match (&obs.status, was_up) {
+            (outpost_proto::model::PollStatus::Unreachable(why), true) => {
+                self.count("assets_unreachable", 1);
+                let detail = json!({ "reason": why, "previous_status": stored.status });
+                self.event(kind::ASSET_UNREACHABLE, Some(key), detail)?;
+            }
+            (status, false) if answered(status) => {
+                self.count("assets_recovered", 1);
+                let detail =
+                    json!({ "status": status_name(status), "previous_status": "unreachable" });
+                self.event(kind::ASSET_RECOVERED, Some(key), detail)?;
+            }
+            _ => {}
+        }
+        if drift.is_empty() {
+            self.out.assets_unchanged += 1;
+        } else {
+            self.out.assets_changed += 1;
+            self.count("assets_changed", 1);
+            self.event(kind::ASSET_CHANGED, Some(key), json!({ "changes": drift }))?;
+        }
+        Ok(())
+    }
+
+    fn set_attribute(
+        &mut self,
+        asset_id: i64,
+        name: &str,
+        old: Option<&str>,
+        new: Option<&str>,
+    ) -> rusqlite::Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO asset_attributes (asset_id, attribute, value, updated_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (asset_id, attribute) DO UPDATE SET value = excluded.value,
+                     updated_at_ms = excluded.updated_at_ms",
+            )?
+            .execute(params![asset_id, name, new, self.now])?;
+        self.tx
+            .prepare_cached(
+                "INSERT INTO attribute_history (asset_id, attribute, old_value, new_value,
+                     observed_at_ms, agent_id, envelope_seq, envelope_hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                asset_id,
+                name,
+                old,
+                new,
+                self.now,
+                self.meta.agent.as_str(),
+                sql_int(self.meta.seq),
+                self.hash_hex,
+            ])?;
+        self.out.attribute_changes += 1;
+        self.count("attribute_changes", 1);
+        Ok(())
+    }
+
+    fn flush_counters(&mut self) -> rusqlite::Result<()> {
+        for (name, delta) in std::mem::take(&mut self.counters) {
+            record::bump(self.tx, name, delta, self.meta.received_at_ms)?;
+        }
+        Ok(())
+    }
+}
+
+impl Cmdb {
+    /// The agent's last accepted envelope (`None` before its first or if it is not enrolled).
+    pub fn chain_tip(&self, agent: &AgentId) -> Result<Option<ChainTip>, CmdbError> {
+        let row: Option<(Option<i64>, Option<String>)> = self
+            .connection()
+            .prepare_cached("SELECT last_seq, last_hash FROM agents WHERE agent_id = ?1")
+            .and_then(|mut s| {
+                s.query_row([agent.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(|e| self.err(e))?;
+        let Some((Some(seq), Some(hash))) = row else {
+            return Ok(None);
+        };
+        let corrupt = |detail: String| CmdbError::Corrupt {
+            path: self.path().to_owned(),
+            what: "agent chain tip",
+            detail,
+        };
+        let hash = Digest::from_hex(&hash).ok_or_else(|| {
+            corrupt(format!(
+                "agent {agent}: last_hash {hash:?} is not 64 hex digits"
+            ))
+        })?;
+        let seq = u64::try_from(seq)
+            .map_err(|_| corrupt(format!("agent {agent}: last_seq {seq} is negative")))?;
+        Ok(Some(ChainTip { seq, hash }))
+    }
+}

@@ -1,0 +1,146 @@
+//! Small write helpers shared by the apply and ingest paths: counters, events, quarantine rows.
+//!
+//! Each takes a connection (usually an open transaction) so that a counter is incremented in
+//! the same transaction as the row it describes.
+
+use rusqlite::{Connection, params};
+
+use crate::time::sql_int;
+
+/// Largest copy of refused bytes kept in the quarantine table; the original length is kept too.
+pub const MAX_QUARANTINE_BYTES: usize = 64 * 1024;
+
+/// Event kinds written to the `events` table.
+pub mod kind {
+    pub const AGENT_FIRST_SEEN: &str = "agent_first_seen";
+    pub const SEQUENCE_GAP: &str = "sequence_gap";
+    pub const CHAIN_BREAK: &str = "chain_break";
+    pub const ASSET_NEW: &str = "asset_new";
+    pub const ASSET_CHANGED: &str = "asset_changed";
+    pub const ASSET_UNREACHABLE: &str = "asset_unreachable";
+    pub const ASSET_RECOVERED: &str = "asset_recovered";
+    pub const REASSEMBLY_DROPPED: &str = "reassembly_dropped";
+}
+
+/// Adds `delta` to the counter `name` (creating it at `delta`).
+pub fn bump(conn: &Connection, name: &str, delta: i64, now_ms: u64) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO counters (name, value, updated_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (name) DO UPDATE SET value = value + excluded.value,
+                                          updated_at_ms = excluded.updated_at_ms",
+    )?;
+    stmt.execute(params![name, delta, sql_int(now_ms)])?;
+    Ok(())
+}
+
+/// Where an event happened.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventScope<'a> {
+    pub agent: Option<&'a str>,
+    pub zone: Option<&'a str>,
+    pub asset: Option<&'a str>,
+}
+
+/// Appends an event; `detail` is stored as a JSON object.
+pub fn event(
+    conn: &Connection,
+    time_ms: u64,
+    kind: &str,
+    scope: EventScope<'_>,
+    detail: &serde_json::Value,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO events (time_ms, kind, agent_id, zone, asset, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    stmt.execute(params![
+        sql_int(time_ms),
+        kind,
+        scope.agent,
+        scope.zone,
+        scope.asset,
+        detail.to_string()
+    ])?;
+    Ok(())
+}
+
+/// One refused datagram or envelope.
+#[derive(Debug, Clone)]
+pub struct QuarantineRow<'a> {
+    pub received_at_ms: u64,
+    pub peer: &'a str,
+    /// `datagram` or `envelope`.
+    pub stage: &'static str,
+    pub reason: &'a str,
+    pub detail: &'a str,
+    pub agent_claimed: Option<&'a str>,
+    pub key_claimed: Option<&'a str>,
+    pub seq_claimed: Option<u64>,
+    pub raw: &'a [u8],
+}
+
+/// Stores a quarantine row (the raw bytes capped at [`MAX_QUARANTINE_BYTES`]).
+pub fn quarantine(conn: &Connection, row: &QuarantineRow<'_>) -> rusqlite::Result<()> {
+    let kept = &row.raw[..row.raw.len().min(MAX_QUARANTINE_BYTES)];
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO quarantine (received_at_ms, peer, stage, reason, detail, agent_claimed,
+                                 key_claimed, seq_claimed, raw, raw_len)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    stmt.execute(params![
+        sql_int(row.received_at_ms),
+        row.peer,
+        row.stage,
+        row.reason,
+        row.detail,
+        row.agent_claimed,
+        row.key_claimed,
+        row.seq_claimed.map(sql_int),
+        kept,
+        sql_int(row.raw.len() as u64),
+    ])?;
+    Ok(())
+}
+
+impl crate::cmdb::Cmdb {
+    /// Stores a quarantine row and increments `counters` by one, in one transaction.
+    pub fn quarantine_and_count(
+        &mut self,
+        row: &QuarantineRow<'_>,
+        counters: &[&str],
+    ) -> Result<(), crate::cmdb::CmdbError> {
+        let path = self.path().to_owned();
+        let sqlite = |source| crate::cmdb::CmdbError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn_mut().transaction().map_err(sqlite)?;
+        quarantine(&tx, row).map_err(sqlite)?;
+        for name in counters {
+            bump(&tx, name, 1, row.received_at_ms).map_err(sqlite)?;
+        }
+        tx.commit().map_err(sqlite)
+    }
+
+    /// Appends an event and increments `counters` by one, in one transaction.
+    pub fn event_and_count(
+        &mut self,
+        time_ms: u64,
+        kind: &str,
+        scope: EventScope<'_>,
+        detail: &serde_json::Value,
+        counters: &[&str],
+    ) -> Result<(), crate::cmdb::CmdbError> {
+        let path = self.path().to_owned();
+        let sqlite = |source| crate::cmdb::CmdbError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn_mut().transaction().map_err(sqlite)?;
+        event(&tx, time_ms, kind, scope, detail).map_err(sqlite)?;
+        for name in counters {
+            bump(&tx, name, 1, time_ms).map_err(sqlite)?;
+        }
+        tx.commit().map_err(sqlite)
+    }
+}

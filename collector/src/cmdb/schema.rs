@@ -1,0 +1,229 @@
+//! The CMDB schema and its versioned migrations.
+//!
+//! The schema version is SQLite's `PRAGMA user_version`: the number of entries of
+//! [`MIGRATIONS`] applied. Opening a database applies the missing migrations in order, each in
+//! its own transaction together with the new `user_version`, so a crash leaves the database at
+//! a whole version. A database with a higher version than this build knows is refused (an old
+//! collector must not write to a schema it does not understand).
+//!
+//! To change the schema, append a migration; never edit one that has shipped.
+//!
+//! Conventions: times are integer milliseconds since the Unix epoch, by the collector's clock
+//! unless the column name says `agent`; hashes and key ids are lower-case hex text; CI keys are
+//! text (see [`crate::cmdb::ci_key`]).
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::cmdb::CmdbError;
+
+/// Schema migrations, in order. Migration `n` (1-based) brings the schema to version `n`.
+pub const MIGRATIONS: &[&str] = &[MIGRATION_1];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+const MIGRATION_1: &str = r#"
+CREATE TABLE zones (
+    zone            TEXT PRIMARY KEY,
+    created_at_ms   INTEGER NOT NULL
+);
+
+CREATE TABLE agents (
+    agent_id                 TEXT PRIMARY KEY,
+    enrolled_at_ms           INTEGER NOT NULL,
+    first_seen_ms            INTEGER,          -- first accepted envelope
+    last_seen_ms             INTEGER,          -- last accepted envelope
+    last_seq                 INTEGER,          -- chain tip: sequence number
+    last_hash                TEXT,             -- chain tip: envelope hash
+    last_envelope_agent_ms   INTEGER,          -- agent clock of the last envelope
+    last_peer                TEXT,
+    envelopes_accepted       INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE agent_keys (
+    key_id          TEXT PRIMARY KEY,
+    public_key      BLOB NOT NULL,
+    agent_id        TEXT NOT NULL REFERENCES agents(agent_id),
+    enrolled_at_ms  INTEGER NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'revoked')),
+    revoked_at_ms   INTEGER
+);
+CREATE INDEX agent_keys_by_agent ON agent_keys(agent_id);
+
+CREATE TABLE key_zones (
+    key_id          TEXT NOT NULL REFERENCES agent_keys(key_id),
+    zone            TEXT NOT NULL REFERENCES zones(zone),
+    added_at_ms     INTEGER NOT NULL,
+    PRIMARY KEY (key_id, zone)
+) WITHOUT ROWID;
+
+CREATE TABLE assets (
+    asset_id                INTEGER PRIMARY KEY,
+    ci_key                  TEXT NOT NULL UNIQUE,
+    zone                    TEXT NOT NULL REFERENCES zones(zone),
+    agent_id                TEXT NOT NULL REFERENCES agents(agent_id),
+    name                    TEXT NOT NULL,
+    endpoint                TEXT NOT NULL,
+    unit_id                 INTEGER NOT NULL,
+    vendor_name             TEXT,
+    product_code            TEXT,
+    revision                TEXT,
+    vendor_url              TEXT,
+    product_name            TEXT,
+    model_name              TEXT,
+    user_application_name   TEXT,
+    ident_method            TEXT NOT NULL,
+    status                  TEXT NOT NULL CHECK (status IN ('ok', 'partial', 'unreachable')),
+    last_problem            TEXT,
+    content_hash            BLOB NOT NULL,    -- of the last observation; equal = nothing to do
+    first_seen_ms           INTEGER NOT NULL,
+    last_seen_ms            INTEGER,          -- last time it answered; NULL = never
+    last_polled_ms          INTEGER NOT NULL,
+    last_envelope_seq       INTEGER NOT NULL
+);
+CREATE INDEX assets_by_agent ON assets(agent_id);
+CREATE INDEX assets_by_zone ON assets(zone);
+
+CREATE TABLE gateways (
+    ci_key          TEXT PRIMARY KEY,
+    agent_id        TEXT NOT NULL UNIQUE REFERENCES agents(agent_id),
+    zone            TEXT NOT NULL REFERENCES zones(zone),
+    hostname        TEXT,
+    os_name         TEXT,
+    os_version      TEXT,
+    kernel_version  TEXT,
+    cpu_arch        TEXT NOT NULL,
+    cpu_count       INTEGER NOT NULL,
+    memory_bytes    INTEGER NOT NULL,
+    boot_time_ms    INTEGER NOT NULL,
+    interfaces_json TEXT NOT NULL,
+    agent_version   TEXT NOT NULL,
+    first_seen_ms   INTEGER NOT NULL,
+    last_seen_ms    INTEGER NOT NULL
+);
+
+CREATE TABLE asset_attributes (
+    asset_id        INTEGER NOT NULL REFERENCES assets(asset_id),
+    attribute       TEXT NOT NULL,
+    value           TEXT,                     -- NULL = no longer reported
+    updated_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (asset_id, attribute)
+) WITHOUT ROWID;
+
+CREATE TABLE attribute_history (
+    history_id      INTEGER PRIMARY KEY,
+    asset_id        INTEGER NOT NULL REFERENCES assets(asset_id),
+    attribute       TEXT NOT NULL,
+    old_value       TEXT,                     -- NULL on the first observation
+    new_value       TEXT,
+    observed_at_ms  INTEGER NOT NULL,
+    agent_id        TEXT NOT NULL,
+    envelope_seq    INTEGER NOT NULL,
+    envelope_hash   TEXT NOT NULL
+);
+CREATE INDEX attribute_history_by_asset ON attribute_history(asset_id, history_id);
+
+CREATE TABLE relations (
+    from_ci         TEXT NOT NULL,
+    type            TEXT NOT NULL CHECK (type IN ('located_in', 'reported_by', 'hosts')),
+    to_ci           TEXT NOT NULL,
+    since_ms        INTEGER NOT NULL,
+    PRIMARY KEY (from_ci, type, to_ci)
+) WITHOUT ROWID;
+CREATE INDEX relations_by_target ON relations(to_ci, type);
+
+CREATE TABLE envelopes (
+    envelope_id     INTEGER PRIMARY KEY,
+    agent_id        TEXT NOT NULL REFERENCES agents(agent_id),
+    seq             INTEGER NOT NULL,
+    hash            TEXT NOT NULL,
+    prev_hash       TEXT NOT NULL,
+    key_id          TEXT NOT NULL,
+    zone            TEXT NOT NULL,
+    agent_time_ms   INTEGER NOT NULL,
+    kind            TEXT NOT NULL,
+    verdict         TEXT NOT NULL,            -- first | next | gap | chain_break
+    received_at_ms  INTEGER NOT NULL,
+    peer            TEXT NOT NULL,
+    raw             BLOB NOT NULL,            -- the wire bytes, verbatim
+    UNIQUE (agent_id, seq)
+);
+
+CREATE TABLE events (
+    event_id        INTEGER PRIMARY KEY,
+    time_ms         INTEGER NOT NULL,
+    kind            TEXT NOT NULL,
+    agent_id        TEXT,
+    zone            TEXT,
+    asset           TEXT,                     -- CI key
+    detail          TEXT NOT NULL             -- JSON object
+);
+CREATE INDEX events_by_kind ON events(kind, event_id);
+CREATE INDEX events_by_asset ON events(asset, event_id);
+
+CREATE TABLE quarantine (
+    quarantine_id   INTEGER PRIMARY KEY,
+    received_at_ms  INTEGER NOT NULL,
+    peer            TEXT NOT NULL,
+    stage           TEXT NOT NULL CHECK (stage IN ('datagram', 'envelope')),
+    reason          TEXT NOT NULL,
+    detail          TEXT NOT NULL,
+    agent_claimed   TEXT,
+    key_claimed     TEXT,
+    seq_claimed     INTEGER,
+    raw             BLOB NOT NULL,            -- at most MAX_QUARANTINE_BYTES
+    raw_len         INTEGER NOT NULL          -- length of the original
+);
+CREATE INDEX quarantine_by_reason ON quarantine(reason, quarantine_id);
+
+CREATE TABLE counters (
+    name            TEXT PRIMARY KEY,
+    value           INTEGER NOT NULL,
+    updated_at_ms   INTEGER NOT NULL
+) WITHOUT ROWID;
+"#;
+
+/// Reads the schema version of an open database.
+pub fn version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.pragma_query_value(None, "user_version", |row| row.get::<_, u32>(0))
+}
+
+/// Brings the database at `path` (open as `conn`) to [`SCHEMA_VERSION`]; returns the version
+/// it had before.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<u32, CmdbError> {
+    let sqlite = |source| CmdbError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let found = version(conn).map_err(sqlite)?;
+    if found > SCHEMA_VERSION {
+        return Err(CmdbError::TooNew {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let to = i as u32 + 1;
+        let fail = |source| CmdbError::Migrate {
+            path: path.to_owned(),
+            to,
+            source,
+        };
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Exclusive)
+            .map_err(fail)?;
+        // Another process may have migrated while we waited for the lock.
+        let now = version(&tx).map_err(fail)?;
+        if now >= to {
+            continue;
+        }
+        tx.execute_batch(sql).map_err(fail)?;
+        tx.pragma_update(None, "user_version", to).map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        tracing::info!(db = %path.display(), version = to, "applied CMDB schema migration");
+    }
+    Ok(found)
+}

@@ -1,0 +1,505 @@
+//! Envelope bytes in; applied to the CMDB or quarantined out. No sockets, no clock reads.
+//!
+//! The checks, in order (each refusal has a stable [`Reason`] name):
+//! 1. parse the wire form (`oversize`, `malformed`, `malformed_header`, `unsupported_version`);
+//! 2. find the enrolled key named by the header (`unknown_key`, `key_revoked`);
+//! 3. the key must be enrolled for the header's agent (`agent_mismatch`) and zone
+//!    (`zone_not_authorised`);
+//! 4. the signature must verify over the exact bytes (`bad_signature`);
+//! 5. judge the sequence number and chain against the agent's stored tip (`bad_sequence`,
+//!    `replay`; a gap or chain break is accepted and recorded as an event);
+//! 6. decode the body (`malformed_body`); its agent and zone must equal the header's
+//!    (`body_mismatch`) and every register block's hash must match its values
+//!    (`bad_block_hash`);
+//! 7. apply it in one transaction ([`Cmdb::apply_summary`]); a database failure is `storage`.
+//!
+//! Every refusal writes a quarantine row and increments `envelopes_rejected` and
+//! `envelopes_rejected.<reason>` in one transaction, and logs a warning naming the peer, the
+//! reason and the agent/key claimed (thinned by [`LogLimiter`]).
+
+use std::fmt;
+
+use outpost_proto::envelope::{self, EnvelopeError};
+use outpost_proto::frame::FrameError;
+use outpost_proto::model::{Body, Summary};
+use outpost_proto::reassembly::{DropReason, Dropped};
+use outpost_proto::{AgentId, SequenceVerdict, ZoneId, chain};
+use serde_json::json;
+
+use crate::cmdb::apply::{ApplyOutcome, EnvelopeMeta, verdict_name};
+use crate::cmdb::record::{EventScope, QuarantineRow, kind};
+use crate::cmdb::trust::KeyStatus;
+use crate::cmdb::{Cmdb, CmdbError};
+use crate::lograte::LogLimiter;
+
+/// Why an envelope was refused: the stable names used for counters and the quarantine table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Oversize,
+    Malformed,
+    MalformedHeader,
+    UnsupportedVersion,
+    UnknownKey,
+    KeyRevoked,
+    AgentMismatch,
+    ZoneNotAuthorised,
+    BadSignature,
+    BadSequence,
+    Replay,
+    MalformedBody,
+    BodyMismatch,
+    BadBlockHash,
+    Storage,
+}
+
+impl Reason {
+    /// The stable short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Oversize => "oversize",
+            Reason::Malformed => "malformed",
+            Reason::MalformedHeader => "malformed_header",
+            Reason::UnsupportedVersion => "unsupported_version",
+            Reason::UnknownKey => "unknown_key",
+            Reason::KeyRevoked => "key_revoked",
+            Reason::AgentMismatch => "agent_mismatch",
+            Reason::ZoneNotAuthorised => "zone_not_authorised",
+            Reason::BadSignature => "bad_signature",
+            Reason::BadSequence => "bad_sequence",
+            Reason::Replay => "replay",
+            Reason::MalformedBody => "malformed_body",
+            Reason::BodyMismatch => "body_mismatch",
+            Reason::BadBlockHash => "bad_block_hash",
+            Reason::Storage => "storage",
+        }
+    }
+
+    /// The counter incremented for this reason.
+    pub fn counter(self) -> &'static str {
+        match self {
+            Reason::Oversize => "envelopes_rejected.oversize",
+            Reason::Malformed => "envelopes_rejected.malformed",
+            Reason::MalformedHeader => "envelopes_rejected.malformed_header",
+            Reason::UnsupportedVersion => "envelopes_rejected.unsupported_version",
+            Reason::UnknownKey => "envelopes_rejected.unknown_key",
+            Reason::KeyRevoked => "envelopes_rejected.key_revoked",
+            Reason::AgentMismatch => "envelopes_rejected.agent_mismatch",
+            Reason::ZoneNotAuthorised => "envelopes_rejected.zone_not_authorised",
+            Reason::BadSignature => "envelopes_rejected.bad_signature",
+            Reason::BadSequence => "envelopes_rejected.bad_sequence",
+            Reason::Replay => "envelopes_rejected.replay",
+            Reason::MalformedBody => "envelopes_rejected.malformed_body",
+            Reason::BodyMismatch => "envelopes_rejected.body_mismatch",
+            Reason::BadBlockHash => "envelopes_rejected.bad_block_hash",
+            Reason::Storage => "envelopes_rejected.storage",
+        }
+    }
+
+    fn from_envelope_error(e: &EnvelopeError) -> Reason {
+        match e {
+            EnvelopeError::Oversize { .. } => Reason::Oversize,
+            EnvelopeError::Malformed(_) | EnvelopeError::Encode(_) => Reason::Malformed,
+            EnvelopeError::MalformedHeader(_) => Reason::MalformedHeader,
+            EnvelopeError::UnsupportedVersion(_) => Reason::UnsupportedVersion,
+            EnvelopeError::SignatureLength(_)
+            | EnvelopeError::KeyMismatch { .. }
+            | EnvelopeError::BadSignature(_) => Reason::BadSignature,
+            EnvelopeError::MalformedBody(_) => Reason::MalformedBody,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub reason: Reason,
+    /// What was wrong and what to do, for people.
+    pub detail: String,
+    /// From the (unverified) header, when it could be parsed.
+    pub agent_claimed: Option<String>,
+    pub key_claimed: Option<String>,
+    pub seq_claimed: Option<u64>,
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+/// An applied envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub agent: AgentId,
+    pub zone: ZoneId,
+    pub seq: u64,
+    pub verdict: SequenceVerdict,
+    pub outcome: ApplyOutcome,
+}
+
+#[derive(Default)]
+struct Claimed {
+    agent: Option<String>,
+    key: Option<String>,
+    seq: Option<u64>,
+}
+
+/// The verify-and-apply pipeline around one [`Cmdb`].
+pub struct Ingest {
+    cmdb: Cmdb,
+    logs: LogLimiter,
+}
+
+impl Ingest {
+    /// Ingests into `cmdb`.
+    pub fn new(cmdb: Cmdb) -> Self {
+        Self {
+            cmdb,
+            logs: LogLimiter::default(),
+        }
+    }
+
+    /// The CMDB, for queries.
+    pub fn cmdb(&self) -> &Cmdb {
+        &self.cmdb
+    }
+
+    /// The CMDB, for direct writes (enrolment, counters).
+    pub fn cmdb_mut(&mut self) -> &mut Cmdb {
+        &mut self.cmdb
+    }
+
+    /// Gives the CMDB back.
+    pub fn into_cmdb(self) -> Cmdb {
+        self.cmdb
+    }
+
+    /// Verifies, judges and applies one envelope received from `peer` at `now_ms` (collector
+    /// wall clock), or quarantines it.
+    pub fn envelope(&mut self, wire: &[u8], peer: &str, now_ms: u64) -> Result<Applied, Rejected> {
+        let mut claimed = Claimed::default();
+        let result = self.check_and_apply(wire, peer, now_ms, &mut claimed);
+        result.map_err(|(reason, detail)| self.reject(wire, peer, now_ms, claimed, reason, detail))
+    }
+
+    fn check_and_apply(
+        &mut self,
+        wire: &[u8],
+        peer: &str,
+        now_ms: u64,
+        claimed: &mut Claimed,
+    ) -> Result<Applied, (Reason, String)> {
+        let unverified =
+            envelope::parse(wire).map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
+        let h = unverified.header();
+        claimed.agent = Some(h.agent.to_string());
+        claimed.key = Some(h.key_id.to_string());
+        claimed.seq = Some(h.seq);
+        let storage = |e: CmdbError| (Reason::Storage, e.to_string());
+
+        let key = self
+            .cmdb
+            .trusted_key(&h.key_id)
+            .map_err(storage)?
+            .ok_or_else(|| {
+                (
+                    Reason::UnknownKey,
+                    format!(
+                        "key {} is not enrolled; if agent {} is legitimate, enroll its .pub file \
+                     with `outpost-collector enroll --key FILE --zone {}`",
+                        h.key_id, h.agent, h.zone
+                    ),
+                )
+            })?;
+        if key.status == KeyStatus::Revoked {
+            return Err((
+                Reason::KeyRevoked,
+                format!("key {} (agent {}) has been revoked", key.key_id, key.agent),
+            ));
+        }
+        if key.agent != h.agent {
+            return Err((
+                Reason::AgentMismatch,
+                format!(
+                    "envelope claims agent {} but key {} is enrolled for agent {}",
+                    h.agent, key.key_id, key.agent
+                ),
+            ));
+        }
+        if !key.zones.contains(&h.zone) {
+            let zones: Vec<&str> = key.zones.iter().map(ZoneId::as_str).collect();
+            return Err((
+                Reason::ZoneNotAuthorised,
+                format!(
+                    "agent {} reports zone {} but its key {} is trusted for zone(s) {}; if that \
+                     is intended, run `outpost-collector enroll --zone {} --agent {} --key FILE`",
+                    h.agent,
+                    h.zone,
+                    key.key_id,
+                    zones.join(", "),
+                    h.zone,
+                    h.agent
+                ),
+            ));
+        }
+        let verified = unverified
+            .verify(&key.public_key)
+            .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
+        let h = &verified.header;
+        if h.seq == 0 || i64::try_from(h.seq).is_err() {
+            return Err((
+                Reason::BadSequence,
+                format!(
+                    "sequence number {} is out of range (1..={})",
+                    h.seq,
+                    i64::MAX
+                ),
+            ));
+        }
+        let previous = self.cmdb.chain_tip(&h.agent).map_err(storage)?;
+        let verdict = chain::judge(previous.as_ref(), h);
+        if let SequenceVerdict::Replay { last } = verdict {
+            return Err((
+                Reason::Replay,
+                format!(
+                    "sequence number {} from agent {} is not above the last accepted {last} \
+                     (a replay or a late duplicate)",
+                    h.seq, h.agent
+                ),
+            ));
+        }
+        let body = verified
+            .body()
+            .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
+        let Body::Summary(summary) = &body;
+        check_summary(summary, &h.agent, &h.zone)?;
+
+        let meta = EnvelopeMeta {
+            agent: &h.agent,
+            zone: &h.zone,
+            key_id: h.key_id,
+            seq: h.seq,
+            hash: verified.hash,
+            prev_hash: h.prev_hash,
+            agent_time_ms: h.time_ms,
+            kind: body.kind(),
+            verdict,
+            previous,
+            peer,
+            received_at_ms: now_ms,
+            raw: wire,
+        };
+        let outcome = self.cmdb.apply_summary(&meta, summary).map_err(storage)?;
+        match verdict {
+            SequenceVerdict::Gap { from, to } => tracing::warn!(
+                %peer, agent = %h.agent, from, to,
+                "sequence gap: envelopes {from}..={to} from agent {} never arrived", h.agent
+            ),
+            SequenceVerdict::ChainBreak => tracing::warn!(
+                %peer, agent = %h.agent, seq = h.seq,
+                "chain break: envelope {} does not name the previous envelope held; \
+                 the agent's state was restored or its key is shared", h.seq
+            ),
+            SequenceVerdict::First => tracing::info!(
+                %peer, agent = %h.agent, zone = %h.zone, seq = h.seq, "first envelope from agent"
+            ),
+            _ => {}
+        }
+        tracing::debug!(%peer, agent = %h.agent, seq = h.seq, verdict = verdict_name(&verdict),
+            assets = outcome.assets, new = outcome.assets_new, changed = outcome.assets_changed,
+            "applied summary");
+        Ok(Applied {
+            agent: h.agent.clone(),
+            zone: h.zone.clone(),
+            seq: h.seq,
+            verdict,
+            outcome,
+        })
+    }
+
+    fn reject(
+        &mut self,
+        wire: &[u8],
+        peer: &str,
+        now_ms: u64,
+        claimed: Claimed,
+        reason: Reason,
+        detail: String,
+    ) -> Rejected {
+        let row = QuarantineRow {
+            received_at_ms: now_ms,
+            peer,
+            stage: "envelope",
+            reason: reason.as_str(),
+            detail: &detail,
+            agent_claimed: claimed.agent.as_deref(),
+            key_claimed: claimed.key.as_deref(),
+            seq_claimed: claimed.seq,
+            raw: wire,
+        };
+        if let Err(e) = self
+            .cmdb
+            .quarantine_and_count(&row, &["envelopes_rejected", reason.counter()])
+        {
+            tracing::error!(%peer, reason = %reason, "could not quarantine refused envelope: {e}");
+        }
+        if let Some(suppressed) = self.logs.check(reason.counter(), now_ms) {
+            tracing::warn!(
+                %peer,
+                reason = reason.as_str(),
+                agent = claimed.agent.as_deref().unwrap_or("-"),
+                key = claimed.key.as_deref().unwrap_or("-"),
+                seq = claimed.seq,
+                suppressed,
+                "refused envelope: {detail}{}",
+                suppressed_note(suppressed)
+            );
+        }
+        Rejected {
+            reason,
+            detail,
+            agent_claimed: claimed.agent,
+            key_claimed: claimed.key,
+            seq_claimed: claimed.seq,
+        }
+    }
+
+    /// Records a datagram the framing refused: quarantine row (capped copy) + counters
+    /// `datagrams_rejected` and `datagrams_rejected.<reason>` + a thinned warning.
+    pub fn datagram_rejected(
+        &mut self,
+        peer: &str,
+        error: &FrameError,
+        datagram: &[u8],
+        now_ms: u64,
+    ) -> Result<(), CmdbError> {
+        let reason = error.reason();
+        let counter = format!("datagrams_rejected.{reason}");
+        let detail = error.to_string();
+        let row = QuarantineRow {
+            received_at_ms: now_ms,
+            peer,
+            stage: "datagram",
+            reason,
+            detail: &detail,
+            agent_claimed: None,
+            key_claimed: None,
+            seq_claimed: None,
+            raw: datagram,
+        };
+        let result = self
+            .cmdb
+            .quarantine_and_count(&row, &["datagrams_rejected", &counter]);
+        if let Some(suppressed) = self.logs.check(&counter, now_ms) {
+            tracing::warn!(
+                %peer,
+                reason,
+                len = datagram.len(),
+                suppressed,
+                "refused datagram: {detail}{}",
+                suppressed_note(suppressed)
+            );
+        }
+        result
+    }
+
+    /// Records a message the reassembler gave up: `reassembly_dropped` event + counters
+    /// `reassembly_dropped` and `reassembly_dropped.<expired|evicted>` + a thinned warning.
+    pub fn reassembly_dropped<K>(
+        &mut self,
+        peer: &str,
+        dropped: &Dropped<K>,
+        now_ms: u64,
+    ) -> Result<(), CmdbError> {
+        let why = match dropped.reason {
+            DropReason::Expired => "expired",
+            DropReason::Evicted => "evicted",
+        };
+        let counter = format!("reassembly_dropped.{why}");
+        let detail = json!({
+            "peer": peer,
+            "message_id": dropped.message_id,
+            "fragments_received": dropped.received,
+            "fragments_total": dropped.count,
+            "reason": why,
+        });
+        let result = self.cmdb.event_and_count(
+            now_ms,
+            kind::REASSEMBLY_DROPPED,
+            EventScope::default(),
+            &detail,
+            &["reassembly_dropped", &counter],
+        );
+        if let Some(suppressed) = self.logs.check(&counter, now_ms) {
+            tracing::warn!(
+                %peer,
+                reason = why,
+                message_id = dropped.message_id,
+                received = dropped.received,
+                count = dropped.count,
+                suppressed,
+                "gave up reassembling a message: {} of {} fragments arrived ({why}){}",
+                dropped.received,
+                dropped.count,
+                suppressed_note(suppressed)
+            );
+        }
+        result
+    }
+
+    /// Adds `delta` to a counter (for events counted outside this type, like backpressure).
+    pub fn count(&mut self, name: &str, delta: i64, now_ms: u64) -> Result<(), CmdbError> {
+        self.cmdb.bump_counter(name, delta, now_ms)
+    }
+
+    /// Logs one "N more suppressed" line per reason whose flood has stopped.
+    pub fn flush_logs(&mut self, now_ms: u64) {
+        for (reason, n) in self.logs.flush(now_ms) {
+            tracing::warn!(reason = %reason, suppressed = n, "{n} more `{reason}` refusals were not logged individually");
+        }
+    }
+}
+
+fn suppressed_note(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} more suppressed since the last line)")
+    }
+}
+
+/// The body must describe the header's agent and zone, and every block hash must be honest.
+fn check_summary(s: &Summary, agent: &AgentId, zone: &ZoneId) -> Result<(), (Reason, String)> {
+    if &s.agent != agent || &s.zone != zone {
+        return Err((
+            Reason::BodyMismatch,
+            format!(
+                "envelope header says agent {agent} zone {zone} but its summary says agent {} \
+                 zone {}",
+                s.agent, s.zone
+            ),
+        ));
+    }
+    for asset in &s.assets {
+        for block in &asset.blocks {
+            if !block.hash_is_consistent() {
+                return Err((
+                    Reason::BadBlockHash,
+                    format!(
+                        "asset {:?} ({} unit {}) block {:?}: hash {} does not match its values",
+                        asset.name, asset.endpoint, asset.unit_id, block.name, block.hash
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! `outpost-collector`: enroll agent keys, serve the diode, and read the CMDB.
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use outpost_collector::render::{self, Format};
+use outpost_collector::time::now_ms;
+use outpost_collector::{Cmdb, ServeConfig, serve};
+use outpost_proto::{AgentId, PublicKey, ZoneId};
+
+#[derive(Parser)]
+#[command(
+    name = "outpost-collector",
+    version,
+    about = "Receives signed inventory from Outpost agents over a one-way UDP diode and keeps a \
+             SQLite CMDB",
+    after_help = "Logging goes to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Trust an agent's public key for one or more zones (creates the CMDB if needed).
+    Enroll {
+        /// The CMDB file.
+        #[arg(long)]
+        db: PathBuf,
+        /// A zone the agent may report for (repeat for several).
+        #[arg(long = "zone", required = true)]
+        zones: Vec<ZoneId>,
+        /// The agent's public key file (`agent.pub` from `outpost-agent keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The agent id; defaults to the comment at the end of the key line.
+        #[arg(long)]
+        agent: Option<AgentId>,
+    },
+    /// Listen on the diode and apply what arrives (SIGTERM/SIGINT stop it cleanly).
+    Serve {
+        /// The CMDB file (create it with `enroll`).
+        #[arg(long)]
+        db: PathBuf,
+        /// Address to receive diode datagrams on, e.g. 0.0.0.0:7000.
+        #[arg(long)]
+        diode_listen: SocketAddr,
+        /// Write the bound address here once listening.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Field devices (configuration items).
+    Assets(Query),
+    /// Agents, their keys and gateways.
+    Agents(Query),
+    /// Events: new and changed assets, gaps, chain breaks, drops.
+    Events {
+        #[command(flatten)]
+        query: Query,
+        /// Show only the newest N.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Attribute change history.
+    History {
+        #[command(flatten)]
+        query: Query,
+        /// Only this asset (its CI key, as shown by `assets --json`).
+        #[arg(long)]
+        asset: Option<String>,
+        /// Show only the newest N.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Refused datagrams and envelopes.
+    Quarantine {
+        #[command(flatten)]
+        query: Query,
+        /// Show only the newest N.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Counters and totals.
+    Stats(Query),
+}
+
+#[derive(Args)]
+struct Query {
+    /// The CMDB file.
+    #[arg(long)]
+    db: PathBuf,
+    /// Print a versioned JSON document (see docs/json.md) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Query {
+    fn open(&self) -> Result<(Cmdb, Format)> {
+        let cmdb = Cmdb::open_existing(&self.db)?;
+        let format = if self.json {
+            Format::Json
+        } else {
+            Format::Text
+        };
+        Ok((cmdb, format))
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("outpost-collector: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let now = i64::try_from(now_ms()).unwrap_or(i64::MAX);
+    match cli.command {
+        Command::Enroll {
+            db,
+            zones,
+            key,
+            agent,
+        } => enroll(&db, &zones, &key, agent),
+        Command::Serve {
+            db,
+            diode_listen,
+            ready_file,
+        } => {
+            let mut cfg = ServeConfig::new(db, diode_listen);
+            cfg.ready_file = ready_file;
+            run_serve(cfg)
+        }
+        Command::Assets(q) => {
+            let (cmdb, f) = q.open()?;
+            print(&render::assets(&cmdb.assets()?, f, now))
+        }
+        Command::Agents(q) => {
+            let (cmdb, f) = q.open()?;
+            print(&render::agents(&cmdb.agents()?, f, now))
+        }
+        Command::Events { query, limit } => {
+            let (cmdb, f) = query.open()?;
+            print(&render::events(&cmdb.events(limit)?, f, now))
+        }
+        Command::History {
+            query,
+            asset,
+            limit,
+        } => {
+            let (cmdb, f) = query.open()?;
+            let rows = cmdb.history(asset.as_deref(), limit)?;
+            if let Some(asset) = &asset
+                && rows.is_empty()
+                && !cmdb.assets()?.iter().any(|a| &a.ci_key == asset)
+            {
+                bail!(
+                    "no asset with CI key {asset:?} in {}; list CI keys with \
+                     `outpost-collector assets --json --db {}`",
+                    q_path(&cmdb),
+                    q_path(&cmdb)
+                );
+            }
+            print(&render::history(&rows, f, now))
+        }
+        Command::Quarantine { query, limit } => {
+            let (cmdb, f) = query.open()?;
+            print(&render::quarantine(&cmdb.quarantine(limit)?, f, now))
+        }
+        Command::Stats(q) => {
+            let (cmdb, f) = q.open()?;
+            print(&render::stats(&cmdb.stats()?, f, now))
+        }
+    }
+}
+
+fn q_path(cmdb: &Cmdb) -> String {
+    cmdb.path().display().to_string()
+}
+
+fn enroll(db: &Path, zones: &[ZoneId], key_file: &Path, agent: Option<AgentId>) -> Result<()> {
+    let text = std::fs::read_to_string(key_file).with_context(|| {
+        format!(
+            "cannot read public key file {}; pass the agent.pub written by `outpost-agent keygen`",
+            key_file.display()
+        )
+    })?;
+    let (key, named) = PublicKey::parse_file(&text)
+        .with_context(|| format!("public key file {} is not usable", key_file.display()))?;
+    let agent = match (agent, named) {
+        (Some(given), Some(named)) if given != named => bail!(
+            "{} names agent {named} but --agent says {given}; a key is trusted for one agent \
+             only: drop --agent or use the key file of agent {given}",
+            key_file.display()
+        ),
+        (Some(given), _) => given,
+        (None, Some(named)) => named,
+        (None, None) => bail!(
+            "{} does not name an agent; pass --agent AGENT_ID (the agent_id in the agent's \
+             config) or append the agent id to the key line",
+            key_file.display()
+        ),
+    };
+    let mut cmdb = Cmdb::open(db)?;
+    let done = cmdb.enroll(&key, &agent, zones, now_ms())?;
+    let all: Vec<&str> = done.zones.iter().map(ZoneId::as_str).collect();
+    let what = if done.new_key {
+        "enrolled".to_owned()
+    } else if done.zones_added.is_empty() {
+        "already enrolled, nothing changed:".to_owned()
+    } else {
+        let added: Vec<&str> = done.zones_added.iter().map(ZoneId::as_str).collect();
+        format!("added zone(s) {} to", added.join(", "))
+    };
+    print(&format!(
+        "{what} key {} for agent {} in zone(s) {} (CMDB {})\n",
+        done.key_id,
+        done.agent,
+        all.join(", "),
+        db.display()
+    ))
+}
+
+fn run_serve(cfg: ServeConfig) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let shutdown = shutdown_signal()?;
+        serve(cfg, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
