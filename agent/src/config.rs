@@ -10,7 +10,8 @@
 //! - `poll_interval` defaults to 60 s, `diode.max_datagrams_per_sec` to 2000, `[modbus]` to the
 //!   values in [`ModbusConfig::default`].
 //! - A config with no `[[devices]]` at all is refused (it is almost always a mistake); a
-//!   gateway-only agent (host facts only) says so explicitly with `devices = []`.
+//!   gateway-only agent (host facts only) says so explicitly with `devices = []` (a top-level
+//!   key, so it goes before the first `[table]`).
 //! - Device addresses are `host[:port]` (port 502 by default); hosts may be IP literals or names,
 //!   names are resolved at poll time so a DNS outage does not stop the agent from starting.
 //!   IPv6 literals are written `[fd00::1]:502` (or bare, `fd00::1`, for port 502).
@@ -374,7 +375,7 @@ impl Config {
         match raw.devices {
             None => problem(
                 "devices".into(),
-                "no [[devices]] configured; add one, or write `devices = []` for a gateway-only agent that reports host facts alone".into(),
+                "no [[devices]] configured; add one, or, for a gateway-only agent that reports host facts alone, write `devices = []` near the top of the file (before the first [table])".into(),
             ),
             Some(raw_devices) => {
                 let mut names = HashSet::new();

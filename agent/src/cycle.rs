@@ -133,18 +133,16 @@ impl Agent {
                 PollStatus::Partial => {
                     report.partial += 1;
                     for p in &a.problems {
-                        tracing::info!(device = %a.name, unit = a.unit_id, "{}: {p}", a.name);
+                        tracing::info!("device {} (unit {}): {p}", a.name, a.unit_id);
                     }
                 }
                 PollStatus::Unreachable(why) => {
                     report.unreachable += 1;
                     tracing::warn!(
-                        device = %a.name,
-                        unit = a.unit_id,
-                        endpoint = %a.endpoint,
-                        "device {} (unit {}) unreachable: {why}",
+                        "device {} (unit {}) at {} unreachable: {why}",
                         a.name,
-                        a.unit_id
+                        a.unit_id,
+                        a.endpoint
                     );
                 }
             }
@@ -173,22 +171,17 @@ impl Agent {
         let sent = self.sender.send_message(&sealed.wire).await?;
         report.datagrams = sent.sent;
         tracing::info!(
-            seq = report.seq,
-            ok = report.ok,
-            partial = report.partial,
-            unreachable = report.unreachable,
-            bytes = report.envelope_bytes,
-            datagrams = sent.sent,
             refused = sent.refused,
-            duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "cycle {}: {} devices ({} ok, {} partial, {} unreachable), {} bytes in {} datagrams",
+            failed = sent.failed,
+            "cycle {}: {} devices ({} ok, {} partial, {} unreachable), {} bytes in {} datagrams, {} ms",
             report.seq,
             report.devices,
             report.ok,
             report.partial,
             report.unreachable,
             report.envelope_bytes,
-            sent.sent
+            sent.sent,
+            started.elapsed().as_millis()
         );
         Ok(report)
     }

@@ -9,6 +9,7 @@
 //! Logs go to stderr (`RUST_LOG` respected, default `info`); the runtime is tokio's
 //! current-thread one, to keep a small gateway's footprint small.
 
+use std::io::IsTerminal as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -77,6 +78,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

@@ -13,8 +13,8 @@
 //!
 //! ICMP errors: on Linux a connected UDP socket reports an ICMP "port unreachable" for an
 //! earlier datagram as `ECONNREFUSED` on a later `send`, and that later datagram is not sent.
-//! The sender counts it (`SendReport::refused`), logs a warning, and sends the same datagram
-//! once more; other errors on a datagram are counted as failed and the remaining datagrams are
+//! The sender counts it (`SendReport::refused`), logs a warning (once per message), and sends
+//! the same datagram once more; other errors on a datagram are counted as failed and the remaining datagrams are
 //! still sent. Only when no datagram at all got out is `send_message` an error.
 
 use std::io::ErrorKind;
@@ -136,12 +136,13 @@ impl DiodeSender {
             let mut outcome = self.socket.send(d);
             if matches!(&outcome, Err(e) if e.kind() == ErrorKind::ConnectionRefused) {
                 report.refused += 1;
-                tracing::warn!(
-                    target_addr = %self.target,
-                    message_id,
-                    "diode {}: ICMP port unreachable for an earlier datagram (nothing listening on the diode's port?); resending",
-                    self.target
-                );
+                if report.refused == 1 {
+                    tracing::warn!(
+                        message_id,
+                        "diode {}: ICMP port unreachable for an earlier datagram (nothing listening on the diode's port?); resending and carrying on",
+                        self.target
+                    );
+                }
                 outcome = self.socket.send(d);
             }
             match outcome {
