@@ -205,7 +205,16 @@ pub fn parse(wire: &[u8]) -> Result<Unverified, EnvelopeError> {
             max: MAX_ENVELOPE_BYTES,
         });
     }
-    let WireEnvelope(signed, signature) = cbor::decode(wire).map_err(EnvelopeError::Malformed)?;
+    let outer: WireEnvelope = cbor::decode(wire).map_err(EnvelopeError::Malformed)?;
+    // The outer array is not signed, so accept it in exactly one form (the canonical encoding
+    // this crate writes): otherwise one signed envelope would have many wire forms (ciborium does
+    // not check a tuple's array length, and lengths may be written non-minimally).
+    if cbor::encode(&outer).map_err(EnvelopeError::Encode)? != wire {
+        return Err(EnvelopeError::Malformed(CborError::Malformed(
+            "outer [signed, signature] array is not in canonical form".into(),
+        )));
+    }
+    let WireEnvelope(signed, signature) = outer;
     let header: EnvelopeHeader = cbor::decode(&signed).map_err(EnvelopeError::MalformedHeader)?;
     if header.version != ENVELOPE_VERSION {
         return Err(EnvelopeError::UnsupportedVersion(header.version));
