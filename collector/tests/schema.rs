@@ -98,7 +98,9 @@ fn enrolment_adds_zones_and_refuses_a_second_agent() {
     let z1 = ZoneId::new("cell-1").unwrap();
     let z2 = ZoneId::new("cell-2").unwrap();
 
-    let first = cmdb.enroll(&public, &gw1, &[z1.clone()], T0).unwrap();
+    let first = cmdb
+        .enroll(&public, &gw1, std::slice::from_ref(&z1), T0)
+        .unwrap();
     assert!(first.new_key);
     assert_eq!(first.zones, vec![z1.clone()]);
 
@@ -110,7 +112,12 @@ fn enrolment_adds_zones_and_refuses_a_second_agent() {
     assert_eq!(again.zones, vec![z1.clone(), z2.clone()]);
 
     let err = cmdb
-        .enroll(&public, &AgentId::new("gw-2").unwrap(), &[z1.clone()], T0)
+        .enroll(
+            &public,
+            &AgentId::new("gw-2").unwrap(),
+            std::slice::from_ref(&z1),
+            T0,
+        )
         .unwrap_err();
     assert!(matches!(err, CmdbError::KeyBoundToOtherAgent { .. }));
     let msg = err.to_string();
