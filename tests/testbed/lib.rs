@@ -5,6 +5,10 @@
 //!   identities, volatile process values, misbehaving devices and per-function-code counters.
 //! - [`harness`]: small helpers for end-to-end tests (built binaries, child processes killed
 //!   on drop, bounded waiting, free loopback ports, temp dirs, ready files).
+//! - [`scenario`]: agent configurations for a running simulated plant.
+//! - [`workload`]: synthetic summaries for benchmarks.
 
 pub mod harness;
+pub mod scenario;
 pub mod sim;
+pub mod workload;

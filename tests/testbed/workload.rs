@@ -37,7 +37,9 @@ pub fn summary_body(agent: &AgentId, zone: &ZoneId, assets: usize, round: u64) -
                         "setpoints",
                         RegisterKind::Holding,
                         100,
-                        (0..16).map(|r| i16v.wrapping_add(r) ^ (round as u16)).collect(),
+                        (0..16)
+                            .map(|r| i16v.wrapping_add(r) ^ (round as u16))
+                            .collect(),
                     ),
                     RegisterBlock::new(
                         "config",

@@ -1,0 +1,93 @@
+//! Agent configurations for a running simulated plant: what the demo, the end-to-end tests and
+//! the benchmarks hand to a real agent.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::sim::SimDevice;
+
+/// What an agent config for a plant needs besides the plant itself.
+#[derive(Debug, Clone)]
+pub struct AgentSetup<'a> {
+    pub agent_id: &'a str,
+    pub zone: &'a str,
+    pub state_dir: &'a Path,
+    pub key_file: &'a Path,
+    pub diode_target: SocketAddr,
+    pub poll_interval: Duration,
+    pub request_timeout: Duration,
+    pub min_request_gap: Duration,
+}
+
+impl<'a> AgentSetup<'a> {
+    /// Test-friendly defaults: 1 s polls, 300 ms request timeout, 5 ms between requests.
+    pub fn new(
+        agent_id: &'a str,
+        zone: &'a str,
+        state_dir: &'a Path,
+        key_file: &'a Path,
+        diode_target: SocketAddr,
+    ) -> Self {
+        Self {
+            agent_id,
+            zone,
+            state_dir,
+            key_file,
+            diode_target,
+            poll_interval: Duration::from_secs(1),
+            request_timeout: Duration::from_millis(300),
+            min_request_gap: Duration::from_millis(5),
+        }
+    }
+}
+
+/// Block name under which the holding registers starting at `start` are configured: these
+/// are the configuration registers a drift shows up in.
+pub fn config_block_name(start: u16) -> String {
+    format!("config-{start}")
+}
+
+/// The agent TOML polling every device of the plant: identity plus each holding-register block
+/// (configuration). Input registers are process values that change every read, so they are
+/// left out, as an engineer would.
+pub fn agent_config(setup: &AgentSetup<'_>, devices: &[SimDevice]) -> String {
+    let mut t = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(t, "agent_id = {:?}", setup.agent_id);
+    let _ = writeln!(t, "zone = {:?}", setup.zone);
+    let _ = writeln!(t, "state_dir = {:?}", setup.state_dir.display().to_string());
+    let _ = writeln!(t, "key_file = {:?}", setup.key_file.display().to_string());
+    let _ = writeln!(
+        t,
+        "poll_interval = \"{}ms\"",
+        setup.poll_interval.as_millis()
+    );
+    let _ = writeln!(t, "\n[diode]\ntarget = \"{}\"", setup.diode_target);
+    let _ = writeln!(
+        t,
+        "\n[modbus]\nconnect_timeout = \"{}ms\"\nrequest_timeout = \"{}ms\"\nmin_request_gap = \"{}ms\"\nmax_parallel_devices = 16",
+        setup.request_timeout.as_millis(),
+        setup.request_timeout.as_millis(),
+        setup.min_request_gap.as_millis()
+    );
+    for d in devices {
+        let _ = writeln!(
+            t,
+            "\n[[devices]]\nname = {:?}\naddress = \"{}\"",
+            d.name, d.addr
+        );
+        let units: Vec<String> = d.unit_ids.iter().map(u8::to_string).collect();
+        let _ = writeln!(t, "unit_ids = [{}]", units.join(", "));
+        for (start, values) in &d.spec.holding {
+            let _ = writeln!(
+                t,
+                "[[devices.blocks]]\nname = {:?}\nkind = \"holding\"\nstart = {start}\ncount = {}",
+                config_block_name(*start),
+                values.len().min(125)
+            );
+        }
+    }
+    t
+}
