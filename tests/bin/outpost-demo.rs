@@ -14,7 +14,7 @@ use outpost_collector::cmdb::Cmdb;
 use outpost_collector::render::{self, Format};
 use outpost_collector::serve::{ServeConfig, Server};
 use outpost_proto::{AgentId, ZoneId};
-use outpost_testbed::scenario::{AgentSetup, agent_config};
+use outpost_testbed::scenario::{AgentSetup, PlantDevice, agent_config};
 use outpost_testbed::sim::{Plant, default_plant};
 use tokio::sync::oneshot;
 
@@ -135,7 +135,8 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     let config_path = dir.join("agent.toml");
     let setup = AgentSetup::new(AGENT, ZONE, &state, &generated.private_path, listen);
     let devices = plant.devices();
-    std::fs::write(&config_path, agent_config(&setup, &devices))
+    let plant_devices: Vec<PlantDevice> = devices.iter().map(PlantDevice::from).collect();
+    std::fs::write(&config_path, agent_config(&setup, &plant_devices))
         .with_context(|| format!("writing {}", config_path.display()))?;
     let config = Config::load(&config_path)?;
     let mut agent = Agent::new(config)?;

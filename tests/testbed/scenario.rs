@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::sim::SimDevice;
 
 /// What an agent config for a plant needs besides the plant itself.
@@ -49,10 +51,79 @@ pub fn config_block_name(start: u16) -> String {
     format!("config-{start}")
 }
 
+/// What an agent config needs to know of one simulated device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlantDevice {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub unit_ids: Vec<u8>,
+    /// Holding-register blocks: (start, count).
+    pub holding: Vec<(u16, usize)>,
+}
+
+impl From<&SimDevice> for PlantDevice {
+    fn from(d: &SimDevice) -> Self {
+        Self {
+            name: d.name.clone(),
+            addr: d.addr,
+            unit_ids: d.unit_ids.clone(),
+            holding: d.spec.holding.iter().map(|(a, v)| (*a, v.len())).collect(),
+        }
+    }
+}
+
+/// Reads the devices from `outpost-sim`'s JSON document (its `--json` output or ready file).
+pub fn devices_from_sim_json(doc: &Value) -> Result<Vec<PlantDevice>, String> {
+    let devices = doc["devices"]
+        .as_array()
+        .ok_or("simulator JSON has no \"devices\" array")?;
+    devices
+        .iter()
+        .map(|d| {
+            let name = d["name"]
+                .as_str()
+                .ok_or("device without a name")?
+                .to_owned();
+            let addr = d["address"]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| format!("device {name}: no valid address"))?;
+            let unit_ids = d["unit_ids"]
+                .as_array()
+                .map(|u| {
+                    u.iter()
+                        .filter_map(|x| x.as_u64().and_then(|x| u8::try_from(x).ok()))
+                        .collect()
+                })
+                .ok_or_else(|| format!("device {name}: no unit_ids"))?;
+            let holding = d["blocks"]
+                .as_array()
+                .map(|blocks| {
+                    blocks
+                        .iter()
+                        .filter(|b| b["kind"] == "holding")
+                        .filter_map(|b| {
+                            let start = u16::try_from(b["start"].as_u64()?).ok()?;
+                            let count = usize::try_from(b["count"].as_u64()?).ok()?;
+                            Some((start, count))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(PlantDevice {
+                name,
+                addr,
+                unit_ids,
+                holding,
+            })
+        })
+        .collect()
+}
+
 /// The agent TOML polling every device of the plant: identity plus each holding-register block
 /// (configuration). Input registers are process values that change every read, so they are
 /// left out, as an engineer would.
-pub fn agent_config(setup: &AgentSetup<'_>, devices: &[SimDevice]) -> String {
+pub fn agent_config(setup: &AgentSetup<'_>, devices: &[PlantDevice]) -> String {
     let mut t = String::new();
     // Writing to a String cannot fail.
     let _ = writeln!(t, "agent_id = {:?}", setup.agent_id);
@@ -80,12 +151,12 @@ pub fn agent_config(setup: &AgentSetup<'_>, devices: &[SimDevice]) -> String {
         );
         let units: Vec<String> = d.unit_ids.iter().map(u8::to_string).collect();
         let _ = writeln!(t, "unit_ids = [{}]", units.join(", "));
-        for (start, values) in &d.spec.holding {
+        for (start, count) in &d.holding {
             let _ = writeln!(
                 t,
                 "[[devices.blocks]]\nname = {:?}\nkind = \"holding\"\nstart = {start}\ncount = {}",
                 config_block_name(*start),
-                values.len().min(125)
+                (*count).min(125)
             );
         }
     }
