@@ -1,1 +1,292 @@
-fn main() {}
+//! `outpost-bench`: the figures README records, measured and printed with their targets.
+//!
+//! Build everything in release first, then run it:
+//!
+//! ```sh
+//! cargo build --release --workspace && target/release/outpost-bench
+//! ```
+//!
+//! - envelope sign and verify rates (a 50-asset summary);
+//! - collector ingest rate: signed 50-asset summaries verified and applied to a real SQLite
+//!   file per second, steady state (nothing changed) and worst case (every asset changed);
+//! - agent peak RSS while polling 100 simulated devices (the real `outpost-agent` process);
+//! - size of the stripped static aarch64 agent, when `.ci/build-aarch64.sh` has built it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use outpost_collector::cmdb::Cmdb;
+use outpost_collector::ingest::Ingest;
+use outpost_collector::serve::{ServeConfig, Server};
+use outpost_proto::chain::ChainTip;
+use outpost_proto::envelope::{Sealed, parse, seal};
+use outpost_proto::{AgentId, SigningKey, ZoneId};
+use outpost_testbed::harness::{self, ChildGuard};
+use outpost_testbed::scenario::{AgentSetup, PlantDevice, agent_config};
+use outpost_testbed::sim::{Plant, generated_plant};
+use outpost_testbed::workload::summary_body;
+
+/// Measure Outpost's speed and memory figures.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Envelopes per rate measurement.
+    #[arg(long, default_value_t = 4000)]
+    envelopes: u64,
+    /// Simulated devices for the agent memory measurement.
+    #[arg(long, default_value_t = 100)]
+    devices: usize,
+    /// Agent poll cycles to run before reading its peak RSS.
+    #[arg(long, default_value_t = 5)]
+    cycles: u64,
+}
+
+const ASSETS: usize = 50;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if cfg!(debug_assertions) {
+        eprintln!("warning: this is a debug build; figures are only meaningful from --release");
+    }
+    println!("outpost-bench on {} CPUs", num_cpus());
+    envelope_rates(args.envelopes)?;
+    ingest_rates(args.envelopes)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("could not start the async runtime")?;
+    runtime.block_on(agent_memory(args.devices, args.cycles))?;
+    binary_sizes();
+    Ok(())
+}
+
+fn ids() -> anyhow::Result<(AgentId, ZoneId)> {
+    Ok((AgentId::new("bench-gw")?, ZoneId::new("bench-zone")?))
+}
+
+/// `n` consecutive envelopes of one agent; `changing` varies every asset's setpoints per round.
+fn chain(key: &SigningKey, n: u64, changing: bool) -> anyhow::Result<Vec<Sealed>> {
+    let (agent, zone) = ids()?;
+    let mut tip = ChainTip::GENESIS;
+    let mut out = Vec::with_capacity(usize::try_from(n)?);
+    for i in 0..n {
+        let body = summary_body(&agent, &zone, ASSETS, if changing { i } else { 0 });
+        let sealed = seal(key, &agent, &zone, &tip, 1_700_000_000_000 + i, &body)?;
+        tip = sealed.tip;
+        out.push(sealed);
+    }
+    Ok(out)
+}
+
+fn envelope_rates(n: u64) -> anyhow::Result<()> {
+    let (key, _) = SigningKey::generate()?;
+    let (agent, zone) = ids()?;
+    let body = summary_body(&agent, &zone, ASSETS, 1);
+    let start = Instant::now();
+    let mut last = None;
+    for i in 0..n {
+        last = Some(seal(&key, &agent, &zone, &ChainTip::GENESIS, i, &body)?);
+    }
+    let sign = rate(n, start.elapsed());
+    let wire = last.context("at least one envelope")?.wire;
+    let public = key.public_key();
+    let start = Instant::now();
+    for _ in 0..n {
+        parse(&wire)?.verify(&public)?;
+    }
+    let verify = rate(n, start.elapsed());
+    println!(
+        "\n== envelopes ({ASSETS}-asset summary, {} bytes on the wire)",
+        wire.len()
+    );
+    println!("seal (encode + sign):        {sign:>10.0} envelopes/s");
+    println!("parse + verify signature:    {verify:>10.0} envelopes/s");
+    Ok(())
+}
+
+fn ingest_rates(n: u64) -> anyhow::Result<()> {
+    println!(
+        "\n== collector ingest ({ASSETS} assets per summary, real SQLite file, one transaction each)"
+    );
+    for (label, changing) in [
+        ("steady state (no change)", false),
+        ("worst case (all assets changed)", true),
+    ] {
+        let dir = harness::temp_dir("bench-ingest")?;
+        let db = dir.path().join("cmdb.sqlite");
+        let (key, _) = SigningKey::generate()?;
+        let (agent, zone) = ids()?;
+        let mut cmdb = Cmdb::open(&db)?;
+        cmdb.enroll(&key.public_key(), &agent, &[zone], 0)?;
+        let envelopes = chain(&key, n, changing)?;
+        let mut ingest = Ingest::new(cmdb);
+        let start = Instant::now();
+        for (i, e) in envelopes.iter().enumerate() {
+            if let Err(r) = ingest.envelope(&e.wire, "bench", 1_700_000_000_000 + i as u64) {
+                bail!("envelope {i} refused: {r:?}");
+            }
+        }
+        let elapsed = start.elapsed();
+        let per_s = rate(n, elapsed);
+        let verdict = if per_s >= 2000.0 { "meets" } else { "MISSES" };
+        println!(
+            "{label:<32} {per_s:>8.0} summaries/s ({:.0} asset updates/s) — {verdict} the ≥ 2,000/s target",
+            per_s * ASSETS as f64
+        );
+    }
+    Ok(())
+}
+
+async fn agent_memory(devices: usize, cycles: u64) -> anyhow::Result<()> {
+    println!("\n== agent memory, polling {devices} simulated devices (real outpost-agent process)");
+    let agent_bin = match harness::binary("outpost-agent") {
+        Ok(p) => p,
+        Err(e) => {
+            println!("skipped: {e}");
+            return Ok(());
+        }
+    };
+    let dir = harness::temp_dir("bench-agent")?;
+    let dir = dir.path();
+    let binds = (0..devices)
+        .map(|i| {
+            let i = u32::try_from(i)?;
+            let ip = std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(127, 0, 9, 1)) + i);
+            Ok(std::net::SocketAddr::from((ip, 0)))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let plant = Plant::start(generated_plant(devices), binds)
+        .await
+        .context("could not start the simulated plant")?;
+    let (key, doc) = SigningKey::generate()?;
+    let (agent, zone) = ids()?;
+    let key_file = dir.join("agent.key");
+    write_private(&key_file, &doc)?;
+    let db = dir.join("cmdb.sqlite");
+    let mut cmdb = Cmdb::open(&db)?;
+    cmdb.enroll(&key.public_key(), &agent, &[zone], 0)?;
+    let server = Server::bind(ServeConfig::new(&db, "127.0.0.1:0".parse()?))?;
+    let listen = server.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let collector = tokio::spawn(server.run(async move {
+        let _ = stop_rx.await;
+    }));
+
+    let state = dir.join("state");
+    let setup = AgentSetup::new(agent.as_str(), "bench-zone", &state, &key_file, listen);
+    let sim_devices: Vec<PlantDevice> = plant.devices().iter().map(PlantDevice::from).collect();
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, agent_config(&setup, &sim_devices))?;
+    let mut child = ChildGuard::spawn(
+        "outpost-agent",
+        Command::new(&agent_bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null()),
+    )?;
+    let pid = child.pid();
+    let start = Instant::now();
+    let mut applied = 0;
+    // Bounded: cycles × (poll interval + slack).
+    let deadline = Duration::from_secs(cycles * 3 + 20);
+    while start.elapsed() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        applied = cmdb.agents()?.first().and_then(|a| a.last_seq).unwrap_or(0);
+        if applied >= i64::try_from(cycles)? {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("the agent exited early: {status}");
+        }
+    }
+    let status = read_status(pid)?;
+    let assets = cmdb.assets()?;
+    let ok = assets.iter().filter(|a| a.status == "ok").count();
+    child.stop(Duration::from_secs(10))?;
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), collector).await;
+    plant.stop().await;
+
+    let hwm = status.0 as f64 / 1024.0;
+    let verdict = if hwm <= 20.0 { "meets" } else { "MISSES" };
+    println!(
+        "{applied} cycles applied, {} assets in the CMDB ({ok} answered) in {:.1} s",
+        assets.len(),
+        start.elapsed().as_secs_f64()
+    );
+    println!("agent peak RSS (VmHWM):      {hwm:>10.1} MB — {verdict} the ≤ 20 MB target");
+    println!(
+        "agent RSS now (VmRSS):       {:>10.1} MB",
+        status.1 as f64 / 1024.0
+    );
+    println!("agent binary used:           {}", agent_bin.display());
+    Ok(())
+}
+
+/// (VmHWM, VmRSS) of a process, in KiB.
+fn read_status(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmHWM:"), field("VmRSS:")))
+}
+
+fn write_private(path: &Path, doc: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(doc)?;
+    Ok(())
+}
+
+fn binary_sizes() {
+    println!("\n== agent binary size (stripped)");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let candidates: [(&str, PathBuf); 2] = [
+        (
+            "aarch64-unknown-linux-musl",
+            root.join("aarch64-unknown-linux-musl/release/outpost-agent"),
+        ),
+        ("host release", root.join("release/outpost-agent")),
+    ];
+    for (label, path) in candidates {
+        match std::fs::metadata(&path) {
+            Ok(m) => {
+                let mb = m.len() as f64 / (1024.0 * 1024.0);
+                let verdict = if mb <= 8.0 { "meets" } else { "MISSES" };
+                println!(
+                    "{label:<28} {mb:>6.2} MB — {verdict} the ≤ 8 MB target ({})",
+                    path.display()
+                );
+            }
+            Err(_) => println!(
+                "{label:<28} not built ({}; run .ci/build-aarch64.sh or cargo build --release)",
+                path.display()
+            ),
+        }
+    }
+}
+
+fn rate(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
