@@ -11,5 +11,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let bytes = cbor::encode(&body).expect("a decoded body encodes");
-    assert_eq!(cbor::decode::<Body>(&bytes).expect("re-encoded body decodes"), body);
+    assert_eq!(
+        cbor::decode::<Body>(&bytes).expect("re-encoded body decodes"),
+        body
+    );
 });

@@ -83,7 +83,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     if let Ok(v) = envelope::parse(&wire).and_then(|u| u.verify(&f.key.public_key())) {
-        assert_eq!(wire[1..], f.wire[1..], "an edit past the outer header verified");
+        assert_eq!(
+            wire[1..],
+            f.wire[1..],
+            "an edit past the outer header verified"
+        );
         assert_eq!(v.header, f.verified.header);
         assert_eq!(v.hash, f.verified.hash);
     }

@@ -43,7 +43,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for b in bytes {
         crc ^= u32::from(*b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

@@ -23,7 +23,12 @@ enum Op {
     /// Push fragment `index` of message `message`.
     Push { message: u8, index: u8 },
     /// Push it with one byte changed.
-    Corrupt { message: u8, index: u8, at: u16, xor: u8 },
+    Corrupt {
+        message: u8,
+        index: u8,
+        at: u16,
+        xor: u8,
+    },
     /// Push arbitrary bytes.
     Garbage { source: u8, bytes: Vec<u8> },
     /// Let time pass and collect drops.
