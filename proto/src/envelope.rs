@@ -3,11 +3,13 @@
 //! On the wire an envelope is a CBOR array `[signed, signature]`:
 //! - `signed` is a byte string holding the CBOR encoding of an [`EnvelopeHeader`] (version,
 //!   agent, zone, key id, sequence number, time, previous envelope's hash, and the encoded body);
-//! - `signature` is the 64-byte Ed25519 signature over [`SIGNING_CONTEXT`] followed by `signed`.
+//! - `signature` is the 64-byte Ed25519 signature over [`SIGNING_CONTEXT`] followed by the
+//!   envelope hash.
 //!
-//! The receiver checks the signature over the exact bytes it received (nothing is re-encoded),
-//! and the envelope's hash — what the next envelope names as `prev_hash` — is SHA-256 over
-//! `signed`. Sequence numbers start at 1; the first envelope's `prev_hash` is all zeros.
+//! The envelope hash is SHA-256 over the exact `signed` bytes: it is what the signature covers
+//! and what the next envelope names as `prev_hash`, so the receiver hashes the body once and
+//! nothing is ever re-encoded to verify. Sequence numbers start at 1; the first envelope's
+//! `prev_hash` is all zeros.
 
 use std::fmt;
 
@@ -25,7 +27,7 @@ pub const ENVELOPE_VERSION: u16 = 1;
 /// Largest envelope (whole wire form) accepted: 1 MiB.
 pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
 
-/// Domain separation: what is signed is this prefix followed by the header bytes.
+/// Domain separation: what is signed is this prefix followed by the 32-byte envelope hash.
 pub const SIGNING_CONTEXT: &[u8] = b"outpost/envelope/v1\0";
 
 /// A SHA-256 digest.
@@ -160,8 +162,8 @@ pub fn seal(
         body: cbor::encode(body).map_err(EnvelopeError::Encode)?,
     };
     let signed = cbor::encode(&header).map_err(EnvelopeError::Encode)?;
-    let signature = key.sign(&signing_input(&signed));
     let hash = Digest::of(&signed);
+    let signature = key.sign(&signing_input(&hash));
     let wire =
         cbor::encode(&WireEnvelope(signed, signature.to_vec())).map_err(EnvelopeError::Encode)?;
     if wire.len() > MAX_ENVELOPE_BYTES {
@@ -179,10 +181,10 @@ pub fn seal(
     })
 }
 
-fn signing_input(signed: &[u8]) -> Vec<u8> {
-    let mut input = Vec::with_capacity(SIGNING_CONTEXT.len() + signed.len());
+fn signing_input(hash: &Digest) -> Vec<u8> {
+    let mut input = Vec::with_capacity(SIGNING_CONTEXT.len() + hash.0.len());
     input.extend_from_slice(SIGNING_CONTEXT);
-    input.extend_from_slice(signed);
+    input.extend_from_slice(&hash.0);
     input
 }
 
@@ -244,10 +246,10 @@ impl Unverified {
                 given,
             });
         }
-        if !key.verify(&signing_input(&self.signed), &self.signature) {
+        let hash = Digest::of(&self.signed);
+        if !key.verify(&signing_input(&hash), &self.signature) {
             return Err(EnvelopeError::BadSignature(given));
         }
-        let hash = Digest::of(&self.signed);
         Ok(Verified {
             header: self.header,
             hash,
