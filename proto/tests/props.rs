@@ -263,8 +263,8 @@ proptest! {
     /// A changed byte anywhere — header, body or signature — never verifies: the signature
     /// covers every byte of `signed`, a changed signature cannot verify (ring rejects
     /// non-canonical S, and any other R or S fails the equation), and a changed length or type
-    /// byte breaks the parse. The one exception is the outer array header (byte 0), see
-    /// [`outer_array_header_must_be_exact`]; there the content provably stays the same.
+    /// byte breaks the parse (the outer array must be canonical, see
+    /// [`outer_array_header_must_be_exact`]).
     #[test]
     fn a_flipped_byte_never_verifies(
         b in body(),
@@ -397,7 +397,7 @@ fn small_body() -> Body {
 }
 
 /// Every byte position of one envelope, every single-bit flip and the full inversion (the
-/// proptest above tries arbitrary changes): never verifies (modulo the outer array header).
+/// proptest above tries arbitrary changes): never verifies.
 #[test]
 fn every_byte_of_an_envelope_is_covered() {
     let wire = sealed_wire(&small_body(), 41, 1_700_000_000_000);
