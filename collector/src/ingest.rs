@@ -159,8 +159,12 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Ingests into `cmdb`.
-    pub fn new(cmdb: Cmdb) -> Self {
+    /// Ingests into `cmdb`, moving its WAL checkpoints to a background thread (a failure to
+    /// start that thread is logged; SQLite then checkpoints in this thread as usual).
+    pub fn new(mut cmdb: Cmdb) -> Self {
+        if let Err(e) = cmdb.start_background_checkpoints() {
+            tracing::warn!("{e}; checkpoints will run in the ingest thread");
+        }
         Self {
             cmdb,
             logs: LogLimiter::default(),
@@ -204,125 +208,37 @@ impl Ingest {
         claimed.key = Some(h.key_id.to_string());
         claimed.seq = Some(h.seq);
         let storage = |e: CmdbError| (Reason::Storage, e.to_string());
-
-        let key = self
+        // Key lookup, chain judgement and apply share one transaction (one lock, one commit).
+        let applied = self
             .cmdb
-            .trusted_key(&h.key_id)
-            .map_err(storage)?
-            .ok_or_else(|| {
-                (
-                    Reason::UnknownKey,
-                    format!(
-                        "key {} is not enrolled; if agent {} is legitimate, enroll its .pub file \
-                     with `outpost-collector enroll --key FILE --zone {}`",
-                        h.key_id, h.agent, h.zone
-                    ),
-                )
-            })?;
-        if key.status == KeyStatus::Revoked {
-            return Err((
-                Reason::KeyRevoked,
-                format!("key {} (agent {}) has been revoked", key.key_id, key.agent),
-            ));
-        }
-        if key.agent != h.agent {
-            return Err((
-                Reason::AgentMismatch,
-                format!(
-                    "envelope claims agent {} but key {} is enrolled for agent {}",
-                    h.agent, key.key_id, key.agent
-                ),
-            ));
-        }
-        if !key.zones.contains(&h.zone) {
-            let zones: Vec<&str> = key.zones.iter().map(ZoneId::as_str).collect();
-            return Err((
-                Reason::ZoneNotAuthorised,
-                format!(
-                    "agent {} reports zone {} but its key {} is trusted for zone(s) {}; if that \
-                     is intended, run `outpost-collector enroll --zone {} --agent {} --key FILE`",
-                    h.agent,
-                    h.zone,
-                    key.key_id,
-                    zones.join(", "),
-                    h.zone,
-                    h.agent
-                ),
-            ));
-        }
-        let verified = unverified
-            .verify(&key.public_key)
-            .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
-        let h = &verified.header;
-        if h.seq == 0 || i64::try_from(h.seq).is_err() {
-            return Err((
-                Reason::BadSequence,
-                format!(
-                    "sequence number {} is out of range (1..={})",
-                    h.seq,
-                    i64::MAX
-                ),
-            ));
-        }
-        let previous = self.cmdb.chain_tip(&h.agent).map_err(storage)?;
-        let verdict = chain::judge(previous.as_ref(), h);
-        if let SequenceVerdict::Replay { last } = verdict {
-            return Err((
-                Reason::Replay,
-                format!(
-                    "sequence number {} from agent {} is not above the last accepted {last} \
-                     (a replay or a late duplicate)",
-                    h.seq, h.agent
-                ),
-            ));
-        }
-        let body = verified
-            .body()
-            .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
-        let Body::Summary(summary) = &body;
-        check_summary(summary, &h.agent, &h.zone)?;
-
-        let meta = EnvelopeMeta {
-            agent: &h.agent,
-            zone: &h.zone,
-            key_id: h.key_id,
-            seq: h.seq,
-            hash: verified.hash,
-            prev_hash: h.prev_hash,
-            agent_time_ms: h.time_ms,
-            kind: body.kind(),
+            .in_transaction(|db| verify_and_apply(db, unverified, wire, peer, now_ms))
+            .map_err(storage)??;
+        let Applied {
+            agent,
+            zone,
+            seq,
             verdict,
-            previous,
-            peer,
-            received_at_ms: now_ms,
-            raw: wire,
-        };
-        let outcome = self.cmdb.apply_summary(&meta, summary).map_err(storage)?;
-        match verdict {
+            outcome,
+        } = &applied;
+        match *verdict {
             SequenceVerdict::Gap { from, to } => tracing::warn!(
-                %peer, agent = %h.agent, from, to,
-                "sequence gap: envelopes {from}..={to} from agent {} never arrived", h.agent
+                %peer, %agent, from, to,
+                "sequence gap: envelopes {from}..={to} from agent {agent} never arrived"
             ),
             SequenceVerdict::ChainBreak => tracing::warn!(
-                %peer, agent = %h.agent, seq = h.seq,
-                "chain break: envelope {} does not name the previous envelope held; \
-                 the agent's state was restored or its key is shared", h.seq
+                %peer, %agent, seq,
+                "chain break: envelope {seq} does not name the previous envelope held; \
+                 the agent's state was restored or its key is shared"
             ),
             SequenceVerdict::First => tracing::info!(
-                %peer, agent = %h.agent, zone = %h.zone, seq = h.seq, "first envelope from agent"
+                %peer, %agent, %zone, seq, "first envelope from agent"
             ),
             _ => {}
         }
-        tracing::debug!(%peer, agent = %h.agent, seq = h.seq, verdict = verdict_name(&verdict),
+        tracing::debug!(%peer, %agent, seq, verdict = verdict_name(verdict),
             assets = outcome.assets, new = outcome.assets_new, changed = outcome.assets_changed,
             "applied summary");
-        Ok(Applied {
-            agent: h.agent.clone(),
-            zone: h.zone.clone(),
-            seq: h.seq,
-            verdict,
-            outcome,
-        })
+        Ok(applied)
     }
 
     fn reject(
@@ -466,6 +382,115 @@ impl Ingest {
             tracing::warn!(reason = %reason, suppressed = n, "{n} more `{reason}` refusals were not logged individually");
         }
     }
+}
+
+/// Everything after parsing, inside the caller's transaction.
+fn verify_and_apply(
+    db: &mut Cmdb,
+    unverified: envelope::Unverified,
+    wire: &[u8],
+    peer: &str,
+    now_ms: u64,
+) -> Result<Applied, (Reason, String)> {
+    let h = unverified.header();
+    let storage = |e: CmdbError| (Reason::Storage, e.to_string());
+
+    let key = db.trusted_key(&h.key_id).map_err(storage)?.ok_or_else(|| {
+        (
+            Reason::UnknownKey,
+            format!(
+                "key {} is not enrolled; if agent {} is legitimate, enroll its .pub file \
+                 with `outpost-collector enroll --key FILE --zone {}`",
+                h.key_id, h.agent, h.zone
+            ),
+        )
+    })?;
+    if key.status == KeyStatus::Revoked {
+        return Err((
+            Reason::KeyRevoked,
+            format!("key {} (agent {}) has been revoked", key.key_id, key.agent),
+        ));
+    }
+    if key.agent != h.agent {
+        return Err((
+            Reason::AgentMismatch,
+            format!(
+                "envelope claims agent {} but key {} is enrolled for agent {}",
+                h.agent, key.key_id, key.agent
+            ),
+        ));
+    }
+    if !key.zones.contains(&h.zone) {
+        let zones: Vec<&str> = key.zones.iter().map(ZoneId::as_str).collect();
+        return Err((
+            Reason::ZoneNotAuthorised,
+            format!(
+                "agent {} reports zone {} but its key {} is trusted for zone(s) {}; if that \
+                 is intended, run `outpost-collector enroll --zone {} --agent {} --key FILE`",
+                h.agent,
+                h.zone,
+                key.key_id,
+                zones.join(", "),
+                h.zone,
+                h.agent
+            ),
+        ));
+    }
+    let verified = unverified
+        .verify(&key.public_key)
+        .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
+    let h = &verified.header;
+    if h.seq == 0 || i64::try_from(h.seq).is_err() {
+        return Err((
+            Reason::BadSequence,
+            format!(
+                "sequence number {} is out of range (1..={})",
+                h.seq,
+                i64::MAX
+            ),
+        ));
+    }
+    let previous = db.chain_tip(&h.agent).map_err(storage)?;
+    let verdict = chain::judge(previous.as_ref(), h);
+    if let SequenceVerdict::Replay { last } = verdict {
+        return Err((
+            Reason::Replay,
+            format!(
+                "sequence number {} from agent {} is not above the last accepted {last} \
+                 (a replay or a late duplicate)",
+                h.seq, h.agent
+            ),
+        ));
+    }
+    let body = verified
+        .body()
+        .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
+    let Body::Summary(summary) = &body;
+    check_summary(summary, &h.agent, &h.zone)?;
+
+    let meta = EnvelopeMeta {
+        agent: &h.agent,
+        zone: &h.zone,
+        key_id: h.key_id,
+        seq: h.seq,
+        hash: verified.hash,
+        prev_hash: h.prev_hash,
+        agent_time_ms: h.time_ms,
+        kind: body.kind(),
+        verdict,
+        previous,
+        peer,
+        received_at_ms: now_ms,
+        raw: wire,
+    };
+    let outcome = db.apply_summary(&meta, summary).map_err(storage)?;
+    Ok(Applied {
+        agent: h.agent.clone(),
+        zone: h.zone.clone(),
+        seq: h.seq,
+        verdict,
+        outcome,
+    })
 }
 
 fn suppressed_note(n: u64) -> String {

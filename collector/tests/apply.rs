@@ -317,3 +317,70 @@ fn duplicate_device_in_one_summary_keeps_the_first() {
     assert_eq!(cmdb.assets().unwrap()[0].name, "plc-1");
     assert_eq!(cmdb.counter("summary_duplicate_assets").unwrap(), 1);
 }
+
+#[test]
+fn a_second_writer_cannot_make_the_asset_cache_stale() {
+    let mut f = Fixture::new();
+    let mut a = f.ingest();
+    let mut b = f.ingest();
+    a.envelope(&f.seal(&f.summary(vec![plc(1, vec![1])])), "p", T0)
+        .unwrap();
+    // Another writer applies a change...
+    b.envelope(&f.seal(&f.summary(vec![plc(1, vec![2])])), "p", T0 + 1)
+        .unwrap();
+    // ...so the first one must notice that [1] is a change back, not "unchanged".
+    let applied = a
+        .envelope(&f.seal(&f.summary(vec![plc(1, vec![1])])), "p", T0 + 2)
+        .unwrap();
+    assert_eq!(applied.outcome.assets_changed, 1);
+    let cmdb = a.cmdb();
+    assert_eq!(cmdb.assets().unwrap()[0].blocks[0].values, vec![1]);
+    assert_eq!(count(cmdb, "events", "kind = 'asset_changed'"), 2);
+}
+
+#[test]
+fn a_device_reported_by_another_agent_changes_hands() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    let (key2, _) = outpost_proto::SigningKey::generate().unwrap();
+    let gw2 = outpost_proto::AgentId::new("gw-2").unwrap();
+    ingest
+        .cmdb_mut()
+        .enroll(&key2.public_key(), &gw2, std::slice::from_ref(&f.zone), T0)
+        .unwrap();
+    ingest
+        .envelope(&f.seal(&f.summary(vec![plc(1, vec![1])])), "p", T0)
+        .unwrap();
+
+    let mut g = Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        db: f.db.clone(),
+        key: key2,
+        agent: gw2,
+        zone: f.zone.clone(),
+        tip: outpost_proto::ChainTip::GENESIS,
+    };
+    let applied = ingest
+        .envelope(&g.seal(&g.summary(vec![plc(1, vec![1])])), "p", T0 + 1)
+        .unwrap();
+    assert_eq!(applied.outcome.assets_new, 0);
+    {
+        let cmdb = ingest.cmdb();
+        assert_eq!(cmdb.assets().unwrap()[0].agent_id, "gw-2");
+        let reporters: Vec<String> = cmdb
+            .connection()
+            .prepare("SELECT to_ci FROM relations WHERE type = 'reported_by'")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(reporters, ["agent/gw-2"]);
+    }
+    // gw-1 reports it again, unchanged in content: it must still be re-assigned, not skipped.
+    ingest
+        .envelope(&f.seal(&f.summary(vec![plc(1, vec![1])])), "p", T0 + 2)
+        .unwrap();
+    assert_eq!(ingest.cmdb().assets().unwrap()[0].agent_id, "gw-1");
+    assert_eq!(ingest.cmdb().assets().unwrap().len(), 1);
+}

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use outpost_proto::model::{AssetObservation, HostFacts, Summary};
 use outpost_proto::{AgentId, ChainTip, Digest, KeyId, SequenceVerdict, ZoneId};
-use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::attributes::{self, answered, status_name};
@@ -68,48 +68,96 @@ pub fn verdict_name(v: &SequenceVerdict) -> &'static str {
 }
 
 impl Cmdb {
-    /// Applies a verified, judged summary in one transaction.
+    /// Applies a verified, judged summary in one transaction: its own, or the caller's when
+    /// called inside [`Cmdb::in_transaction`].
     pub fn apply_summary(
         &mut self,
         meta: &EnvelopeMeta<'_>,
         summary: &Summary,
     ) -> Result<ApplyOutcome, CmdbError> {
-        let path = self.path().to_owned();
+        if self.conn.is_autocommit() {
+            return self
+                .in_transaction(|db| db.apply_summary(meta, summary))
+                .and_then(|inner| inner);
+        }
         let sqlite = |source| CmdbError::Sqlite {
-            path: path.clone(),
+            path: self.path.clone(),
             source,
         };
-        let tx = self
-            .conn_mut()
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(sqlite)?;
-        let out = {
-            let mut w = Writer {
-                tx: &tx,
-                meta,
-                hash_hex: meta.hash.to_string(),
-                zone_ci: ci_key::zone(meta.zone.as_str()),
-                agent_ci: ci_key::agent(meta.agent.as_str()),
-                now: sql_int(meta.received_at_ms),
-                out: ApplyOutcome::default(),
-                counters: BTreeMap::new(),
-            };
-            w.envelope().map_err(sqlite)?;
-            w.chain_events().map_err(sqlite)?;
-            if let Some(gateway) = &summary.gateway {
-                w.gateway(gateway).map_err(sqlite)?;
-            }
-            w.assets(&summary.assets).map_err(sqlite)?;
-            w.flush_counters().map_err(sqlite)?;
-            w.out
+        // The cached asset list is valid only if it describes the tip this envelope follows
+        // (nobody else applied an envelope of this agent since).
+        let cached = self
+            .known_assets
+            .remove(meta.agent.as_str())
+            .filter(|k| Some(k.seq) == meta.previous.map(|t| t.seq));
+        let (gateway_hash, cached_assets) = match cached {
+            Some(k) => (k.gateway, Some(k.assets)),
+            None => (None, None),
         };
-        tx.commit().map_err(sqlite)?;
+        let mut w = Writer {
+            db: &self.conn,
+            meta,
+            hash_hex: meta.hash.to_string(),
+            zone_ci: ci_key::zone(meta.zone.as_str()),
+            agent_ci: ci_key::agent(meta.agent.as_str()),
+            now: sql_int(meta.received_at_ms),
+            out: ApplyOutcome::default(),
+            counters: BTreeMap::new(),
+            moved_between_agents: false,
+        };
+        w.envelope().map_err(sqlite)?;
+        w.chain_events().map_err(sqlite)?;
+        let gateway = match &summary.gateway {
+            Some(g) => Some(w.gateway(g, gateway_hash).map_err(sqlite)?),
+            None => None,
+        };
+        let assets = w.assets(&summary.assets, cached_assets).map_err(sqlite)?;
+        w.flush_counters().map_err(sqlite)?;
+        let (out, moved) = (w.out, w.moved_between_agents);
+        // Becomes the cache only when the transaction commits (see `in_transaction`).
+        self.pending_known = Some(PendingKnown {
+            agent: meta.agent.to_string(),
+            known: KnownAssets {
+                seq: meta.seq,
+                gateway,
+                assets,
+            },
+            invalidate_others: moved,
+        });
         Ok(out)
     }
 }
 
+/// A cache update waiting for its transaction to commit.
+#[derive(Debug)]
+pub(crate) struct PendingKnown {
+    agent: String,
+    known: KnownAssets,
+    /// An asset changed hands: other agents' cached lists name it.
+    invalidate_others: bool,
+}
+
+impl PendingKnown {
+    /// Applies this update to the cache after a commit.
+    pub(crate) fn commit(self, cache: &mut HashMap<String, KnownAssets>) {
+        if self.invalidate_others {
+            cache.clear();
+        }
+        cache.insert(self.agent, self.known);
+    }
+}
+
+/// An agent's assets as of its last applied envelope: CI key → (asset id, content hash).
+#[derive(Debug, Default)]
+pub(crate) struct KnownAssets {
+    seq: u64,
+    /// Hash of the gateway facts last written.
+    gateway: Option<[u8; 32]>,
+    assets: HashMap<String, (i64, [u8; 32])>,
+}
+
 struct Writer<'t, 'm> {
-    tx: &'t Transaction<'t>,
+    db: &'t Connection,
     meta: &'m EnvelopeMeta<'m>,
     hash_hex: String,
     zone_ci: String,
@@ -117,6 +165,7 @@ struct Writer<'t, 'm> {
     now: i64,
     out: ApplyOutcome,
     counters: BTreeMap<&'static str, i64>,
+    moved_between_agents: bool,
 }
 
 /// An asset's stored state, read only when its observation changed.
@@ -143,14 +192,14 @@ impl Writer<'_, '_> {
             zone: Some(self.meta.zone.as_str()),
             asset,
         };
-        record::event(self.tx, self.meta.received_at_ms, kind, scope, &detail)?;
+        record::event(self.db, self.meta.received_at_ms, kind, scope, &detail)?;
         self.out.events += 1;
         Ok(())
     }
 
     fn envelope(&mut self) -> rusqlite::Result<()> {
         let m = self.meta;
-        self.tx
+        self.db
             .prepare_cached(
                 "INSERT INTO envelopes (agent_id, seq, hash, prev_hash, key_id, zone,
                      agent_time_ms, kind, verdict, received_at_ms, peer, raw)
@@ -170,7 +219,7 @@ impl Writer<'_, '_> {
                 m.peer,
                 m.raw,
             ])?;
-        self.tx
+        self.db
             .prepare_cached(
                 "UPDATE agents SET first_seen_ms = COALESCE(first_seen_ms, ?2),
                      last_seen_ms = ?2, last_seq = ?3, last_hash = ?4,
@@ -229,10 +278,20 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    fn gateway(&mut self, g: &HostFacts) -> rusqlite::Result<()> {
+    /// Writes the gateway CI; when its facts hash as last time, only `last_seen` is touched.
+    /// Returns the facts' hash.
+    fn gateway(&mut self, g: &HostFacts, last: Option<[u8; 32]>) -> rusqlite::Result<[u8; 32]> {
         let gateway_ci = ci_key::gateway(self.meta.agent.as_str());
+        let facts = serde_json::to_vec(&(g, self.meta.zone)).unwrap_or_default();
+        let hash = Digest::of(&facts).0;
+        if last == Some(hash) {
+            self.db
+                .prepare_cached("UPDATE gateways SET last_seen_ms = ?2 WHERE ci_key = ?1")?
+                .execute(params![gateway_ci, self.now])?;
+            return Ok(hash);
+        }
         let interfaces = serde_json::to_string(&g.interfaces).unwrap_or_else(|_| "[]".into());
-        self.tx
+        self.db
             .prepare_cached(
                 "INSERT INTO gateways (ci_key, agent_id, zone, hostname, os_name, os_version,
                      kernel_version, cpu_arch, cpu_count, memory_bytes, boot_time_ms,
@@ -262,11 +321,13 @@ impl Writer<'_, '_> {
                 g.agent_version,
                 self.now,
             ])?;
-        self.relation(&gateway_ci, "hosts", &self.agent_ci.clone())
+        let agent_ci = self.agent_ci.clone();
+        self.relation(&gateway_ci, "hosts", &agent_ci)?;
+        Ok(hash)
     }
 
     fn relation(&mut self, from: &str, rel: &str, to: &str) -> rusqlite::Result<()> {
-        self.tx
+        self.db
             .prepare_cached(
                 "INSERT OR IGNORE INTO relations (from_ci, type, to_ci, since_ms)
                  VALUES (?1, ?2, ?3, ?4)",
@@ -275,25 +336,20 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    fn assets(&mut self, observations: &[AssetObservation]) -> rusqlite::Result<()> {
-        // One query for every asset this agent reported before: key → (id, content hash).
-        let mut known: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
-        {
-            let mut stmt = self.tx.prepare_cached(
-                "SELECT ci_key, asset_id, content_hash FROM assets WHERE agent_id = ?1",
-            )?;
-            let rows = stmt.query_map([self.meta.agent.as_str()], |r| {
-                Ok((r.get::<_, String>(0)?, (r.get(1)?, r.get(2)?)))
-            })?;
-            for row in rows {
-                let (key, value) = row?;
-                known.insert(key, value);
-            }
-        }
+    fn assets(
+        &mut self,
+        observations: &[AssetObservation],
+        cached: Option<HashMap<String, (i64, [u8; 32])>>,
+    ) -> rusqlite::Result<HashMap<String, (i64, [u8; 32])>> {
+        let mut known = match cached {
+            Some(known) => known,
+            None => self.load_known()?,
+        };
         let mut seen = HashSet::with_capacity(observations.len());
+        let mut unchanged = Vec::with_capacity(observations.len());
         for obs in observations {
             let key = ci_key::asset(self.meta.zone, &obs.endpoint, obs.unit_id);
-            if !seen.insert(key.clone()) {
+            if seen.contains(&key) {
                 // The agent listed one device twice; the first entry wins.
                 tracing::warn!(agent = %self.meta.agent, seq = self.meta.seq, asset = %key,
                     "summary lists this device more than once; keeping the first entry");
@@ -303,39 +359,65 @@ impl Writer<'_, '_> {
             self.out.assets += 1;
             let hash = attributes::content_hash(obs);
             match known.get(&key) {
-                Some((id, stored)) if stored.as_slice() == hash.as_slice() => {
-                    self.touch(*id, obs)?;
+                Some((id, stored)) if *stored == hash => {
+                    unchanged.push(*id);
                     self.out.assets_unchanged += 1;
                 }
-                _ => match self.load(&key)? {
-                    Some(stored) => self.update(&key, stored, obs, &hash)?,
-                    None => self.insert(&key, obs, &hash)?,
-                },
+                _ => {
+                    let id = match self.load(&key)? {
+                        Some(stored) => self.update(&key, stored, obs, &hash)?,
+                        None => self.insert(&key, obs, &hash)?,
+                    };
+                    known.insert(key.clone(), (id, hash));
+                }
             }
+            seen.insert(key);
         }
-        Ok(())
+        self.touch(&unchanged)?;
+        Ok(known)
     }
 
-    fn touch(&mut self, id: i64, obs: &AssetObservation) -> rusqlite::Result<()> {
-        self.tx
-            .prepare_cached(
-                "UPDATE assets SET last_polled_ms = ?2,
-                     last_seen_ms = CASE WHEN ?3 THEN ?2 ELSE last_seen_ms END,
-                     last_envelope_seq = ?4
-                 WHERE asset_id = ?1",
-            )?
-            .execute(params![
-                id,
-                self.now,
-                answered(&obs.status),
-                sql_int(self.meta.seq)
-            ])?;
+    /// One query for every asset this agent reported before.
+    fn load_known(&mut self) -> rusqlite::Result<HashMap<String, (i64, [u8; 32])>> {
+        let mut known = HashMap::new();
+        let mut stmt = self.db.prepare_cached(
+            "SELECT ci_key, asset_id, content_hash FROM assets WHERE agent_id = ?1",
+        )?;
+        let rows = stmt.query_map([self.meta.agent.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        for row in rows {
+            let (key, id, hash) = row?;
+            // A malformed stored hash simply never matches: the asset is re-read and rewritten.
+            let hash = <[u8; 32]>::try_from(hash.as_slice()).unwrap_or_default();
+            known.insert(key, (id, hash));
+        }
+        Ok(known)
+    }
+
+    /// Updates the timestamps of assets whose observation did not change. Their stored status
+    /// is current, so "answered" is read from it.
+    fn touch(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
+        let mut stmt = self.db.prepare_cached(
+            "UPDATE assets SET last_polled_ms = ?2,
+                 last_seen_ms = CASE WHEN status <> 'unreachable' THEN ?2 ELSE last_seen_ms END,
+                 last_envelope_seq = ?3
+             WHERE asset_id = ?1",
+        )?;
+        let seq = sql_int(self.meta.seq);
+        for id in ids {
+            stmt.execute(params![id, self.now, seq])?;
+        }
         Ok(())
     }
 
     fn load(&mut self, key: &str) -> rusqlite::Result<Option<Stored>> {
         let row: Option<(i64, String, String)> = self
-            .tx
+            .db
             .prepare_cached("SELECT asset_id, agent_id, status FROM assets WHERE ci_key = ?1")?
             .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
@@ -344,7 +426,7 @@ impl Writer<'_, '_> {
         };
         let mut attributes = HashMap::new();
         let mut stmt = self
-            .tx
+            .db
             .prepare_cached("SELECT attribute, value FROM asset_attributes WHERE asset_id = ?1")?;
         for row in stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
             let (name, value) = row?;
@@ -358,14 +440,14 @@ impl Writer<'_, '_> {
         }))
     }
 
-    fn insert(&mut self, key: &str, obs: &AssetObservation, hash: &[u8]) -> rusqlite::Result<()> {
+    fn insert(&mut self, key: &str, obs: &AssetObservation, hash: &[u8]) -> rusqlite::Result<i64> {
         let attrs: HashMap<String, Option<String>> = attributes::observed(obs)
             .into_iter()
             .filter(|(_, v)| v.is_some())
             .collect();
         let col = |name: &str| attrs.get(name).cloned().flatten();
         let seen = answered(&obs.status).then_some(self.now);
-        self.tx
+        self.db
             .prepare_cached(
                 "INSERT INTO assets (ci_key, zone, agent_id, name, endpoint, unit_id,
                      vendor_name, product_code, revision, vendor_url, product_name, model_name,
@@ -396,7 +478,7 @@ impl Writer<'_, '_> {
                 seen,
                 sql_int(self.meta.seq),
             ])?;
-        let id = self.tx.last_insert_rowid();
+        let id = self.db.last_insert_rowid();
         let mut names: Vec<&String> = attrs.keys().collect();
         names.sort();
         for name in names {
@@ -418,7 +500,8 @@ impl Writer<'_, '_> {
             "product_code": col("product_code"),
             "revision": col("revision"),
         });
-        self.event(kind::ASSET_NEW, Some(key), detail)
+        self.event(kind::ASSET_NEW, Some(key), detail)?;
+        Ok(id)
     }
 
     fn update(
@@ -427,7 +510,7 @@ impl Writer<'_, '_> {
         stored: Stored,
         obs: &AssetObservation,
         hash: &[u8],
-    ) -> rusqlite::Result<()> {
+    ) -> rusqlite::Result<i64> {
         let mut current = stored.attributes;
         let mut drift = Vec::new();
         for (name, value) in attributes::observed(obs) {
@@ -449,7 +532,7 @@ impl Writer<'_, '_> {
         }
         let col = |name: &str| current.get(name).cloned().flatten();
         let seen = answered(&obs.status).then_some(self.now);
-        self.tx
+        self.db
             .prepare_cached(
                 "UPDATE assets SET agent_id = ?2, name = ?3, vendor_name = ?4,
                      product_code = ?5, revision = ?6, vendor_url = ?7, product_name = ?8,
@@ -479,7 +562,8 @@ impl Writer<'_, '_> {
                 sql_int(self.meta.seq),
             ])?;
         if stored.agent != self.meta.agent.as_str() {
-            self.tx
+            self.moved_between_agents = true;
+            self.db
                 .prepare_cached(
                     "DELETE FROM relations WHERE from_ci = ?1 AND type = 'reported_by'",
                 )?
@@ -509,7 +593,7 @@ impl Writer<'_, '_> {
             self.count("assets_changed", 1);
             self.event(kind::ASSET_CHANGED, Some(key), json!({ "changes": drift }))?;
         }
-        Ok(())
+        Ok(stored.id)
     }
 
     fn set_attribute(
@@ -519,7 +603,7 @@ impl Writer<'_, '_> {
         old: Option<&str>,
         new: Option<&str>,
     ) -> rusqlite::Result<()> {
-        self.tx
+        self.db
             .prepare_cached(
                 "INSERT INTO asset_attributes (asset_id, attribute, value, updated_at_ms)
                  VALUES (?1, ?2, ?3, ?4)
@@ -527,7 +611,7 @@ impl Writer<'_, '_> {
                      updated_at_ms = excluded.updated_at_ms",
             )?
             .execute(params![asset_id, name, new, self.now])?;
-        self.tx
+        self.db
             .prepare_cached(
                 "INSERT INTO attribute_history (asset_id, attribute, old_value, new_value,
                      observed_at_ms, agent_id, envelope_seq, envelope_hash)
@@ -550,7 +634,7 @@ impl Writer<'_, '_> {
 
     fn flush_counters(&mut self) -> rusqlite::Result<()> {
         for (name, delta) in std::mem::take(&mut self.counters) {
-            record::bump(self.tx, name, delta, self.meta.received_at_ms)?;
+            record::bump(self.db, name, delta, self.meta.received_at_ms)?;
         }
         Ok(())
     }

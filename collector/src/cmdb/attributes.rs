@@ -17,7 +17,7 @@
 //! keeps its last value.
 
 use outpost_proto::Digest;
-use outpost_proto::model::{AssetObservation, IdentMethod, PollStatus};
+use outpost_proto::model::{AssetObservation, Endpoint, IdentMethod, PollStatus};
 
 /// The stored name of a poll status.
 pub fn status_name(status: &PollStatus) -> &'static str {
@@ -54,13 +54,23 @@ pub fn problem_text(obs: &AssetObservation) -> Option<String> {
 /// SHA-256 over everything in an observation, in a fixed length-prefixed layout. Equal hashes
 /// mean an observation can be applied by only touching the asset's timestamps.
 pub fn content_hash(obs: &AssetObservation) -> [u8; 32] {
-    let mut buf = Vec::with_capacity(256);
+    let mut buf = Vec::with_capacity(1024);
     let mut put = |bytes: &[u8]| {
         buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         buf.extend_from_slice(bytes);
     };
     put(obs.name.as_bytes());
-    put(obs.endpoint.to_string().as_bytes());
+    match &obs.endpoint {
+        Endpoint::Tcp { host, port } => {
+            put(b"tcp");
+            put(host.as_bytes());
+            put(&port.to_be_bytes());
+        }
+        Endpoint::Rtu { device } => {
+            put(b"rtu");
+            put(device.as_bytes());
+        }
+    }
     put(&[obs.unit_id]);
     put(status_name(&obs.status).as_bytes());
     if let PollStatus::Unreachable(why) = &obs.status {
@@ -153,7 +163,7 @@ pub fn event_value(attribute: &str, value: Option<&str>) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outpost_proto::model::{DeviceIdentity, Endpoint, RegisterBlock, RegisterKind};
+    use outpost_proto::model::{DeviceIdentity, RegisterBlock, RegisterKind};
 
     fn obs(status: PollStatus) -> AssetObservation {
         AssetObservation {

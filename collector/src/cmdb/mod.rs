@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod attributes;
+pub mod checkpoint;
 pub mod ci_key;
 pub mod query;
 pub mod record;
@@ -73,6 +74,8 @@ pub enum CmdbError {
     KeyRevoked { key_id: String },
     #[error("enrolling needs at least one zone; pass --zone ZONE")]
     NoZones,
+    #[error("cannot start a CMDB thread: {0}")]
+    Thread(String),
     #[error("CMDB {}: stored {what} is corrupt: {detail}", path.display())]
     Corrupt {
         path: PathBuf,
@@ -83,8 +86,14 @@ pub enum CmdbError {
 
 /// An open CMDB.
 pub struct Cmdb {
+    // Field order matters: the checkpointer is stopped before the connection closes.
+    checkpointer: Option<checkpoint::Checkpointer>,
     conn: Connection,
     path: PathBuf,
+    /// Per agent, its assets' content hashes as of its last applied envelope (see `apply`).
+    known_assets: std::collections::HashMap<String, apply::KnownAssets>,
+    /// The cache update of the open transaction, applied when it commits.
+    pending_known: Option<apply::PendingKnown>,
 }
 
 impl std::fmt::Debug for Cmdb {
@@ -132,8 +141,11 @@ impl Cmdb {
         conn.set_prepared_statement_cache_capacity(64);
         schema::migrate(&mut conn, path)?;
         Ok(Cmdb {
+            checkpointer: None,
             conn,
             path: path.to_owned(),
+            known_assets: std::collections::HashMap::new(),
+            pending_known: None,
         })
     }
 
@@ -162,6 +174,36 @@ impl Cmdb {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// Runs `f` inside one `BEGIN IMMEDIATE` transaction: committed when `f` returns `Ok`,
+    /// rolled back when it returns `Err`. The outer error is a failure to begin or commit.
+    pub fn in_transaction<T, E>(
+        &mut self,
+        f: impl FnOnce(&mut Cmdb) -> Result<T, E>,
+    ) -> Result<Result<T, E>, CmdbError> {
+        self.pending_known = None;
+        self.conn
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut s| s.execute([]))
+            .map_err(|e| self.err(e))?;
+        let result = f(self);
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        let ended = self
+            .conn
+            .prepare_cached(end)
+            .and_then(|mut s| s.execute([]));
+        let pending = self.pending_known.take();
+        if let Err(e) = ended {
+            if !self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+            return Err(self.err(e));
+        }
+        if let (Ok(_), Some(pending)) = (&result, pending) {
+            pending.commit(&mut self.known_assets);
+        }
+        Ok(result)
     }
 
     /// Adds `delta` to a persistent counter in its own transaction.

@@ -90,8 +90,9 @@ impl Fixture {
             body,
         };
         let signed = outpost_proto::cbor::encode(&header).unwrap();
+        // What proto signs: the domain prefix, then SHA-256 of the signed bytes.
         let mut input = SIGNING_CONTEXT.to_vec();
-        input.extend_from_slice(&signed);
+        input.extend_from_slice(&outpost_proto::Digest::of(&signed).0);
         let signature = self.key.sign(&input);
         let wire = ciborium::Value::Array(vec![
             ciborium::Value::Bytes(signed.clone()),
