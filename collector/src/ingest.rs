@@ -15,8 +15,10 @@
 //!
 //! Every refusal writes a quarantine row and increments `envelopes_rejected` and
 //! `envelopes_rejected.<reason>` in one transaction, and logs a warning naming the peer, the
-//! reason and the agent/key claimed (thinned by [`LogLimiter`]).
+//! reason and the agent/key claimed (thinned by [`LogLimiter`]). Under a flood, quarantine rows
+//! are limited by [`crate::budget`]; the counters still count every refusal.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use outpost_proto::envelope::{self, EnvelopeError};
@@ -26,8 +28,11 @@ use outpost_proto::reassembly::{DropReason, Dropped};
 use outpost_proto::{AgentId, SequenceVerdict, ZoneId, chain};
 use serde_json::json;
 
+use crate::budget::{Admission, QuarantineBudget};
 use crate::cmdb::apply::{ApplyOutcome, EnvelopeMeta, verdict_name};
-use crate::cmdb::record::{EventScope, QuarantineRow, kind};
+use crate::cmdb::record::{
+    EventScope, MAX_DATAGRAM_COPY, MAX_QUARANTINE_BYTES, QuarantineRow, kind,
+};
 use crate::cmdb::trust::KeyStatus;
 use crate::cmdb::{Cmdb, CmdbError};
 use crate::lograte::LogLimiter;
@@ -156,7 +161,13 @@ struct Claimed {
 pub struct Ingest {
     cmdb: Cmdb,
     logs: LogLimiter,
+    budget: QuarantineBudget,
+    /// Counts of refusals past the quarantine budget, not yet written.
+    pending_counts: BTreeMap<String, i64>,
 }
+
+/// Suppressed refusals held in memory before they are written regardless of the timer.
+const PENDING_FLUSH_AT: i64 = 10_000;
 
 impl Ingest {
     /// Ingests into `cmdb`, moving its WAL checkpoints to a background thread (a failure to
@@ -168,6 +179,8 @@ impl Ingest {
         Self {
             cmdb,
             logs: LogLimiter::default(),
+            budget: QuarantineBudget::default(),
+            pending_counts: BTreeMap::new(),
         }
     }
 
@@ -259,12 +272,10 @@ impl Ingest {
             agent_claimed: claimed.agent.as_deref(),
             key_claimed: claimed.key.as_deref(),
             seq_claimed: claimed.seq,
-            raw: wire,
+            raw: &wire[..wire.len().min(MAX_QUARANTINE_BYTES)],
+            raw_len: wire.len(),
         };
-        if let Err(e) = self
-            .cmdb
-            .quarantine_and_count(&row, &["envelopes_rejected", reason.counter()])
-        {
+        if let Err(e) = self.quarantine(row, &["envelopes_rejected", reason.counter()]) {
             tracing::error!(%peer, reason = %reason, "could not quarantine refused envelope: {e}");
         }
         if let Some(suppressed) = self.logs.check(reason.counter(), now_ms) {
@@ -297,6 +308,19 @@ impl Ingest {
         datagram: &[u8],
         now_ms: u64,
     ) -> Result<(), CmdbError> {
+        let copy = &datagram[..datagram.len().min(MAX_DATAGRAM_COPY)];
+        self.datagram_rejected_len(peer, error, copy, datagram.len(), now_ms)
+    }
+
+    /// [`Ingest::datagram_rejected`] given only the first bytes (`copy`) of a datagram of `len`.
+    pub fn datagram_rejected_len(
+        &mut self,
+        peer: &str,
+        error: &FrameError,
+        copy: &[u8],
+        len: usize,
+        now_ms: u64,
+    ) -> Result<(), CmdbError> {
         let reason = error.reason();
         let counter = format!("datagrams_rejected.{reason}");
         let detail = error.to_string();
@@ -309,22 +333,75 @@ impl Ingest {
             agent_claimed: None,
             key_claimed: None,
             seq_claimed: None,
-            raw: datagram,
+            raw: &copy[..copy.len().min(MAX_DATAGRAM_COPY)],
+            raw_len: len,
         };
-        let result = self
-            .cmdb
-            .quarantine_and_count(&row, &["datagrams_rejected", &counter]);
+        let result = self.quarantine(row, &["datagrams_rejected", &counter]);
         if let Some(suppressed) = self.logs.check(&counter, now_ms) {
             tracing::warn!(
                 %peer,
                 reason,
-                len = datagram.len(),
+                len,
                 suppressed,
                 "refused datagram: {detail}{}",
                 suppressed_note(suppressed)
             );
         }
         result
+    }
+
+    /// Writes a quarantine row with its counters, within the flood budget: past it, the row
+    /// loses its bytes or is not written, and the counters are kept in memory until
+    /// [`Ingest::flush_counts`].
+    fn quarantine(&mut self, row: QuarantineRow<'_>, counters: &[&str]) -> Result<(), CmdbError> {
+        let now = row.received_at_ms;
+        match self.budget.admit(row.raw.len(), now) {
+            Admission::RowWithBytes => self.cmdb.quarantine_and_count(&row, counters),
+            Admission::RowOnly => {
+                let row = QuarantineRow { raw: &[], ..row };
+                self.cmdb.quarantine_and_count(&row, counters)
+            }
+            Admission::Nothing => {
+                for name in counters.iter().copied().chain(["quarantine_suppressed"]) {
+                    *self.pending_counts.entry(name.to_owned()).or_insert(0) += 1;
+                }
+                if self
+                    .pending_counts
+                    .get("quarantine_suppressed")
+                    .copied()
+                    .unwrap_or(0)
+                    >= PENDING_FLUSH_AT
+                {
+                    self.flush_counts(now)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes the counts of refusals that were not quarantined (see [`crate::budget`]) in one
+    /// transaction. Call it periodically; `serve` does.
+    pub fn flush_counts(&mut self, now_ms: u64) -> Result<(), CmdbError> {
+        if self.pending_counts.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending_counts);
+        let result = self.cmdb.in_transaction(|db| {
+            for (name, delta) in &pending {
+                db.bump_counter(name, *delta, now_ms)?;
+            }
+            Ok::<_, CmdbError>(())
+        });
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) | Err(e) => {
+                // Keep them for the next attempt.
+                for (name, delta) in pending {
+                    *self.pending_counts.entry(name).or_insert(0) += delta;
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Records a message the reassembler gave up: `reassembly_dropped` event + counters

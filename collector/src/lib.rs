@@ -11,6 +11,7 @@
 //! - [`serve`]: the UDP listener around the reassembler and a blocking ingest thread.
 //! - [`render`]: tables and JSON documents.
 
+pub mod budget;
 pub mod cmdb;
 pub mod ingest;
 pub mod lograte;

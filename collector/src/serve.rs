@@ -23,7 +23,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::cmdb::record::MAX_QUARANTINE_BYTES;
+use crate::cmdb::record::MAX_DATAGRAM_COPY;
 use crate::cmdb::{Cmdb, CmdbError};
 use crate::ingest::Ingest;
 use crate::time::now_ms;
@@ -106,7 +106,10 @@ enum Job {
     BadDatagram {
         peer: SocketAddr,
         error: FrameError,
+        /// At most `MAX_DATAGRAM_COPY` bytes of it.
         copy: Vec<u8>,
+        /// Its full length.
+        len: usize,
     },
     Dropped(Dropped<SocketAddr>),
     Tick,
@@ -289,8 +292,15 @@ impl ReceiveLoop {
             Ok(None) => {}
             Err(error) => {
                 self.stats.datagrams_rejected += 1;
-                let copy = datagram[..datagram.len().min(MAX_QUARANTINE_BYTES)].to_vec();
-                self.submit(Job::BadDatagram { peer, error, copy }).await?;
+                let copy = datagram[..datagram.len().min(MAX_DATAGRAM_COPY)].to_vec();
+                let len = datagram.len();
+                self.submit(Job::BadDatagram {
+                    peer,
+                    error,
+                    copy,
+                    len,
+                })
+                .await?;
             }
         }
         // Evictions happen inside push; report them promptly.
@@ -351,8 +361,14 @@ fn ingest_loop(
                     }
                 }
             },
-            Job::BadDatagram { peer, error, copy } => {
-                if let Err(e) = ingest.datagram_rejected(&peer.to_string(), &error, &copy, now) {
+            Job::BadDatagram {
+                peer,
+                error,
+                copy,
+                len,
+            } => {
+                let peer = peer.to_string();
+                if let Err(e) = ingest.datagram_rejected_len(&peer, &error, &copy, len, now) {
                     storage(&mut stats, "a refused datagram", e);
                 }
             }
@@ -362,7 +378,12 @@ fn ingest_loop(
                     storage(&mut stats, "a dropped message", e);
                 }
             }
-            Job::Tick => ingest.flush_logs(now),
+            Job::Tick => {
+                ingest.flush_logs(now);
+                if let Err(e) = ingest.flush_counts(now) {
+                    storage(&mut stats, "suppressed refusals", e);
+                }
+            }
         }
         let waits = backpressure.swap(0, Ordering::Relaxed);
         if waits > 0
@@ -373,6 +394,9 @@ fn ingest_loop(
     }
     let now = now_ms();
     ingest.flush_logs(now.saturating_add(crate::lograte::DEFAULT_INTERVAL_MS));
+    if let Err(e) = ingest.flush_counts(now) {
+        storage(&mut stats, "suppressed refusals", e);
+    }
     let waits = backpressure.swap(0, Ordering::Relaxed);
     if waits > 0
         && let Err(e) = ingest.count("ingest_backpressure", crate::time::sql_int(waits), now)

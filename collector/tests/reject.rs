@@ -170,12 +170,18 @@ fn every_single_byte_tamper_is_refused_and_never_applied() {
     let mut ingest = f.ingest();
     let before = snapshot(ingest.cmdb());
     let mut attempts = 0;
+    // Spread over time within the quarantine budget, so that every attempt gets its row.
+    let mut now = T0;
+    let mut tick = || {
+        now += 1_000 / outpost_collector::budget::ROWS_PER_SEC;
+        now
+    };
     for i in 0..wire.len() {
         for flip in [0x01u8, 0x80, 0xff] {
             let mut bad = wire.clone();
             bad[i] ^= flip;
             let err = ingest
-                .envelope(&bad, "p", T0)
+                .envelope(&bad, "p", tick())
                 .expect_err("tampered envelope accepted");
             assert_ne!(err.reason, Reason::Storage, "byte {i}: {err}");
             attempts += 1;
@@ -183,12 +189,12 @@ fn every_single_byte_tamper_is_refused_and_never_applied() {
     }
     // Truncations and an extension, too.
     for len in [0, 1, wire.len() / 2, wire.len() - 1] {
-        assert!(ingest.envelope(&wire[..len], "p", T0).is_err());
+        assert!(ingest.envelope(&wire[..len], "p", tick()).is_err());
         attempts += 1;
     }
     let mut longer = wire.clone();
     longer.push(0);
-    assert!(ingest.envelope(&longer, "p", T0).is_err());
+    assert!(ingest.envelope(&longer, "p", tick()).is_err());
     attempts += 1;
 
     let cmdb = ingest.cmdb();
@@ -197,7 +203,7 @@ fn every_single_byte_tamper_is_refused_and_never_applied() {
     assert_eq!(cmdb.counter("envelopes_rejected").unwrap(), attempts);
     assert_eq!(cmdb.counter("envelopes_accepted").unwrap(), 0);
     // The untouched envelope is still good afterwards.
-    ingest.envelope(&wire, "p", T0).unwrap();
+    ingest.envelope(&wire, "p", tick()).unwrap();
 }
 
 #[test]
@@ -255,7 +261,7 @@ fn refused_datagrams_and_drops_are_counted() {
     let q = cmdb.quarantine(None).unwrap();
     assert_eq!(q[0].stage, "datagram");
     assert_eq!(q[0].raw_len, 100_000);
-    assert_eq!(q[0].stored_len, 64 * 1024, "quarantine copy is capped");
+    assert_eq!(q[0].stored_len, 2 * 1024, "datagram copy is capped");
     assert_eq!(q[1].reason, "bad_magic");
     assert_eq!(cmdb.counter("reassembly_dropped.expired").unwrap(), 1);
     let e = cmdb.events(None).unwrap().remove(0);
@@ -286,4 +292,44 @@ fn rejections_survive_reopening() {
     .unwrap();
     let mut ingest = Ingest::new(cmdb);
     ingest.envelope(&sealed.wire, "p", T0).unwrap();
+}
+
+#[test]
+fn a_flood_is_counted_in_full_but_quarantined_within_budget() {
+    use outpost_collector::budget::{ROW_BURST, ROWS_PER_SEC};
+    let f = Fixture::new();
+    let mut ingest = f.ingest();
+    let flood = 2_000u64;
+    for i in 0..flood {
+        let garbage = format!("GET /{i} HTTP/1.1\r\nHost: collector\r\n\r\n");
+        ingest
+            .datagram_rejected(
+                "203.0.113.9:80",
+                &FrameError::BadMagic(*b"GE"),
+                garbage.as_bytes(),
+                T0,
+            )
+            .unwrap();
+    }
+    // One second later the budget has refilled a little.
+    for _ in 0..100 {
+        assert!(
+            ingest
+                .envelope(b"junk", "203.0.113.9:80", T0 + 1_000)
+                .is_err()
+        );
+    }
+    ingest.flush_counts(T0 + 1_000).unwrap();
+    let cmdb = ingest.cmdb();
+    assert_eq!(
+        cmdb.counter("datagrams_rejected.bad_magic").unwrap(),
+        flood as i64
+    );
+    assert_eq!(cmdb.counter("envelopes_rejected.malformed").unwrap(), 100);
+    let rows = count(cmdb, "quarantine", "1");
+    assert_eq!(rows, (ROW_BURST + ROWS_PER_SEC) as i64);
+    assert_eq!(
+        cmdb.counter("quarantine_suppressed").unwrap(),
+        flood as i64 + 100 - rows
+    );
 }

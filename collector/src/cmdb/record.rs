@@ -7,8 +7,12 @@ use rusqlite::{Connection, params};
 
 use crate::time::sql_int;
 
-/// Largest copy of refused bytes kept in the quarantine table; the original length is kept too.
+/// Largest copy of a refused envelope kept in the quarantine table; the original length is kept
+/// too.
 pub const MAX_QUARANTINE_BYTES: usize = 64 * 1024;
+
+/// Largest copy of a refused datagram kept (a genuine one is at most 1200 bytes).
+pub const MAX_DATAGRAM_COPY: usize = 2 * 1024;
 
 /// Event kinds written to the `events` table.
 pub mod kind {
@@ -76,10 +80,13 @@ pub struct QuarantineRow<'a> {
     pub agent_claimed: Option<&'a str>,
     pub key_claimed: Option<&'a str>,
     pub seq_claimed: Option<u64>,
+    /// The copy to keep (possibly shortened or empty).
     pub raw: &'a [u8],
+    /// The length of what was received.
+    pub raw_len: usize,
 }
 
-/// Stores a quarantine row (the raw bytes capped at [`MAX_QUARANTINE_BYTES`]).
+/// Stores a quarantine row (the copy capped at [`MAX_QUARANTINE_BYTES`]).
 pub fn quarantine(conn: &Connection, row: &QuarantineRow<'_>) -> rusqlite::Result<()> {
     let kept = &row.raw[..row.raw.len().min(MAX_QUARANTINE_BYTES)];
     let mut stmt = conn.prepare_cached(
@@ -97,7 +104,7 @@ pub fn quarantine(conn: &Connection, row: &QuarantineRow<'_>) -> rusqlite::Resul
         row.key_claimed,
         row.seq_claimed.map(sql_int),
         kept,
-        sql_int(row.raw.len() as u64),
+        sql_int(row.raw_len as u64),
     ])?;
     Ok(())
 }
