@@ -275,8 +275,11 @@ impl Ingest {
             raw: &wire[..wire.len().min(MAX_QUARANTINE_BYTES)],
             raw_len: wire.len(),
         };
-        if let Err(e) = self.quarantine(row, &["envelopes_rejected", reason.counter()]) {
-            tracing::error!(%peer, reason = %reason, "could not quarantine refused envelope: {e}");
+        if let Err(e) = self.quarantine(row, &["envelopes_rejected", reason.counter()])
+            && let Some(suppressed) = self.logs.check("storage_error", now_ms)
+        {
+            tracing::error!(%peer, reason = %reason, suppressed,
+                "could not quarantine refused envelope: {e}{}", suppressed_note(suppressed));
         }
         if let Some(suppressed) = self.logs.check(reason.counter(), now_ms) {
             tracing::warn!(

@@ -1,6 +1,6 @@
 //! The Outpost collector: the IT side of the conduit.
 //!
-//! Datagrams arrive over a one-way UDP diode ([`serve`]), are reassembled into envelopes
+//! Datagrams arrive over a one-way UDP diode ([`serve()`]), are reassembled into envelopes
 //! (`outpost_proto::reassembly`), verified and judged ([`ingest`]), and applied to a SQLite CMDB
 //! in one transaction per envelope ([`cmdb`]). Everything refused is counted, logged and kept in
 //! the quarantine table. [`render`] turns the read side ([`cmdb::query`]) into text tables for
@@ -8,8 +8,10 @@
 //!
 //! - [`cmdb`]: the database: schema and migrations, trusted keys, applying summaries, queries.
 //! - [`ingest`]: envelope bytes in, applied or quarantined out; no sockets.
-//! - [`serve`]: the UDP listener around the reassembler and a blocking ingest thread.
-//! - [`render`]: tables and JSON documents.
+//! - [`mod@serve`]: the UDP listener around the reassembler and a blocking ingest thread.
+//! - [`render`] and [`table`]: text tables and JSON documents.
+//! - [`budget`] and [`lograte`]: how much a flood of refused input may write (quarantine rows,
+//!   log lines); counters always count.
 
 pub mod budget;
 pub mod cmdb;

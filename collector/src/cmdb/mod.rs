@@ -2,9 +2,14 @@
 //!
 //! [`Cmdb`] owns one connection (WAL journal, `synchronous=NORMAL`, foreign keys on, a busy
 //! timeout so the CLI can read while `serve` writes). The write side is split by job:
-//! [`trust`] (enrolled keys), [`apply`] (one verified summary → CIs, attributes, history,
-//! relations, events, counters in one transaction) and [`record`] (counters, events and
-//! quarantine rows shared by both). [`query`] is the read side.
+//! [`schema`] (versioned migrations), [`trust`] (enrolled keys), [`apply`] (one verified
+//! summary → CIs, attributes, history, relations, events, counters), [`attributes`] (what an
+//! observation says, and its content hash), [`ci_key`] (the identity rule) and [`record`]
+//! (counters, events and quarantine rows). [`query`] is the read side; [`checkpoint`] moves WAL
+//! checkpoints off a busy writer's thread.
+//!
+//! Run one `serve` per CMDB; enrolment and any number of readers may run alongside it.
+//! [`Cmdb::in_transaction`] groups the key lookup, chain judgement and apply of one envelope.
 
 pub mod apply;
 pub mod attributes;
