@@ -5,13 +5,18 @@
 //! 2. find the enrolled key named by the header (`unknown_key`, `key_revoked`);
 //! 3. the key must be enrolled for the header's agent (`agent_mismatch`) and zone
 //!    (`zone_not_authorised`);
-//! 4. the signature must verify over the exact bytes (`bad_signature`);
-//! 5. judge the sequence number and chain against the agent's stored tip (`bad_sequence`,
-//!    `replay`; a gap or chain break is accepted and recorded as an event);
-//! 6. decode the body (`malformed_body`); its agent and zone must equal the header's
+//! 4. the signature must verify over the exact bytes (`bad_signature`), the sequence number
+//!    must be storable (`bad_sequence`);
+//! 5. decode the body (`malformed_body`); its agent and zone must equal the header's
 //!    (`body_mismatch`) and every register block's hash must match its values
 //!    (`bad_block_hash`);
-//! 7. apply it in one transaction ([`Cmdb::apply_summary`]); a database failure is `storage`.
+//! 6. judge the sequence number and chain against the agent's stored tip (`replay`; a gap or
+//!    chain break is accepted and recorded as an event);
+//! 7. apply it ([`Cmdb::apply_summary`]); a database failure is `storage`.
+//!
+//! Steps 1–5 are [`crate::check`] (read-only; [`crate::pipeline`] runs them on another thread);
+//! 6–7 and the key lookup happen in one transaction. [`Ingest::envelope`] does all of it in one
+//! transaction; [`Ingest::apply_checked`] finishes an envelope checked elsewhere.
 //!
 //! Every refusal writes a quarantine row and increments `envelopes_rejected` and
 //! `envelopes_rejected.<reason>` in one transaction, and logs a warning naming the peer, the
@@ -21,104 +26,22 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use outpost_proto::envelope::{self, EnvelopeError};
 use outpost_proto::frame::FrameError;
-use outpost_proto::model::{Body, Summary};
+use outpost_proto::model::Body;
 use outpost_proto::reassembly::{DropReason, Dropped};
 use outpost_proto::{AgentId, SequenceVerdict, ZoneId, chain};
 use serde_json::json;
 
 use crate::budget::{Admission, QuarantineBudget};
+use crate::check::{Checked, Claimed, Refusal, authorise, check};
 use crate::cmdb::apply::{ApplyOutcome, EnvelopeMeta, verdict_name};
 use crate::cmdb::record::{
     EventScope, MAX_DATAGRAM_COPY, MAX_QUARANTINE_BYTES, QuarantineRow, kind,
 };
-use crate::cmdb::trust::KeyStatus;
 use crate::cmdb::{Cmdb, CmdbError};
 use crate::lograte::LogLimiter;
 
-/// Why an envelope was refused: the stable names used for counters and the quarantine table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    Oversize,
-    Malformed,
-    MalformedHeader,
-    UnsupportedVersion,
-    UnknownKey,
-    KeyRevoked,
-    AgentMismatch,
-    ZoneNotAuthorised,
-    BadSignature,
-    BadSequence,
-    Replay,
-    MalformedBody,
-    BodyMismatch,
-    BadBlockHash,
-    Storage,
-}
-
-impl Reason {
-    /// The stable short name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Oversize => "oversize",
-            Reason::Malformed => "malformed",
-            Reason::MalformedHeader => "malformed_header",
-            Reason::UnsupportedVersion => "unsupported_version",
-            Reason::UnknownKey => "unknown_key",
-            Reason::KeyRevoked => "key_revoked",
-            Reason::AgentMismatch => "agent_mismatch",
-            Reason::ZoneNotAuthorised => "zone_not_authorised",
-            Reason::BadSignature => "bad_signature",
-            Reason::BadSequence => "bad_sequence",
-            Reason::Replay => "replay",
-            Reason::MalformedBody => "malformed_body",
-            Reason::BodyMismatch => "body_mismatch",
-            Reason::BadBlockHash => "bad_block_hash",
-            Reason::Storage => "storage",
-        }
-    }
-
-    /// The counter incremented for this reason.
-    pub fn counter(self) -> &'static str {
-        match self {
-            Reason::Oversize => "envelopes_rejected.oversize",
-            Reason::Malformed => "envelopes_rejected.malformed",
-            Reason::MalformedHeader => "envelopes_rejected.malformed_header",
-            Reason::UnsupportedVersion => "envelopes_rejected.unsupported_version",
-            Reason::UnknownKey => "envelopes_rejected.unknown_key",
-            Reason::KeyRevoked => "envelopes_rejected.key_revoked",
-            Reason::AgentMismatch => "envelopes_rejected.agent_mismatch",
-            Reason::ZoneNotAuthorised => "envelopes_rejected.zone_not_authorised",
-            Reason::BadSignature => "envelopes_rejected.bad_signature",
-            Reason::BadSequence => "envelopes_rejected.bad_sequence",
-            Reason::Replay => "envelopes_rejected.replay",
-            Reason::MalformedBody => "envelopes_rejected.malformed_body",
-            Reason::BodyMismatch => "envelopes_rejected.body_mismatch",
-            Reason::BadBlockHash => "envelopes_rejected.bad_block_hash",
-            Reason::Storage => "envelopes_rejected.storage",
-        }
-    }
-
-    fn from_envelope_error(e: &EnvelopeError) -> Reason {
-        match e {
-            EnvelopeError::Oversize { .. } => Reason::Oversize,
-            EnvelopeError::Malformed(_) | EnvelopeError::Encode(_) => Reason::Malformed,
-            EnvelopeError::MalformedHeader(_) => Reason::MalformedHeader,
-            EnvelopeError::UnsupportedVersion(_) => Reason::UnsupportedVersion,
-            EnvelopeError::SignatureLength(_)
-            | EnvelopeError::KeyMismatch { .. }
-            | EnvelopeError::BadSignature(_) => Reason::BadSignature,
-            EnvelopeError::MalformedBody(_) => Reason::MalformedBody,
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::check::Reason;
 
 /// A refused envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,13 +71,6 @@ pub struct Applied {
     pub seq: u64,
     pub verdict: SequenceVerdict,
     pub outcome: ApplyOutcome,
-}
-
-#[derive(Default)]
-struct Claimed {
-    agent: Option<String>,
-    key: Option<String>,
-    seq: Option<u64>,
 }
 
 /// The verify-and-apply pipeline around one [`Cmdb`].
@@ -200,32 +116,66 @@ impl Ingest {
     }
 
     /// Verifies, judges and applies one envelope received from `peer` at `now_ms` (collector
-    /// wall clock), or quarantines it.
+    /// wall clock), or quarantines it. Everything happens in one transaction.
     pub fn envelope(&mut self, wire: &[u8], peer: &str, now_ms: u64) -> Result<Applied, Rejected> {
         let mut claimed = Claimed::default();
-        let result = self.check_and_apply(wire, peer, now_ms, &mut claimed);
-        result.map_err(|(reason, detail)| self.reject(wire, peer, now_ms, claimed, reason, detail))
+        let result = self.cmdb.in_transaction(|db| {
+            let checked = check(db, wire).map_err(|r| {
+                claimed = r.claimed;
+                (r.reason, r.detail)
+            })?;
+            claimed = checked.claimed();
+            apply_in(db, checked, wire, peer, now_ms, false)
+        });
+        self.finish(result, claimed, wire, peer, now_ms)
     }
 
-    fn check_and_apply(
+    /// Judges and applies an envelope that [`check`] accepted (possibly on another thread),
+    /// re-reading its key inside the transaction so that a revocation since is honoured.
+    pub fn apply_checked(
         &mut self,
+        checked: Checked,
         wire: &[u8],
         peer: &str,
         now_ms: u64,
-        claimed: &mut Claimed,
-    ) -> Result<Applied, (Reason, String)> {
-        let unverified =
-            envelope::parse(wire).map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
-        let h = unverified.header();
-        claimed.agent = Some(h.agent.to_string());
-        claimed.key = Some(h.key_id.to_string());
-        claimed.seq = Some(h.seq);
-        let storage = |e: CmdbError| (Reason::Storage, e.to_string());
-        // Key lookup, chain judgement and apply share one transaction (one lock, one commit).
-        let applied = self
+    ) -> Result<Applied, Rejected> {
+        let claimed = checked.claimed();
+        let result = self
             .cmdb
-            .in_transaction(|db| verify_and_apply(db, unverified, wire, peer, now_ms))
-            .map_err(storage)??;
+            .in_transaction(|db| apply_in(db, checked, wire, peer, now_ms, true));
+        self.finish(result, claimed, wire, peer, now_ms)
+    }
+
+    /// Records an envelope that [`check`] refused (quarantine, counters, log line).
+    pub fn refuse(&mut self, refusal: Refusal, wire: &[u8], peer: &str, now_ms: u64) -> Rejected {
+        self.reject(
+            wire,
+            peer,
+            now_ms,
+            refusal.claimed,
+            refusal.reason,
+            refusal.detail,
+        )
+    }
+
+    fn finish(
+        &mut self,
+        result: Result<Result<Applied, (Reason, String)>, CmdbError>,
+        claimed: Claimed,
+        wire: &[u8],
+        peer: &str,
+        now_ms: u64,
+    ) -> Result<Applied, Rejected> {
+        let applied = match result {
+            Ok(Ok(applied)) => applied,
+            Ok(Err((reason, detail))) => {
+                return Err(self.reject(wire, peer, now_ms, claimed, reason, detail));
+            }
+            Err(e) => {
+                let detail = e.to_string();
+                return Err(self.reject(wire, peer, now_ms, claimed, Reason::Storage, detail));
+            }
+        };
         let Applied {
             agent,
             zone,
@@ -464,71 +414,21 @@ impl Ingest {
     }
 }
 
-/// Everything after parsing, inside the caller's transaction.
-fn verify_and_apply(
+/// Judgement and apply, inside the caller's transaction.
+fn apply_in(
     db: &mut Cmdb,
-    unverified: envelope::Unverified,
+    checked: Checked,
     wire: &[u8],
     peer: &str,
     now_ms: u64,
+    recheck_key: bool,
 ) -> Result<Applied, (Reason, String)> {
-    let h = unverified.header();
     let storage = |e: CmdbError| (Reason::Storage, e.to_string());
-
-    let key = db.trusted_key(&h.key_id).map_err(storage)?.ok_or_else(|| {
-        (
-            Reason::UnknownKey,
-            format!(
-                "key {} is not enrolled; if agent {} is legitimate, enroll its .pub file \
-                 with `outpost-collector enroll --key FILE --zone {}`",
-                h.key_id, h.agent, h.zone
-            ),
-        )
-    })?;
-    if key.status == KeyStatus::Revoked {
-        return Err((
-            Reason::KeyRevoked,
-            format!("key {} (agent {}) has been revoked", key.key_id, key.agent),
-        ));
-    }
-    if key.agent != h.agent {
-        return Err((
-            Reason::AgentMismatch,
-            format!(
-                "envelope claims agent {} but key {} is enrolled for agent {}",
-                h.agent, key.key_id, key.agent
-            ),
-        ));
-    }
-    if !key.zones.contains(&h.zone) {
-        let zones: Vec<&str> = key.zones.iter().map(ZoneId::as_str).collect();
-        return Err((
-            Reason::ZoneNotAuthorised,
-            format!(
-                "agent {} reports zone {} but its key {} is trusted for zone(s) {}; if that \
-                 is intended, run `outpost-collector enroll --zone {} --agent {} --key FILE`",
-                h.agent,
-                h.zone,
-                key.key_id,
-                zones.join(", "),
-                h.zone,
-                h.agent
-            ),
-        ));
-    }
-    let verified = unverified
-        .verify(&key.public_key)
-        .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
+    let Checked { verified, body } = checked;
     let h = &verified.header;
-    if h.seq == 0 || i64::try_from(h.seq).is_err() {
-        return Err((
-            Reason::BadSequence,
-            format!(
-                "sequence number {} is out of range (1..={})",
-                h.seq,
-                i64::MAX
-            ),
-        ));
+    if recheck_key {
+        let key = db.trusted_key(&h.key_id).map_err(storage)?;
+        authorise(key.as_ref(), &h.agent, &h.zone, &h.key_id.to_string())?;
     }
     let previous = db.chain_tip(&h.agent).map_err(storage)?;
     let verdict = chain::judge(previous.as_ref(), h);
@@ -542,12 +442,7 @@ fn verify_and_apply(
             ),
         ));
     }
-    let body = verified
-        .body()
-        .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
     let Body::Summary(summary) = &body;
-    check_summary(summary, &h.agent, &h.zone)?;
-
     let meta = EnvelopeMeta {
         agent: &h.agent,
         zone: &h.zone,
@@ -579,32 +474,4 @@ fn suppressed_note(n: u64) -> String {
     } else {
         format!(" ({n} more suppressed since the last line)")
     }
-}
-
-/// The body must describe the header's agent and zone, and every block hash must be honest.
-fn check_summary(s: &Summary, agent: &AgentId, zone: &ZoneId) -> Result<(), (Reason, String)> {
-    if &s.agent != agent || &s.zone != zone {
-        return Err((
-            Reason::BodyMismatch,
-            format!(
-                "envelope header says agent {agent} zone {zone} but its summary says agent {} \
-                 zone {}",
-                s.agent, s.zone
-            ),
-        ));
-    }
-    for asset in &s.assets {
-        for block in &asset.blocks {
-            if !block.hash_is_consistent() {
-                return Err((
-                    Reason::BadBlockHash,
-                    format!(
-                        "asset {:?} ({} unit {}) block {:?}: hash {} does not match its values",
-                        asset.name, asset.endpoint, asset.unit_id, block.name, block.hash
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
 }

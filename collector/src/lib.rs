@@ -7,16 +7,19 @@
 //! people and versioned JSON documents for scripts (see `docs/json.md`).
 //!
 //! - [`cmdb`]: the database: schema and migrations, trusted keys, applying summaries, queries.
-//! - [`ingest`]: envelope bytes in, applied or quarantined out; no sockets.
+//! - [`check`] and [`ingest`]: envelope bytes in, applied or quarantined out; no sockets.
+//!   [`pipeline`] runs the read-only checks on a second thread.
 //! - [`mod@serve`]: the UDP listener around the reassembler and a blocking ingest thread.
 //! - [`render`] and [`table`]: text tables and JSON documents.
 //! - [`budget`] and [`lograte`]: how much a flood of refused input may write (quarantine rows,
 //!   log lines); counters always count.
 
 pub mod budget;
+pub mod check;
 pub mod cmdb;
 pub mod ingest;
 pub mod lograte;
+pub mod pipeline;
 pub mod render;
 pub mod serve;
 pub mod table;

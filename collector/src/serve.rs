@@ -1,7 +1,8 @@
 //! The UDP listener: datagrams → [`Reassembler`] → a bounded queue → the ingest thread.
 //!
-//! The receive loop only moves bytes and reassembles; all SQLite work happens on one blocking
-//! thread that owns the [`Cmdb`], fed through a bounded channel. When the channel is full the
+//! The receive loop only moves bytes and reassembles; envelopes then pass through a checking
+//! thread (parse, key, signature, body: [`crate::check`], with its own read connection) to one
+//! blocking thread that owns the writing [`Cmdb`], through bounded channels. When the channel is full the
 //! loop counts `ingest_backpressure` and waits (nothing is dropped here; the kernel's receive
 //! buffer absorbs the burst, which is why the socket asks for a large `SO_RCVBUF`).
 //!
@@ -23,9 +24,11 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use crate::check::{Checked, Refusal};
 use crate::cmdb::record::MAX_DATAGRAM_COPY;
 use crate::cmdb::{Cmdb, CmdbError};
-use crate::ingest::Ingest;
+use crate::ingest::{Applied, Ingest, Reason, Rejected};
+use crate::pipeline::Checker;
 use crate::time::now_ms;
 
 /// Receive buffer asked for by default (the kernel may grant less; see `net.core.rmem_max`).
@@ -111,6 +114,12 @@ enum Job {
         /// Its full length.
         len: usize,
     },
+    /// An envelope after the read-only checks (see `check_loop`).
+    Checked {
+        peer: SocketAddr,
+        wire: Vec<u8>,
+        result: Box<Result<Checked, Refusal>>,
+    },
     Dropped(Dropped<SocketAddr>),
     Tick,
 }
@@ -120,6 +129,20 @@ struct WorkerStats {
     applied: u64,
     rejected: u64,
     storage_errors: u64,
+}
+
+impl WorkerStats {
+    fn count(&mut self, result: &Result<Applied, Rejected>) {
+        match result {
+            Ok(_) => self.applied += 1,
+            Err(rejected) => {
+                self.rejected += 1;
+                if rejected.reason == Reason::Storage {
+                    self.storage_errors += 1;
+                }
+            }
+        }
+    }
 }
 
 /// A bound listener, not yet receiving.
@@ -145,12 +168,27 @@ impl Server {
     /// Receives until `shutdown` completes, then drains and returns the totals.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<ServeStats, ServeError> {
         let Server { socket, cmdb, cfg } = self;
-        let (tx, rx) = mpsc::channel::<Job>(cfg.queue_capacity.max(1));
+        let capacity = cfg.queue_capacity.max(1);
+        let (tx, rx) = mpsc::channel::<Job>(capacity);
+        let (checked_tx, checked_rx) = std::sync::mpsc::sync_channel::<Job>(capacity);
+        // The read-only checks run on their own thread and connection; without one (it could
+        // not be opened) the ingest thread does everything itself.
+        let checker = match Checker::open(&cfg.db) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!("{e}; checking envelopes on the ingest thread instead");
+                None
+            }
+        };
+        let check_thread = std::thread::Builder::new()
+            .name("outpost-check".into())
+            .spawn(move || check_loop(checker, rx, &checked_tx))
+            .map_err(ServeError::Thread)?;
         let backpressure = Arc::new(AtomicU64::new(0));
         let worker_bp = Arc::clone(&backpressure);
         let worker = std::thread::Builder::new()
             .name("outpost-ingest".into())
-            .spawn(move || ingest_loop(Ingest::new(cmdb), rx, &worker_bp))
+            .spawn(move || ingest_loop(Ingest::new(cmdb), &checked_rx, &worker_bp))
             .map_err(ServeError::Thread)?;
 
         let mut rx_loop = ReceiveLoop {
@@ -166,9 +204,13 @@ impl Server {
         stats.messages_reassembled = reassembly.completed;
         stats.duplicate_fragments = reassembly.duplicate_fragments;
         drop(rx_loop.tx);
-        let joined = tokio::task::spawn_blocking(move || worker.join()).await;
+        let joined = tokio::task::spawn_blocking(move || {
+            let checker = check_thread.join();
+            (checker, worker.join())
+        })
+        .await;
         let worker_stats = match joined {
-            Ok(Ok(w)) => w,
+            Ok((Ok(()), Ok(w))) => w,
             _ => return Err(ServeError::WorkerGone),
         };
         result?;
@@ -339,9 +381,29 @@ impl ReceiveLoop {
     }
 }
 
+/// Checks envelopes (signature, key, body) and passes everything on in order.
+fn check_loop(
+    checker: Option<Checker>,
+    mut rx: mpsc::Receiver<Job>,
+    tx: &std::sync::mpsc::SyncSender<Job>,
+) {
+    while let Some(job) = rx.blocking_recv() {
+        let job = match (job, &checker) {
+            (Job::Envelope { peer, wire }, Some(checker)) => {
+                let result = Box::new(checker.check(&wire));
+                Job::Checked { peer, wire, result }
+            }
+            (job, _) => job,
+        };
+        if tx.send(job).is_err() {
+            return;
+        }
+    }
+}
+
 fn ingest_loop(
     mut ingest: Ingest,
-    mut rx: mpsc::Receiver<Job>,
+    rx: &std::sync::mpsc::Receiver<Job>,
     backpressure: &AtomicU64,
 ) -> WorkerStats {
     let mut stats = WorkerStats::default();
@@ -349,18 +411,21 @@ fn ingest_loop(
         stats.storage_errors += 1;
         tracing::error!("could not record {what}: {e}");
     };
-    while let Some(job) = rx.blocking_recv() {
+    while let Ok(job) = rx.recv() {
         let now = now_ms();
         match job {
-            Job::Envelope { peer, wire } => match ingest.envelope(&wire, &peer.to_string(), now) {
-                Ok(_) => stats.applied += 1,
-                Err(rejected) => {
-                    stats.rejected += 1;
-                    if rejected.reason == crate::ingest::Reason::Storage {
-                        stats.storage_errors += 1;
-                    }
-                }
-            },
+            Job::Envelope { peer, wire } => {
+                let result = ingest.envelope(&wire, &peer.to_string(), now);
+                stats.count(&result);
+            }
+            Job::Checked { peer, wire, result } => {
+                let peer = peer.to_string();
+                let result = match *result {
+                    Ok(checked) => ingest.apply_checked(checked, &wire, &peer, now),
+                    Err(refusal) => Err(ingest.refuse(refusal, &wire, &peer, now)),
+                };
+                stats.count(&result);
+            }
             Job::BadDatagram {
                 peer,
                 error,

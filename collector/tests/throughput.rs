@@ -89,10 +89,20 @@ fn ingest_throughput_probe() {
             if let Ok(pragmas) = std::env::var("PROBE_PRAGMAS") {
                 ingest.cmdb().connection().execute_batch(&pragmas).unwrap();
             }
+            let pipelined = std::env::var_os("PROBE_PIPELINED").is_some();
             let start = Instant::now();
             let cpu = thread_cpu();
-            for (n, wire) in wires.iter().enumerate() {
-                ingest.envelope(wire, "127.0.0.1:1", T0 + n as u64).unwrap();
+            if pipelined {
+                let items = wires
+                    .iter()
+                    .enumerate()
+                    .map(|(n, w)| (w.clone(), "127.0.0.1:1".to_owned(), T0 + n as u64));
+                let results = outpost_collector::pipeline::ingest_all(&mut ingest, items).unwrap();
+                assert!(results.iter().all(Result::is_ok));
+            } else {
+                for (n, wire) in wires.iter().enumerate() {
+                    ingest.envelope(wire, "127.0.0.1:1", T0 + n as u64).unwrap();
+                }
             }
             let secs = start.elapsed().as_secs_f64();
             let cpu = thread_cpu() - cpu;

@@ -1,0 +1,264 @@
+//! The read-only half of ingest: everything about an envelope that needs no write.
+//!
+//! [`check`] parses the wire form, finds the enrolled key, checks that it speaks for the
+//! claimed agent and zone, verifies the signature, decodes the body and checks it against the
+//! header. It only reads the CMDB (the key), so it can run on another thread with its own
+//! connection while the previous envelope is being applied ([`crate::pipeline`]). What it
+//! returns, a [`Checked`] envelope, is then judged against the chain and applied by
+//! [`crate::ingest::Ingest`], which looks the key up again inside its transaction so that a
+//! revocation in between is honoured.
+
+use std::fmt;
+
+use outpost_proto::envelope::{self, EnvelopeError, Verified};
+use outpost_proto::model::{Body, Summary};
+use outpost_proto::{AgentId, ZoneId};
+
+use crate::cmdb::Cmdb;
+use crate::cmdb::trust::{KeyStatus, TrustedKey};
+
+/// Why an envelope was refused: the stable names used for counters and the quarantine table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Oversize,
+    Malformed,
+    MalformedHeader,
+    UnsupportedVersion,
+    UnknownKey,
+    KeyRevoked,
+    AgentMismatch,
+    ZoneNotAuthorised,
+    BadSignature,
+    BadSequence,
+    Replay,
+    MalformedBody,
+    BodyMismatch,
+    BadBlockHash,
+    Storage,
+}
+
+impl Reason {
+    /// The stable short name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Oversize => "oversize",
+            Reason::Malformed => "malformed",
+            Reason::MalformedHeader => "malformed_header",
+            Reason::UnsupportedVersion => "unsupported_version",
+            Reason::UnknownKey => "unknown_key",
+            Reason::KeyRevoked => "key_revoked",
+            Reason::AgentMismatch => "agent_mismatch",
+            Reason::ZoneNotAuthorised => "zone_not_authorised",
+            Reason::BadSignature => "bad_signature",
+            Reason::BadSequence => "bad_sequence",
+            Reason::Replay => "replay",
+            Reason::MalformedBody => "malformed_body",
+            Reason::BodyMismatch => "body_mismatch",
+            Reason::BadBlockHash => "bad_block_hash",
+            Reason::Storage => "storage",
+        }
+    }
+
+    /// The counter incremented for this reason.
+    pub fn counter(self) -> &'static str {
+        match self {
+            Reason::Oversize => "envelopes_rejected.oversize",
+            Reason::Malformed => "envelopes_rejected.malformed",
+            Reason::MalformedHeader => "envelopes_rejected.malformed_header",
+            Reason::UnsupportedVersion => "envelopes_rejected.unsupported_version",
+            Reason::UnknownKey => "envelopes_rejected.unknown_key",
+            Reason::KeyRevoked => "envelopes_rejected.key_revoked",
+            Reason::AgentMismatch => "envelopes_rejected.agent_mismatch",
+            Reason::ZoneNotAuthorised => "envelopes_rejected.zone_not_authorised",
+            Reason::BadSignature => "envelopes_rejected.bad_signature",
+            Reason::BadSequence => "envelopes_rejected.bad_sequence",
+            Reason::Replay => "envelopes_rejected.replay",
+            Reason::MalformedBody => "envelopes_rejected.malformed_body",
+            Reason::BodyMismatch => "envelopes_rejected.body_mismatch",
+            Reason::BadBlockHash => "envelopes_rejected.bad_block_hash",
+            Reason::Storage => "envelopes_rejected.storage",
+        }
+    }
+
+    fn from_envelope_error(e: &EnvelopeError) -> Reason {
+        match e {
+            EnvelopeError::Oversize { .. } => Reason::Oversize,
+            EnvelopeError::Malformed(_) | EnvelopeError::Encode(_) => Reason::Malformed,
+            EnvelopeError::MalformedHeader(_) => Reason::MalformedHeader,
+            EnvelopeError::UnsupportedVersion(_) => Reason::UnsupportedVersion,
+            EnvelopeError::SignatureLength(_)
+            | EnvelopeError::KeyMismatch { .. }
+            | EnvelopeError::BadSignature(_) => Reason::BadSignature,
+            EnvelopeError::MalformedBody(_) => Reason::MalformedBody,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the (unverified) header claimed, for the quarantine row and the log line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Claimed {
+    pub agent: Option<String>,
+    pub key: Option<String>,
+    pub seq: Option<u64>,
+}
+
+/// Why [`check`] refused an envelope, not yet recorded anywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: Reason,
+    /// What was wrong and what to do, for people.
+    pub detail: String,
+    pub claimed: Claimed,
+}
+
+/// An envelope whose signature, key, agent, zone and body checked out.
+#[derive(Debug)]
+pub struct Checked {
+    pub(crate) verified: Verified,
+    pub(crate) body: Body,
+}
+
+impl Checked {
+    /// The verified header.
+    pub fn header(&self) -> &envelope::EnvelopeHeader {
+        &self.verified.header
+    }
+
+    /// The summary it carries.
+    pub fn summary(&self) -> &Summary {
+        let Body::Summary(summary) = &self.body;
+        summary
+    }
+
+    pub(crate) fn claimed(&self) -> Claimed {
+        let h = &self.verified.header;
+        Claimed {
+            agent: Some(h.agent.to_string()),
+            key: Some(h.key_id.to_string()),
+            seq: Some(h.seq),
+        }
+    }
+}
+
+/// Checks everything that needs no write; reads the enrolled key from `db`.
+pub fn check(db: &Cmdb, wire: &[u8]) -> Result<Checked, Refusal> {
+    let mut claimed = Claimed::default();
+    check_inner(db, wire, &mut claimed).map_err(|(reason, detail)| Refusal {
+        reason,
+        detail,
+        claimed,
+    })
+}
+
+fn check_inner(db: &Cmdb, wire: &[u8], claimed: &mut Claimed) -> Result<Checked, (Reason, String)> {
+    let unverified =
+        envelope::parse(wire).map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
+    let h = unverified.header();
+    claimed.agent = Some(h.agent.to_string());
+    claimed.key = Some(h.key_id.to_string());
+    claimed.seq = Some(h.seq);
+    let key = db
+        .trusted_key(&h.key_id)
+        .map_err(|e| (Reason::Storage, e.to_string()))?;
+    let key = authorise(key.as_ref(), &h.agent, &h.zone, &h.key_id.to_string())?;
+    let verified = unverified
+        .verify(&key.public_key)
+        .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
+    let h = &verified.header;
+    if h.seq == 0 || i64::try_from(h.seq).is_err() {
+        return Err((
+            Reason::BadSequence,
+            format!(
+                "sequence number {} is out of range (1..={})",
+                h.seq,
+                i64::MAX
+            ),
+        ));
+    }
+    let body = verified
+        .body()
+        .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
+    let Body::Summary(summary) = &body;
+    check_summary(summary, &h.agent, &h.zone)?;
+    Ok(Checked { verified, body })
+}
+
+/// The key must exist, be active, and be enrolled for this agent and zone.
+pub(crate) fn authorise<'k>(
+    key: Option<&'k TrustedKey>,
+    agent: &AgentId,
+    zone: &ZoneId,
+    key_id: &str,
+) -> Result<&'k TrustedKey, (Reason, String)> {
+    let Some(key) = key else {
+        return Err((
+            Reason::UnknownKey,
+            format!(
+                "key {key_id} is not enrolled; if agent {agent} is legitimate, enroll its .pub \
+                 file with `outpost-collector enroll --key FILE --zone {zone}`"
+            ),
+        ));
+    };
+    if key.status == KeyStatus::Revoked {
+        return Err((
+            Reason::KeyRevoked,
+            format!("key {key_id} (agent {}) has been revoked", key.agent),
+        ));
+    }
+    if &key.agent != agent {
+        return Err((
+            Reason::AgentMismatch,
+            format!(
+                "envelope claims agent {agent} but key {key_id} is enrolled for agent {}",
+                key.agent
+            ),
+        ));
+    }
+    if !key.zones.contains(zone) {
+        let zones: Vec<&str> = key.zones.iter().map(ZoneId::as_str).collect();
+        return Err((
+            Reason::ZoneNotAuthorised,
+            format!(
+                "agent {agent} reports zone {zone} but its key {key_id} is trusted for zone(s) \
+                 {}; if that is intended, run `outpost-collector enroll --zone {zone} --agent \
+                 {agent} --key FILE`",
+                zones.join(", ")
+            ),
+        ));
+    }
+    Ok(key)
+}
+
+/// The body must describe the header's agent and zone, and every block hash must be honest.
+fn check_summary(s: &Summary, agent: &AgentId, zone: &ZoneId) -> Result<(), (Reason, String)> {
+    if &s.agent != agent || &s.zone != zone {
+        return Err((
+            Reason::BodyMismatch,
+            format!(
+                "envelope header says agent {agent} zone {zone} but its summary says agent {} \
+                 zone {}",
+                s.agent, s.zone
+            ),
+        ));
+    }
+    for asset in &s.assets {
+        for block in &asset.blocks {
+            if !block.hash_is_consistent() {
+                return Err((
+                    Reason::BadBlockHash,
+                    format!(
+                        "asset {:?} ({} unit {}) block {:?}: hash {} does not match its values",
+                        asset.name, asset.endpoint, asset.unit_id, block.name, block.hash
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
