@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use outpost_proto::envelope;
-use outpost_proto::model::{AssetObservation, Body, PollStatus, Summary};
+use outpost_proto::model::{AssetObservation, Body, Heartbeat, PollStatus, Summary};
 use outpost_proto::{ChainTip, SigningKey};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -46,6 +46,7 @@ pub struct Agent {
     state: StateDir,
     tip: ChainTip,
     sender: DiodeSender,
+    last_summary_seq: u64,
 }
 
 impl std::fmt::Debug for Agent {
@@ -72,7 +73,7 @@ impl Agent {
         let key = keyfile::load_private(&config.key_file)?;
         let state = StateDir::open(&config.state_dir)?;
         let tip = state.load_tip()?;
-        let sender = DiodeSender::new(config.diode.target, config.diode.max_datagrams_per_sec)?;
+        let sender = DiodeSender::from_config(&config.diode)?;
         tracing::info!(
             agent = %config.agent_id,
             zone = %config.zone,
@@ -89,6 +90,7 @@ impl Agent {
             state,
             tip,
             sender,
+            last_summary_seq: 0,
         })
     }
 
@@ -166,6 +168,7 @@ impl Agent {
         // Persist before sending: a sequence number must never be used twice.
         self.state.store_tip(&sealed.tip)?;
         self.tip = sealed.tip;
+        self.last_summary_seq = sealed.tip.seq;
         report.seq = sealed.tip.seq;
         report.envelope_bytes = sealed.wire.len();
         let sent = self.sender.send_message(&sealed.wire).await?;
@@ -184,6 +187,34 @@ impl Agent {
             started.elapsed().as_millis()
         );
         Ok(report)
+    }
+
+    /// Seals and sends one heartbeat carrying the current chain tip (it takes the next
+    /// sequence number, persisted before it leaves, like any envelope). Returns its sequence
+    /// number.
+    pub async fn send_heartbeat(&mut self) -> Result<u64, AgentError> {
+        let body = Body::Heartbeat(Heartbeat {
+            agent: self.config.agent_id.clone(),
+            zone: self.config.zone.clone(),
+            last_seq: self.tip.seq,
+            last_hash: self.tip.hash,
+            interval_ms: u64::try_from(self.config.diode.heartbeat_interval.as_millis())
+                .unwrap_or(u64::MAX),
+            last_summary_seq: self.last_summary_seq,
+        });
+        let sealed = envelope::seal(
+            &self.key,
+            &self.config.agent_id,
+            &self.config.zone,
+            &self.tip,
+            now_ms(),
+            &body,
+        )?;
+        self.state.store_tip(&sealed.tip)?;
+        self.tip = sealed.tip;
+        let sent = self.sender.send_message(&sealed.wire).await?;
+        tracing::debug!(seq = sealed.tip.seq, datagrams = sent.sent, "heartbeat");
+        Ok(sealed.tip.seq)
     }
 
     /// Polls every device, at most `max_parallel_devices` at once; results in config order.
@@ -242,16 +273,26 @@ impl Agent {
         results.into_iter().flatten().flatten().collect()
     }
 
-    /// Runs cycles every `poll_interval` until `shutdown` completes. A failed cycle is logged and
-    /// the next one runs on schedule.
+    /// Runs cycles every `poll_interval` until `shutdown` completes, with a heartbeat every
+    /// `diode.heartbeat_interval` in between (none while a cycle runs: its summary says as
+    /// much). A failed cycle or heartbeat is logged and the next one runs on schedule.
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         let mut ticks = tokio::time::interval(self.config.poll_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let beat = self.config.diode.heartbeat_interval;
+        let mut beats = tokio::time::interval_at(Instant::now() + beat, beat);
+        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = ticks.tick() => {}
+                _ = beats.tick() => {
+                    if let Err(e) = self.send_heartbeat().await {
+                        tracing::error!("heartbeat failed: {e}");
+                    }
+                    continue;
+                }
             }
             tokio::select! {
                 () = &mut shutdown => break,

@@ -11,7 +11,7 @@
 use std::fmt;
 
 use outpost_proto::envelope::{self, EnvelopeError, Verified};
-use outpost_proto::model::{Body, Summary};
+use outpost_proto::model::{Body, Heartbeat, Summary};
 use outpost_proto::{AgentId, ZoneId};
 
 use crate::cmdb::Cmdb;
@@ -130,10 +130,12 @@ impl Checked {
         &self.verified.header
     }
 
-    /// The summary it carries.
-    pub fn summary(&self) -> &Summary {
-        let Body::Summary(summary) = &self.body;
-        summary
+    /// The summary it carries (`None` for a heartbeat).
+    pub fn summary(&self) -> Option<&Summary> {
+        match &self.body {
+            Body::Summary(summary) => Some(summary),
+            Body::Heartbeat(_) => None,
+        }
     }
 
     pub(crate) fn claimed(&self) -> Claimed {
@@ -184,8 +186,10 @@ fn check_inner(db: &Cmdb, wire: &[u8], claimed: &mut Claimed) -> Result<Checked,
     let body = verified
         .body()
         .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
-    let Body::Summary(summary) = &body;
-    check_summary(summary, &h.agent, &h.zone)?;
+    match &body {
+        Body::Summary(summary) => check_summary(summary, &h.agent, &h.zone)?,
+        Body::Heartbeat(beat) => check_heartbeat(beat, h)?,
+    }
     Ok(Checked { verified, body })
 }
 
@@ -236,6 +240,29 @@ pub(crate) fn authorise<'k>(
 }
 
 /// The body must describe the header's agent and zone, and every block hash must be honest.
+/// A heartbeat must name its own agent and zone, and the tip its header follows.
+fn check_heartbeat(b: &Heartbeat, h: &envelope::EnvelopeHeader) -> Result<(), (Reason, String)> {
+    if b.agent != h.agent || b.zone != h.zone {
+        return Err((
+            Reason::BodyMismatch,
+            format!(
+                "envelope header says agent {} zone {} but its heartbeat says agent {} zone {}",
+                h.agent, h.zone, b.agent, b.zone
+            ),
+        ));
+    }
+    if b.last_seq.checked_add(1) != Some(h.seq) || b.last_hash != h.prev_hash {
+        return Err((
+            Reason::BodyMismatch,
+            format!(
+                "heartbeat seq {} claims to follow seq {} hash {}, but its header follows hash {}",
+                h.seq, b.last_seq, b.last_hash, h.prev_hash
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_summary(s: &Summary, agent: &AgentId, zone: &ZoneId) -> Result<(), (Reason, String)> {
     if &s.agent != agent || &s.zone != zone {
         return Err((

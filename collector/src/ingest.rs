@@ -442,7 +442,6 @@ fn apply_in(
             ),
         ));
     }
-    let Body::Summary(summary) = &body;
     let meta = EnvelopeMeta {
         agent: &h.agent,
         zone: &h.zone,
@@ -458,7 +457,10 @@ fn apply_in(
         received_at_ms: now_ms,
         raw: wire,
     };
-    let outcome = db.apply_summary(&meta, summary).map_err(storage)?;
+    let outcome = match &body {
+        Body::Summary(summary) => db.apply_summary(&meta, summary).map_err(storage)?,
+        Body::Heartbeat(_) => db.apply_heartbeat(&meta).map_err(storage)?,
+    };
     Ok(Applied {
         agent: h.agent.clone(),
         zone: h.zone.clone(),

@@ -17,6 +17,9 @@ use crate::ids::{AgentId, ZoneId};
 pub enum Body {
     /// A full inventory snapshot of an agent's zone.
     Summary(Summary),
+    /// "Still here": sent between cycles so the receiver learns the chain tip (and so a lost
+    /// last message) within one interval, and can tell an idle agent from a silent conduit.
+    Heartbeat(Heartbeat),
 }
 
 impl Body {
@@ -24,8 +27,28 @@ impl Body {
     pub fn kind(&self) -> &'static str {
         match self {
             Body::Summary(_) => "summary",
+            Body::Heartbeat(_) => "heartbeat",
         }
     }
+}
+
+/// A heartbeat. It is an envelope in the agent's chain like any other (its own sequence number,
+/// `prev_hash` naming the last envelope), so the receiver's ordinary chain judgement turns a
+/// lost last message into a gap the moment the next heartbeat arrives. The body repeats the tip
+/// it follows (`last_seq`, `last_hash`, checked against the header by the receiver) and says
+/// when to expect the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub agent: AgentId,
+    pub zone: ZoneId,
+    /// The sequence number of the envelope before this one.
+    pub last_seq: u64,
+    /// Its hash.
+    pub last_hash: Digest,
+    /// The agent's heartbeat interval in milliseconds.
+    pub interval_ms: u64,
+    /// The last full snapshot's sequence number (0: none yet since start).
+    pub last_summary_seq: u64,
 }
 
 /// A full inventory snapshot: every configured field device and the gateway itself.

@@ -13,8 +13,8 @@ use outpost_proto::chain::ChainTip;
 use outpost_proto::envelope::{self, Digest, MAX_ENVELOPE_BYTES};
 use outpost_proto::frame::{self, MAX_DATAGRAM, MAX_PAYLOAD};
 use outpost_proto::model::{
-    AssetObservation, Body, DeviceIdentity, Endpoint, HostFacts, IdentMethod, NetInterface,
-    PollStatus, RegisterBlock, RegisterKind, Summary,
+    AssetObservation, Body, DeviceIdentity, Endpoint, Heartbeat, HostFacts, IdentMethod,
+    NetInterface, PollStatus, RegisterBlock, RegisterKind, Summary,
 };
 use outpost_proto::reassembly::{Reassembler, ReassemblyLimits};
 use outpost_proto::{AgentId, SigningKey, ZoneId};
@@ -188,8 +188,40 @@ fn summary() -> impl Strategy<Value = Summary> {
         )
 }
 
+fn heartbeat() -> impl Strategy<Value = Heartbeat> {
+    (
+        agent_id(),
+        zone_id(),
+        any::<u64>(),
+        any::<[u8; 32]>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(agent, zone, last_seq, h, interval_ms, last_summary_seq)| Heartbeat {
+                agent,
+                zone,
+                last_seq,
+                last_hash: Digest::of(&h),
+                interval_ms,
+                last_summary_seq,
+            },
+        )
+}
+
 fn body() -> impl Strategy<Value = Body> {
-    summary().prop_map(Body::Summary)
+    prop_oneof![
+        4 => summary().prop_map(Body::Summary),
+        1 => heartbeat().prop_map(Body::Heartbeat),
+    ]
+}
+
+/// The agent and zone a body names.
+fn origin(body: &Body) -> (&AgentId, &ZoneId) {
+    match body {
+        Body::Summary(s) => (&s.agent, &s.zone),
+        Body::Heartbeat(h) => (&h.agent, &h.zone),
+    }
 }
 
 fn key() -> &'static SigningKey {
@@ -198,12 +230,12 @@ fn key() -> &'static SigningKey {
 }
 
 fn sealed_wire(body: &Body, seq: u64, time_ms: u64) -> Vec<u8> {
-    let Body::Summary(s) = body;
+    let (agent, zone) = origin(body);
     let tip = ChainTip {
         seq,
         hash: Digest::of(&seq.to_be_bytes()),
     };
-    envelope::seal(key(), &s.agent, &s.zone, &tip, time_ms, body)
+    envelope::seal(key(), agent, zone, &tip, time_ms, body)
         .expect("sealing a bounded body succeeds")
         .wire
 }
@@ -246,15 +278,15 @@ proptest! {
         seq in 0u64..u64::MAX,
         time_ms in any::<u64>(),
     ) {
-        let Body::Summary(s) = &b;
+        let (agent, zone) = origin(&b);
         let tip = ChainTip { seq, hash: Digest::of(&seq.to_be_bytes()) };
-        let sealed = envelope::seal(key(), &s.agent, &s.zone, &tip, time_ms, &b).unwrap();
+        let sealed = envelope::seal(key(), agent, zone, &tip, time_ms, &b).unwrap();
         let v = envelope::parse(&sealed.wire).unwrap().verify(&key().public_key()).unwrap();
         prop_assert_eq!(v.header.seq, seq + 1);
         prop_assert_eq!(v.header.prev_hash, tip.hash);
         prop_assert_eq!(v.header.time_ms, time_ms);
-        prop_assert_eq!(&v.header.agent, &s.agent);
-        prop_assert_eq!(&v.header.zone, &s.zone);
+        prop_assert_eq!(&v.header.agent, agent);
+        prop_assert_eq!(&v.header.zone, zone);
         prop_assert_eq!(v.header.key_id, key().key_id());
         prop_assert_eq!(v.tip(), sealed.tip);
         prop_assert_eq!(v.body().unwrap(), b);

@@ -10,7 +10,9 @@
 //! - collector ingest rate: signed 50-asset summaries verified and applied to a real SQLite
 //!   file per second, steady state (nothing changed) and worst case (every asset changed);
 //! - agent peak RSS while polling 100 simulated devices (the real `outpost-agent` process);
-//! - size of the stripped static aarch64 agent, when `.ci/build-aarch64.sh` has built it.
+//! - size of the stripped static aarch64 agent, when `.ci/build-aarch64.sh` has built it;
+//! - the diode link with FEC: raw loopback UDP rate, FEC goodput, overhead, CPU per MB,
+//!   delivery at 10 % random loss (`--only fec` runs just this section).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -42,7 +44,16 @@ struct Args {
     /// Agent poll cycles to run before reading its peak RSS.
     #[arg(long, default_value_t = 5)]
     cycles: u64,
+    /// Loss patterns per message size in the FEC delivery measurement.
+    #[arg(long, default_value_t = 10_000)]
+    fec_trials: u64,
+    /// Run only this section (`fec`).
+    #[arg(long)]
+    only: Option<String>,
 }
+
+#[path = "bench/fec_link.rs"]
+mod fec_link;
 
 const ASSETS: usize = 50;
 
@@ -52,6 +63,9 @@ fn main() -> anyhow::Result<()> {
         eprintln!("warning: this is a debug build; figures are only meaningful from --release");
     }
     println!("outpost-bench on {} CPUs", num_cpus());
+    if args.only.as_deref() == Some("fec") {
+        return fec_link::run(args.fec_trials);
+    }
     envelope_rates(args.envelopes)?;
     ingest_rates(args.envelopes)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -61,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         .context("could not start the async runtime")?;
     runtime.block_on(agent_memory(args.devices, args.cycles))?;
     binary_sizes();
+    fec_link::run(args.fec_trials)?;
     Ok(())
 }
 

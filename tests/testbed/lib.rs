@@ -5,10 +5,12 @@
 //!   identities, volatile process values, misbehaving devices and per-function-code counters.
 //! - [`harness`]: small helpers for end-to-end tests (built binaries, child processes killed
 //!   on drop, bounded waiting, free loopback ports, temp dirs, ready files).
+//! - [`relay`]: a lossy UDP relay (seeded loss, bursts, reordering, duplication, truncation).
 //! - [`scenario`]: agent configurations for a running simulated plant.
 //! - [`workload`]: synthetic summaries for benchmarks.
 
 pub mod harness;
+pub mod relay;
 pub mod scenario;
 pub mod sim;
 pub mod workload;

@@ -24,6 +24,10 @@ pub mod kind {
     pub const ASSET_UNREACHABLE: &str = "asset_unreachable";
     pub const ASSET_RECOVERED: &str = "asset_recovered";
     pub const REASSEMBLY_DROPPED: &str = "reassembly_dropped";
+    pub const CONDUIT_SILENT: &str = "conduit_silent";
+    pub const CONDUIT_RESUMED: &str = "conduit_resumed";
+    pub const AGENT_SILENT: &str = "agent_silent";
+    pub const AGENT_RESUMED: &str = "agent_resumed";
 }
 
 /// Adds `delta` to the counter `name` (creating it at `delta`).
