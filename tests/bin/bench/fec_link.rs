@@ -155,10 +155,10 @@ fn fec_goodput() -> anyhow::Result<(f64, f64, f64, u64)> {
         let Ok((n, from)) = rx.recv_from(&mut buf) else {
             continue;
         };
-        if let Ok(Some(m)) = r.push(from, &buf[..n], start.elapsed().as_millis() as u64) {
-            if m.len() == len {
-                delivered += 1;
-            }
+        if let Ok(Some(m)) = r.push(from, &buf[..n], start.elapsed().as_millis() as u64)
+            && m.len() == len
+        {
+            delivered += 1;
         }
     }
     let elapsed = start.elapsed();
