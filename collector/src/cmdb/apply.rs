@@ -534,17 +534,17 @@ impl Writer<'_, '_> {
         let seen = answered(&obs.status).then_some(self.now);
         self.db
             .prepare_cached(
-                "UPDATE assets SET agent_id = ?2, name = ?3, vendor_name = ?4,
-                     product_code = ?5, revision = ?6, vendor_url = ?7, product_name = ?8,
-                     model_name = ?9, user_application_name = ?10, ident_method = ?11,
-                     status = ?12, last_problem = ?13, content_hash = ?14,
-                     last_seen_ms = COALESCE(?15, last_seen_ms), last_polled_ms = ?16,
-                     last_envelope_seq = ?17
+                // agent_id is indexed: it is only set (below) when it changes.
+                "UPDATE assets SET name = ?2, vendor_name = ?3,
+                     product_code = ?4, revision = ?5, vendor_url = ?6, product_name = ?7,
+                     model_name = ?8, user_application_name = ?9, ident_method = ?10,
+                     status = ?11, last_problem = ?12, content_hash = ?13,
+                     last_seen_ms = COALESCE(?14, last_seen_ms), last_polled_ms = ?15,
+                     last_envelope_seq = ?16
                  WHERE asset_id = ?1",
             )?
             .execute(params![
                 stored.id,
-                self.meta.agent.as_str(),
                 obs.name,
                 col("vendor_name"),
                 col("product_code"),
@@ -563,6 +563,9 @@ impl Writer<'_, '_> {
             ])?;
         if stored.agent != self.meta.agent.as_str() {
             self.moved_between_agents = true;
+            self.db
+                .prepare_cached("UPDATE assets SET agent_id = ?2 WHERE asset_id = ?1")?
+                .execute(params![stored.id, self.meta.agent.as_str()])?;
             self.db
                 .prepare_cached(
                     "DELETE FROM relations WHERE from_ci = ?1 AND type = 'reported_by'",
