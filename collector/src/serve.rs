@@ -396,7 +396,7 @@ impl ReceiveLoop {
                 tracing::warn!(
                     dropped = drops - last,
                     "the kernel dropped UDP datagrams for {local}: the receive queue overflowed; \
-                     raise net.core.rmem_max / --recv-buffer or lower the agents' link_bytes_per_sec"
+                     raise net.core.rmem_max or lower the agents' link_bytes_per_sec"
                 );
                 counts.push(("kernel_udp_drops", drops - last));
             }
