@@ -1,8 +1,9 @@
 //! What an agent reports.
 //!
-//! A [`Body`] is the payload of one signed envelope. Today it is always a full inventory
-//! [`Summary`]; change events, heartbeats and evidence will be further variants. Field names are
-//! short but readable: they are part of the wire format, so renaming one is a protocol change.
+//! A [`Body`] is the payload of one signed envelope: a full inventory [`Summary`] (every cycle,
+//! so the receiver's state converges after any loss) or a [`Heartbeat`] between cycles; change
+//! events and evidence will be further variants. Field names are short but readable: they are
+//! part of the wire format, so renaming one is a protocol change.
 
 use std::collections::BTreeMap;
 
