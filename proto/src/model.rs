@@ -260,7 +260,7 @@ mod be_words {
                 f.write_str("a byte string of big-endian 16-bit words")
             }
             fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Vec<u16>, E> {
-                if bytes.len() % 2 != 0 {
+                if !bytes.len().is_multiple_of(2) {
                     return Err(E::custom(format!(
                         "register values are {} bytes, not a whole number of 16-bit words",
                         bytes.len()
