@@ -93,14 +93,21 @@ impl std::fmt::Display for Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AssetObservation {
     /// The name the agent's config gives the device.
+    #[serde(rename = "n")]
     pub name: String,
+    #[serde(rename = "ep")]
     pub endpoint: Endpoint,
+    #[serde(rename = "u")]
     pub unit_id: u8,
     /// Whether the device answered; when it did not, `identity` and `blocks` are empty.
+    #[serde(rename = "st")]
     pub status: PollStatus,
+    #[serde(rename = "id")]
     pub identity: DeviceIdentity,
+    #[serde(rename = "b")]
     pub blocks: Vec<RegisterBlock>,
     /// Problems short of unreachability (a block that raised an exception, …), one line each.
+    #[serde(rename = "p")]
     pub problems: Vec<String>,
 }
 
@@ -133,22 +140,31 @@ pub enum IdentMethod {
 /// and any further objects it gave.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DeviceIdentity {
+    #[serde(rename = "m")]
     pub method: IdentMethod,
     /// Object 0x00.
+    #[serde(rename = "vn", default, skip_serializing_if = "Option::is_none")]
     pub vendor_name: Option<String>,
     /// Object 0x01.
+    #[serde(rename = "pc", default, skip_serializing_if = "Option::is_none")]
     pub product_code: Option<String>,
     /// Object 0x02 (MajorMinorRevision: usually the firmware version).
+    #[serde(rename = "rv", default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
     /// Object 0x03.
+    #[serde(rename = "vu", default, skip_serializing_if = "Option::is_none")]
     pub vendor_url: Option<String>,
     /// Object 0x04.
+    #[serde(rename = "pn", default, skip_serializing_if = "Option::is_none")]
     pub product_name: Option<String>,
     /// Object 0x05.
+    #[serde(rename = "mn", default, skip_serializing_if = "Option::is_none")]
     pub model_name: Option<String>,
     /// Object 0x06.
+    #[serde(rename = "ua", default, skip_serializing_if = "Option::is_none")]
     pub user_application_name: Option<String>,
     /// Any other object id the device returned (0x07–0xFF), as text (lossy UTF-8).
+    #[serde(rename = "o", default, skip_serializing_if = "BTreeMap::is_empty")]
     pub other: BTreeMap<u8, String>,
 }
 
@@ -199,14 +215,18 @@ impl RegisterKind {
 /// The raw values of one configured block of registers or bits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterBlock {
+    #[serde(rename = "n")]
     pub name: String,
+    #[serde(rename = "k")]
     pub kind: RegisterKind,
+    #[serde(rename = "s")]
     pub start: u16,
     /// Register values; for coils and discrete inputs, 0 or 1 per bit. On the wire: one byte
     /// string of big-endian 16-bit words (compact, and one CBOR item to decode instead of many).
-    #[serde(with = "be_words")]
+    #[serde(rename = "v", with = "be_words")]
     pub values: Vec<u16>,
     /// [`RegisterBlock::content_hash`] of the above, so a receiver can compare blocks cheaply.
+    #[serde(rename = "h")]
     pub hash: Digest,
 }
 

@@ -48,7 +48,7 @@ struct Args {
     /// Loss patterns per message size in the FEC delivery measurement.
     #[arg(long, default_value_t = 10_000)]
     fec_trials: u64,
-    /// Run only this section (`fec`).
+    /// Run only this section: `fec`, `ingest` or `envelope`.
     #[arg(long)]
     only: Option<String>,
 }
@@ -68,8 +68,12 @@ fn main() -> anyhow::Result<()> {
         num_cpus(),
         load_average()
     );
-    if args.only.as_deref() == Some("fec") {
-        return fec_link::run(args.fec_trials);
+    match args.only.as_deref() {
+        Some("fec") => return fec_link::run(args.fec_trials),
+        Some("ingest") => return ingest_rates(args.envelopes),
+        Some("envelope") => return envelope_rates(args.envelopes),
+        Some(other) => bail!("--only {other}: expected fec, ingest or envelope"),
+        None => {}
     }
     envelope_rates(args.envelopes)?;
     ingest_rates(args.envelopes)?;
