@@ -1,7 +1,8 @@
 //! What an agent reports.
 //!
 //! A [`Body`] is the payload of one signed envelope. Today it is always a full inventory
-//! [`Summary`]; change events, heartbeats and evidence will be further variants. Field names are
+//! [`Summary`] or a [`DataLost`] notice; change events, heartbeats and evidence will be further
+//! variants. Field names are
 //! short but readable: they are part of the wire format, so renaming one is a protocol change.
 
 use std::collections::BTreeMap;
@@ -17,6 +18,25 @@ use crate::ids::{AgentId, ZoneId};
 pub enum Body {
     /// A full inventory snapshot of an agent's zone.
     Summary(Summary),
+    /// The agent dropped envelopes `from_seq..=to_seq` before they could be delivered (its
+    /// outbound spool was full); `reason` says why. The notice is itself signed and chained,
+    /// so loss is never silent.
+    DataLost(DataLost),
+}
+
+/// A signed report that envelopes were dropped at the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataLost {
+    pub agent: AgentId,
+    pub zone: ZoneId,
+    /// First dropped sequence number.
+    pub from_seq: u64,
+    /// Last dropped sequence number (inclusive).
+    pub to_seq: u64,
+    /// How many envelopes in the range were dropped (the range may contain kept notices).
+    pub dropped: u64,
+    /// Why, for people (`spool_full`: the outbound spool reached its byte limit).
+    pub reason: String,
 }
 
 impl Body {
@@ -24,6 +44,7 @@ impl Body {
     pub fn kind(&self) -> &'static str {
         match self {
             Body::Summary(_) => "summary",
+            Body::DataLost(_) => "data_lost",
         }
     }
 }
