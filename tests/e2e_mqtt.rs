@@ -281,7 +281,11 @@ fn assert_exactly_once_in_order(w: &World, agent: &str, min_count: u64) {
         applied.iter().all(|(_, v)| v == "first" || v == "next"),
         "no gap, no chain break: {applied:?}"
     );
-    assert_eq!(w.count("SELECT COUNT(*) FROM quarantine"), 0, "nothing quarantined");
+    assert_eq!(
+        w.count("SELECT COUNT(*) FROM quarantine"),
+        0,
+        "nothing quarantined"
+    );
 }
 
 #[test]
@@ -299,7 +303,11 @@ fn broker_down_at_start_then_up_delivers_everything_once_in_order() {
         "the agent spools while the broker is down"
     );
     assert_eq!(w.applied("gw-a"), vec![]);
-    assert!(w.log("agent.log").contains("unreachable"), "{}", w.log("agent.log"));
+    assert!(
+        w.log("agent.log").contains("unreachable"),
+        "{}",
+        w.log("agent.log")
+    );
 
     w.broker.start().expect("broker back");
     wait_delivered(&w, &a, "after the broker came up");
@@ -353,6 +361,49 @@ fn agent_sigkilled_with_a_backlog_delivers_it_after_restart() {
 }
 
 #[test]
+fn a_spool_file_truncated_by_a_power_cut_is_reported_and_the_rest_delivered() {
+    let mut w = World::new("mqtt-truncated", &[("gw-i", "cell-i")]);
+    let a = w.agent("gw-i", "cell-i", "");
+    w.broker.start().expect("broker");
+    let _collector = w.start_collector("collector-1", None);
+    w.broker.stop();
+    let mut agent = w.start_agent(&a, "agent-1.log");
+    assert!(harness::wait_for(WAIT, || (spooled(&a) >= 3).then_some(())).is_some());
+    agent.signal(libc::SIGKILL).unwrap();
+    agent.wait_timeout(Duration::from_secs(5)).unwrap();
+    // Seq 2's file loses its tail, as after a power cut.
+    let victim = a.state.join("spool").join(format!("{:020}.env", 2));
+    let data = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &data[..data.len() / 2]).unwrap();
+
+    w.broker.start().expect("broker back");
+    let mut agent = w.start_agent(&a, "agent-2.log");
+    wait_delivered(&w, &a, "after the restart");
+    agent.stop(Duration::from_secs(5)).unwrap();
+    assert!(
+        w.log("agent-2.log").contains("damaged"),
+        "{}",
+        w.log("agent-2.log")
+    );
+    let seqs: Vec<u64> = w.applied("gw-i").iter().map(|x| x.0).collect();
+    assert!(
+        !seqs.contains(&2) && seqs.contains(&1) && seqs.contains(&3),
+        "{seqs:?}"
+    );
+    let (from, to, reason): (i64, i64, String) = w
+        .db()
+        .query_row(
+            "SELECT json_extract(detail, '$.from_seq'), json_extract(detail, '$.to_seq'),
+                    json_extract(detail, '$.reason')
+             FROM events WHERE kind = 'data_lost' AND agent_id = 'gw-i'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("a data_lost event");
+    assert_eq!((from, to, reason.as_str()), (2, 2, "spool_damaged"));
+}
+
+#[test]
 fn full_spool_drops_oldest_snapshots_and_sends_a_signed_data_lost_notice() {
     let mut w = World::new("mqtt-spool-full", &[("gw-d", "cell-d")]);
     // A gateway-only summary is ~1-2 KB: room for about two.
@@ -366,8 +417,16 @@ fn full_spool_drops_oldest_snapshots_and_sends_a_signed_data_lost_notice() {
         "agent cycles"
     );
     agent.stop(Duration::from_secs(5)).unwrap();
-    assert!(spooled(&a) < 7, "the spool is bounded: {} files", spooled(&a));
-    assert!(w.log("agent.log").contains("spool full"), "{}", w.log("agent.log"));
+    assert!(
+        spooled(&a) < 7,
+        "the spool is bounded: {} files",
+        spooled(&a)
+    );
+    assert!(
+        w.log("agent.log").contains("spool full"),
+        "{}",
+        w.log("agent.log")
+    );
 
     w.broker.start().expect("broker back");
     let mut agent = w.start_agent(&a, "agent-2.log");
@@ -386,7 +445,10 @@ fn full_spool_drops_oldest_snapshots_and_sends_a_signed_data_lost_notice() {
             .collect::<Result<_, _>>()
             .unwrap()
     };
-    assert!(kinds.iter().any(|k| k == "data_lost"), "{kinds:?} {applied:?}");
+    assert!(
+        kinds.iter().any(|k| k == "data_lost"),
+        "{kinds:?} {applied:?}"
+    );
     let lost: Vec<(i64, i64)> = {
         let c = w.db();
         let mut st = c
@@ -449,10 +511,9 @@ fn acl_refusal_wrong_password_and_tls_mismatch_are_clear_errors() {
 
     // TLS: a CA that did not sign the broker's certificate.
     std::fs::write(w.dir.join("gw-f.pw"), password("gw-f")).unwrap();
-    let text = std::fs::read_to_string(&bad.config).unwrap().replace(
-        path(&w.pki.ca_cert),
-        path(&w.pki.other_ca_cert),
-    );
+    let text = std::fs::read_to_string(&bad.config)
+        .unwrap()
+        .replace(path(&w.pki.ca_cert), path(&w.pki.other_ca_cert));
     std::fs::write(&bad.config, text).unwrap();
     let mut agent = w.start_agent(&bad, "tls.log");
     let seen = harness::wait_for(WAIT, || w.log("tls.log").contains("TLS").then_some(()));
@@ -465,7 +526,11 @@ fn acl_refusal_wrong_password_and_tls_mismatch_are_clear_errors() {
 
 #[test]
 fn two_collectors_on_a_shared_subscription_apply_every_envelope_once() {
-    let agents = [("gw-g1", "cell-g"), ("gw-g2", "cell-g"), ("gw-g3", "cell-g")];
+    let agents = [
+        ("gw-g1", "cell-g"),
+        ("gw-g2", "cell-g"),
+        ("gw-g3", "cell-g"),
+    ];
     let mut w = World::new("mqtt-shared", &agents);
     let files: Vec<AgentFiles> = agents.iter().map(|(a, z)| w.agent(a, z, "")).collect();
     w.broker.start().expect("broker");
@@ -476,9 +541,7 @@ fn two_collectors_on_a_shared_subscription_apply_every_envelope_once() {
         .iter()
         .map(|a| w.start_agent(a, &format!("{}.log", a.id)))
         .collect();
-    assert!(
-        harness::wait_for(WAIT, || files.iter().all(|a| tip(a) >= 4).then_some(())).is_some()
-    );
+    assert!(harness::wait_for(WAIT, || files.iter().all(|a| tip(a) >= 4).then_some(())).is_some());
     for a in &mut running {
         a.stop(Duration::from_secs(5)).unwrap();
     }
@@ -508,14 +571,16 @@ fn a_payload_that_is_not_an_envelope_is_quarantined_with_its_reason() {
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(publish_garbage(&w, "gw-h", "outpost/v1/cell-h/gw-h/summary"));
+    rt.block_on(publish_garbage(
+        &w,
+        "gw-h",
+        "outpost/v1/cell-h/gw-h/summary",
+    ));
     let row = harness::wait_for(WAIT, || {
         w.db()
-            .query_row(
-                "SELECT reason, peer FROM quarantine",
-                [],
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
-            )
+            .query_row("SELECT reason, peer FROM quarantine", [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
             .ok()
     });
     let (reason, peer) = row.expect("quarantined");
@@ -527,8 +592,8 @@ fn a_payload_that_is_not_an_envelope_is_quarantined_with_its_reason() {
 
 async fn publish_garbage(w: &World, user: &str, topic: &str) {
     use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut o = MqttOptions::new("garbage", "localhost", w.broker.addr().port());
     o.set_credentials(user, password(user));
@@ -541,7 +606,12 @@ async fn publish_garbage(w: &World, user: &str, topic: &str) {
     ));
     let (client, mut ev) = AsyncClient::new(o, 10);
     client
-        .publish(topic, QoS::AtLeastOnce, false, b"this is not an envelope".to_vec())
+        .publish(
+            topic,
+            QoS::AtLeastOnce,
+            false,
+            b"this is not an envelope".to_vec(),
+        )
         .await
         .unwrap();
     let acked = tokio::time::timeout(Duration::from_secs(10), async {

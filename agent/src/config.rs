@@ -470,7 +470,9 @@ impl Config {
                 {
                     problem(
                         "mqtt.url".into(),
-                        format!("{url:?} is plain mqtt:// but TLS files are configured; use mqtts://"),
+                        format!(
+                            "{url:?} is plain mqtt:// but TLS files are configured; use mqtts://"
+                        ),
                     );
                 }
                 if m.client_cert.is_some() != m.client_key.is_some() {
@@ -575,7 +577,9 @@ impl Config {
         if raw.diode.is_none() && mqtt.is_none() && problems.is_empty() {
             problems.push(Problem {
                 field: "diode".into(),
-                message: "no transport configured: add a [diode] section, an [mqtt] section, or both".into(),
+                message:
+                    "no transport configured: add a [diode] section, an [mqtt] section, or both"
+                        .into(),
             });
         }
         if !problems.is_empty() {
@@ -896,6 +900,49 @@ count = 1
             p[0].starts_with("devices[0].address: \"10.20.0.11:http\": port \"http\""),
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn mqtt_section_and_transport_choice() {
+        let mqtt = "[mqtt]\nurl = \"mqtts://broker.dmz\"\nca_file = \"ca.pem\"\nusername = \"gw-line1\"\npassword_file = \"pw\"\n\n[modbus]";
+        let both = GOOD.replace("[modbus]", mqtt);
+        let c = Config::parse(&both, "/etc/outpost/agent.toml").unwrap();
+        let m = c.mqtt.unwrap();
+        assert!(c.diode.is_some());
+        assert_eq!((m.tls, m.host.as_str(), m.port), (true, "broker.dmz", 8883));
+        assert_eq!(m.ca_file, Some(PathBuf::from("/etc/outpost/ca.pem")));
+        assert_eq!(m.client_id, "outpost-gw-line1");
+        assert_eq!(m.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+
+        let only_mqtt = both.replace("[diode]\ntarget = \"192.0.2.10:7000\"\n", "");
+        let c = Config::parse(&only_mqtt, "a.toml").unwrap();
+        assert!(c.diode.is_none() && c.mqtt.is_some());
+
+        let none = GOOD.replace("[diode]\ntarget = \"192.0.2.10:7000\"\n", "");
+        assert!(invalid(&none)[0].starts_with("diode: no transport configured"));
+
+        let p = invalid(&both.replace("mqtts://broker.dmz", "http://broker"));
+        assert!(
+            p[0].starts_with("mqtt.url: \"http://broker\" must start with mqtt://"),
+            "{p:?}"
+        );
+        let p = invalid(&both.replace("ca_file = \"ca.pem\"\n", ""));
+        assert!(
+            p[0].starts_with("mqtt.ca_file: mqtts:// needs ca_file"),
+            "{p:?}"
+        );
+        let p = invalid(&both.replace("username = \"gw-line1\"\n", ""));
+        assert!(
+            p[0].starts_with("mqtt.password_file: a password needs a username"),
+            "{p:?}"
+        );
+        let c = Config::parse(
+            &only_mqtt.replace("mqtts://broker.dmz", "mqtts://[fd00::1]:18883"),
+            "a.toml",
+        )
+        .unwrap();
+        let m = c.mqtt.unwrap();
+        assert_eq!((m.host.as_str(), m.port), ("fd00::1", 18883));
     }
 
     #[test]

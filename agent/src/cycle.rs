@@ -374,7 +374,10 @@ impl Agent {
             let pending = m.link.pending();
             m.link.shutdown().await;
             if pending > 0 {
-                tracing::info!(pending, "mqtt: envelopes left in the spool for the next start");
+                tracing::info!(
+                    pending,
+                    "mqtt: envelopes left in the spool for the next start"
+                );
             }
         }
     }

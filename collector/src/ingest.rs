@@ -185,7 +185,10 @@ impl Ingest {
         let applied = match result {
             Ok(Ok(applied)) => applied,
             Ok(Err((Reason::Duplicate, detail))) => {
-                if let Err(e) = self.cmdb.bump_counter(Reason::Duplicate.counter(), 1, now_ms) {
+                if let Err(e) = self
+                    .cmdb
+                    .bump_counter(Reason::Duplicate.counter(), 1, now_ms)
+                {
                     tracing::error!(%peer, "could not count a duplicate: {e}");
                 }
                 tracing::debug!(%peer, agent = claimed.agent.as_deref().unwrap_or("-"),
@@ -464,7 +467,11 @@ fn apply_in(
     let previous = db.chain_tip(&h.agent).map_err(storage)?;
     let verdict = chain::judge(previous.as_ref(), h);
     if let SequenceVerdict::Replay { last } = verdict {
-        if dedup && db.envelope_stored(&h.agent, h.seq, &verified.hash).map_err(storage)? {
+        if dedup
+            && db
+                .envelope_stored(&h.agent, h.seq, &verified.hash)
+                .map_err(storage)?
+        {
             return Err((
                 Reason::Duplicate,
                 format!(

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use outpost_collector::mqtt::{MqttServeConfig, serve_mqtt};
 use outpost_collector::render::{self, Format};
 use outpost_collector::time::now_ms;
-use outpost_collector::mqtt::{MqttServeConfig, serve_mqtt};
 use outpost_collector::{Cmdb, ServeConfig, serve};
 use outpost_proto::{AgentId, PublicKey, ZoneId};
 
@@ -310,11 +310,8 @@ fn run_serve(diode: Option<ServeConfig>, mqtt: Option<MqttServeConfig>) -> Resul
                     shutdown.await;
                     let _ = tx.send(true);
                 };
-                let (_, a, b) = tokio::join!(
-                    signal,
-                    serve(d, stop(rx.clone())),
-                    serve_mqtt(m, stop(rx))
-                );
+                let (_, a, b) =
+                    tokio::join!(signal, serve(d, stop(rx.clone())), serve_mqtt(m, stop(rx)));
                 a?;
                 b?;
             }

@@ -262,7 +262,11 @@ pub async fn serve_mqtt(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!("mqtt: {}; retrying in {}s", explain(&e, &cfg), backoff.as_secs());
+                    tracing::warn!(
+                        "mqtt: {}; retrying in {}s",
+                        explain(&e, &cfg),
+                        backoff.as_secs()
+                    );
                     break true;
                 }
             }
@@ -388,7 +392,7 @@ fn explain(e: &ConnectionError, cfg: &MqttServeConfig) -> String {
             cfg.username.as_deref().unwrap_or("-")
         ),
         ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => format!(
-            "broker {} refused the connection: not authorised (check --mqtt-user/--mqtt-password-file)",
+            "broker {} refused the login: not authorised — wrong username or password, or the user may not connect (check --mqtt-user/--mqtt-password-file)",
             cfg.url
         ),
         ConnectionError::ConnectionRefused(code) => {
@@ -417,7 +421,10 @@ mod tests {
             parse_url("mqtts://broker").unwrap(),
             (true, "broker".into(), 8883)
         );
-        assert_eq!(parse_url("mqtt://[::1]").unwrap(), (false, "::1".into(), 1883));
+        assert_eq!(
+            parse_url("mqtt://[::1]").unwrap(),
+            (false, "::1".into(), 1883)
+        );
         assert!(parse_url("tcp://x").is_err());
         assert!(parse_url("mqtt://u@x").is_err());
         assert!(parse_url("mqtt://x:0").is_err());

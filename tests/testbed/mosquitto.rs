@@ -77,14 +77,18 @@ pub struct ClientCert {
 }
 
 fn ec_key(path: &Path) -> Result<(), BrokerError> {
-    tool(Command::new("openssl").args([
-        "genpkey",
-        "-algorithm",
-        "EC",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-out",
-    ]).arg(path))
+    tool(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+            ])
+            .arg(path),
+    )
 }
 
 fn self_signed_ca(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), BrokerError> {
@@ -129,7 +133,10 @@ fn signed(
     tool(
         Command::new("openssl")
             .args(["x509", "-req", "-days", "2", "-set_serial"])
-            .arg(format!("{}", std::process::id() as u64 * 1000 + name.len() as u64))
+            .arg(format!(
+                "{}",
+                std::process::id() as u64 * 1000 + name.len() as u64
+            ))
             .arg("-in")
             .arg(&csr)
             .arg("-CA")
@@ -219,7 +226,10 @@ impl Broker {
         fs::create_dir_all(&data).map_err(io("create broker dir"))?;
         // mosquitto (dropped to user `mosquitto` when started as root) must read the config
         // and write its data directory; every directory above must be traversable.
-        for a in dir.ancestors().take_while(|a| a.starts_with(std::env::temp_dir())) {
+        for a in dir
+            .ancestors()
+            .take_while(|a| a.starts_with(std::env::temp_dir()))
+        {
             if a != std::env::temp_dir() {
                 open_up(a, 0o755)?;
             }
@@ -231,7 +241,10 @@ impl Broker {
         let _ = writeln!(conf, "persistence true");
         let _ = writeln!(conf, "persistence_location {}/", data.display());
         let _ = writeln!(conf, "log_dest stderr");
-        let _ = writeln!(conf, "log_type error\nlog_type warning\nlog_type notice\nlog_type information");
+        let _ = writeln!(
+            conf,
+            "log_type error\nlog_type warning\nlog_type notice\nlog_type information"
+        );
         let _ = writeln!(conf, "listener {} 127.0.0.1", addr.port());
         if spec.users.is_empty() {
             let _ = writeln!(conf, "allow_anonymous true");
@@ -253,7 +266,10 @@ impl Broker {
             let _ = writeln!(conf, "password_file {}", passwd.display());
             let mut acl = String::new();
             for (user, zone, agent) in &spec.agents {
-                let _ = writeln!(acl, "user {user}\ntopic write outpost/v1/{zone}/{agent}/#\n");
+                let _ = writeln!(
+                    acl,
+                    "user {user}\ntopic write outpost/v1/{zone}/{agent}/#\n"
+                );
             }
             for user in &spec.collectors {
                 let _ = writeln!(acl, "user {user}\ntopic read outpost/v1/#\n");

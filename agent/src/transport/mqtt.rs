@@ -145,10 +145,7 @@ pub fn options(cfg: &MqttConfig, agent: &AgentId, zone: &ZoneId) -> Result<MqttO
             None => Vec::new(),
         };
         let client_auth = match (&cfg.client_cert, &cfg.client_key) {
-            (Some(c), Some(k)) => Some((
-                read_file("client_cert", c)?,
-                read_file("client_key", k)?,
-            )),
+            (Some(c), Some(k)) => Some((read_file("client_cert", c)?, read_file("client_key", k)?)),
             _ => None,
         };
         o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
@@ -461,11 +458,18 @@ fn explain(e: &ConnectionError, cfg: &MqttConfig) -> String {
             "broker {} refused the login: wrong username or password (username {:?}, password_file {})",
             cfg.url,
             cfg.username.as_deref().unwrap_or("-"),
-            cfg.password_file.as_deref().map_or("-".into(), |p| p.display().to_string())
+            cfg.password_file
+                .as_deref()
+                .map_or("-".into(), |p| p.display().to_string())
         ),
+        // mosquitto answers a wrong password with NotAuthorized under MQTT 5.
         ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized) => format!(
-            "broker {} refused the connection: not authorised (check username/password_file and the broker's allow_anonymous)",
-            cfg.url
+            "broker {} refused the login: not authorised — wrong username or password, or the user is not allowed to connect (username {:?}, password_file {})",
+            cfg.url,
+            cfg.username.as_deref().unwrap_or("-"),
+            cfg.password_file
+                .as_deref()
+                .map_or("-".into(), |p| p.display().to_string())
         ),
         ConnectionError::ConnectionRefused(code) => {
             format!("broker {} refused the connection: {code:?}", cfg.url)
@@ -473,9 +477,21 @@ fn explain(e: &ConnectionError, cfg: &MqttConfig) -> String {
         ConnectionError::Tls(t) => format!(
             "TLS with broker {} failed: {t}; check that ca_file {} signed the broker's certificate, that the certificate names host {:?}, and the client certificate if the broker requires one",
             cfg.url,
-            cfg.ca_file.as_deref().map_or("-".into(), |p| p.display().to_string()),
+            cfg.ca_file
+                .as_deref()
+                .map_or("-".into(), |p| p.display().to_string()),
             cfg.host
         ),
+        ConnectionError::Io(io) if cfg.tls && io.kind() == std::io::ErrorKind::InvalidData => {
+            format!(
+                "TLS with broker {} failed: {io}; check that ca_file {} signed the broker's certificate, that the certificate names host {:?}, and the client certificate if the broker requires one",
+                cfg.url,
+                cfg.ca_file
+                    .as_deref()
+                    .map_or("-".into(), |p| p.display().to_string()),
+                cfg.host
+            )
+        }
         ConnectionError::Io(io) => format!(
             "broker {} unreachable: {io} (is it running, and does the firewall allow this connection?)",
             cfg.url

@@ -121,7 +121,10 @@ impl Spool {
                 let _ = fs::remove_file(&path);
                 continue;
             }
-            let Some(seq) = name.strip_suffix(".env").and_then(|s| s.parse::<u64>().ok()) else {
+            let Some(seq) = name
+                .strip_suffix(".env")
+                .and_then(|s| s.parse::<u64>().ok())
+            else {
                 continue;
             };
             match fs::read(&path).map(|b| decode(&b)) {

@@ -162,10 +162,7 @@ impl Cmdb {
         w.envelope().map_err(sqlite)?;
         w.chain_events().map_err(sqlite)?;
         w.count("data_lost_notices", 1);
-        w.count(
-            "envelopes_lost_at_agent",
-            sql_int(notice.dropped),
-        );
+        w.count("envelopes_lost_at_agent", sql_int(notice.dropped));
         let detail = json!({
             "from_seq": notice.from_seq,
             "to_seq": notice.to_seq,
@@ -700,7 +697,9 @@ impl Cmdb {
         hash: &Digest,
     ) -> Result<bool, CmdbError> {
         self.conn
-            .prepare_cached("SELECT 1 FROM envelopes WHERE agent_id = ?1 AND seq = ?2 AND hash = ?3")
+            .prepare_cached(
+                "SELECT 1 FROM envelopes WHERE agent_id = ?1 AND seq = ?2 AND hash = ?3",
+            )
             .and_then(|mut st| {
                 st.query_row(
                     params![agent.as_str(), sql_int(seq), hash.to_string()],
