@@ -42,6 +42,8 @@ use crate::time::now_ms;
 /// Default subscription.
 pub const DEFAULT_TOPIC: &str = "outpost/v1/#";
 const MAX_PACKET: u32 = 2 * 1024 * 1024;
+const RECEIVE_MAX: u16 = 32;
+const REQUEST_CHANNEL: usize = 4 * RECEIVE_MAX as usize;
 const SESSION_EXPIRY_SECS: u32 = 7 * 24 * 3600;
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -164,6 +166,10 @@ fn options(cfg: &MqttServeConfig) -> Result<MqttOptions, MqttServeError> {
     o.set_clean_start(false);
     o.set_session_expiry_interval(Some(SESSION_EXPIRY_SECS));
     o.set_manual_acks(true);
+    // The broker sends at most RECEIVE_MAX unacknowledged messages, so the acks always fit
+    // the client's request channel (`try_ack` never finds it full).
+    o.set_receive_maximum(Some(RECEIVE_MAX));
+    o.set_request_channel_capacity(REQUEST_CHANNEL);
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(Some(MAX_PACKET));
     o.set_connection_timeout(10);
@@ -216,8 +222,16 @@ pub async fn serve_mqtt(
     tracing::info!(broker = %cfg.url, topic = %cfg.topic, client_id = %cfg.client_id,
         db = %cfg.db.display(), "collector subscribing");
     loop {
-        let (client, mut eventloop) = AsyncClient::new(opts.clone(), 64);
+        let (client, mut eventloop) = AsyncClient::new(opts.clone(), REQUEST_CHANNEL);
+        // Acks waiting for room in the client's request channel (drained by `poll`).
+        let mut acks: std::collections::VecDeque<Publish> = std::collections::VecDeque::new();
         let failed = loop {
+            while let Some(p) = acks.front() {
+                if client.try_ack(p).is_err() {
+                    break;
+                }
+                acks.pop_front();
+            }
             let event = tokio::select! {
                 () = &mut shutdown => {
                     let _ = client.try_disconnect();
@@ -251,10 +265,7 @@ pub async fn serve_mqtt(
                     if !ok {
                         break true;
                     }
-                    if let Err(e) = client.try_ack(&p) {
-                        tracing::error!("mqtt: cannot acknowledge: {e}");
-                        break true;
-                    }
+                    acks.push_back(p);
                 }
                 Ok(Event::Incoming(Packet::Disconnect(d))) => {
                     tracing::warn!(broker = %cfg.url, "mqtt: broker disconnected us: {:?}", d.reason_code);

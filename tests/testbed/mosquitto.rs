@@ -240,6 +240,8 @@ impl Broker {
         let _ = writeln!(conf, "per_listener_settings false");
         let _ = writeln!(conf, "persistence true");
         let _ = writeln!(conf, "persistence_location {}/", data.display());
+        // The default (1000) drops messages for a slow or absent persistent subscriber.
+        let _ = writeln!(conf, "max_queued_messages 100000");
         let _ = writeln!(conf, "log_dest stderr");
         let _ = writeln!(
             conf,
