@@ -2,8 +2,8 @@
 //!
 //! A [`Body`] is the payload of one signed envelope. Today it is always a full inventory
 //! [`Summary`] or a [`DataLost`] notice; change events, heartbeats and evidence will be further
-//! variants. Field names are
-//! short but readable: they are part of the wire format, so renaming one is a protocol change.
+//! variants. Field names are short but readable: they are part of the wire format, so renaming
+//! one is a protocol change.
 
 use std::collections::BTreeMap;
 
@@ -199,7 +199,9 @@ pub struct RegisterBlock {
     pub name: String,
     pub kind: RegisterKind,
     pub start: u16,
-    /// Register values; for coils and discrete inputs, 0 or 1 per bit.
+    /// Register values; for coils and discrete inputs, 0 or 1 per bit. On the wire: one byte
+    /// string of big-endian 16-bit words (compact, and one CBOR item to decode instead of many).
+    #[serde(with = "be_words")]
     pub values: Vec<u16>,
     /// [`RegisterBlock::content_hash`] of the above, so a receiver can compare blocks cheaply.
     pub hash: Digest,
@@ -259,4 +261,72 @@ pub struct NetInterface {
     pub mac: Option<String>,
     /// Addresses in CIDR form (`192.0.2.10/24`).
     pub addresses: Vec<String>,
+}
+
+/// `Vec<u16>` as a CBOR byte string of big-endian words.
+mod be_words {
+    use serde::de::{Error as _, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(values: &[u16], s: S) -> Result<S::Ok, S::Error> {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+        s.serialize_bytes(&bytes)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+        struct Words;
+        impl Visitor<'_> for Words {
+            type Value = Vec<u16>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a byte string of big-endian 16-bit words")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Vec<u16>, E> {
+                if !bytes.len().is_multiple_of(2) {
+                    return Err(E::custom(format!(
+                        "register values are {} bytes, not a whole number of 16-bit words",
+                        bytes.len()
+                    )));
+                }
+                Ok(bytes
+                    .chunks_exact(2)
+                    .map(|w| u16::from_be_bytes([w[0], w[1]]))
+                    .collect())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, bytes: Vec<u8>) -> Result<Vec<u16>, E> {
+                self.visit_bytes(&bytes)
+            }
+        }
+        d.deserialize_bytes(Words).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_values_travel_as_packed_words() {
+        let block = RegisterBlock::new("b", RegisterKind::Holding, 10, vec![0x0102, 0xfffe]);
+        let bytes = crate::cbor::encode(&block).unwrap();
+        let needle = [0x44, 0x01, 0x02, 0xff, 0xfe]; // bstr(4) 01 02 ff fe
+        assert!(
+            bytes.windows(needle.len()).any(|w| w == needle),
+            "{bytes:02x?}"
+        );
+        assert_eq!(crate::cbor::decode::<RegisterBlock>(&bytes).unwrap(), block);
+    }
+
+    #[test]
+    fn odd_length_register_bytes_are_refused() {
+        let block = RegisterBlock::new("b", RegisterKind::Holding, 10, vec![7]);
+        let mut bytes = crate::cbor::encode(&block).unwrap();
+        let at = bytes
+            .windows(3)
+            .position(|w| w == [0x42, 0x00, 0x07])
+            .unwrap();
+        bytes[at] = 0x41; // bstr(1) 00, then a stray 07 follows
+        bytes.remove(at + 2);
+        let err = crate::cbor::decode::<RegisterBlock>(&bytes).unwrap_err();
+        assert!(err.to_string().contains("16-bit words"), "{err}");
+    }
 }

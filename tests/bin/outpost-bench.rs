@@ -24,6 +24,7 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use outpost_collector::cmdb::Cmdb;
 use outpost_collector::ingest::Ingest;
+use outpost_collector::pipeline::ingest_all;
 use outpost_collector::serve::{ServeConfig, Server};
 use outpost_proto::chain::ChainTip;
 use outpost_proto::envelope::{Sealed, parse, seal};
@@ -68,7 +69,11 @@ fn main() -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; figures are only meaningful from --release");
     }
-    println!("outpost-bench on {} CPUs", num_cpus());
+    println!(
+        "outpost-bench on {} CPUs, load average {}",
+        num_cpus(),
+        load_average()
+    );
     if args.mqtt {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -137,31 +142,52 @@ fn ingest_rates(n: u64) -> anyhow::Result<()> {
     println!(
         "\n== collector ingest ({ASSETS} assets per summary, real SQLite file, one transaction each)"
     );
-    for (label, changing) in [
-        ("steady state (no change)", false),
-        ("worst case (all assets changed)", true),
-    ] {
-        let dir = harness::temp_dir("bench-ingest")?;
-        let db = dir.path().join("cmdb.sqlite");
-        let (key, _) = SigningKey::generate()?;
-        let (agent, zone) = ids()?;
-        let mut cmdb = Cmdb::open(&db)?;
-        cmdb.enroll(&key.public_key(), &agent, &[zone], 0)?;
-        let envelopes = chain(&key, n, changing)?;
-        let mut ingest = Ingest::new(cmdb);
-        let start = Instant::now();
-        for (i, e) in envelopes.iter().enumerate() {
-            if let Err(r) = ingest.envelope(&e.wire, "bench", 1_700_000_000_000 + i as u64) {
-                bail!("envelope {i} refused: {r:?}");
+    println!(
+        "   two-stage = what `serve` runs: check (parse, verify, decode) on one thread, apply on another"
+    );
+    for (label, changing) in [("no change", false), ("every asset changed", true)] {
+        for two_stage in [false, true] {
+            let dir = harness::temp_dir("bench-ingest")?;
+            let db = dir.path().join("cmdb.sqlite");
+            let (key, _) = SigningKey::generate()?;
+            let (agent, zone) = ids()?;
+            let mut cmdb = Cmdb::open(&db)?;
+            cmdb.enroll(&key.public_key(), &agent, &[zone], 0)?;
+            let envelopes = chain(&key, n, changing)?;
+            let mut ingest = Ingest::new(cmdb);
+            let start = Instant::now();
+            let refused = if two_stage {
+                let items = envelopes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, e)| (e.wire, "bench".to_owned(), 1_700_000_000_000 + i as u64));
+                ingest_all(&mut ingest, items)?
+                    .iter()
+                    .filter(|r| r.is_err())
+                    .count()
+            } else {
+                envelopes
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, e)| {
+                        ingest
+                            .envelope(&e.wire, "bench", 1_700_000_000_000 + *i as u64)
+                            .is_err()
+                    })
+                    .count()
+            };
+            let elapsed = start.elapsed();
+            if refused > 0 {
+                bail!("{refused} envelopes refused during the ingest benchmark");
             }
+            let per_s = rate(n, elapsed);
+            let verdict = if per_s >= 2000.0 { "meets" } else { "MISSES" };
+            let mode = if two_stage { "two-stage" } else { "one thread" };
+            println!(
+                "{label:<20} {mode:<10} {per_s:>8.0} summaries/s ({:>7.0} assets/s) — {verdict} the ≥ 2,000/s target",
+                per_s * ASSETS as f64
+            );
         }
-        let elapsed = start.elapsed();
-        let per_s = rate(n, elapsed);
-        let verdict = if per_s >= 2000.0 { "meets" } else { "MISSES" };
-        println!(
-            "{label:<32} {per_s:>8.0} summaries/s ({:.0} asset updates/s) — {verdict} the ≥ 2,000/s target",
-            per_s * ASSETS as f64
-        );
     }
     Ok(())
 }
@@ -452,6 +478,13 @@ async fn mqtt_rates(n: u64) -> anyhow::Result<()> {
 
 fn rate(n: u64, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn num_cpus() -> usize {

@@ -4,21 +4,22 @@
 //! gateway CI, every field-device CI with its attributes, attribute history, relations and
 //! events, and the counters describing all of it are written together or not at all.
 //!
-//! Speed: the agent's assets and their content hashes are read with one query per envelope;
-//! an asset whose observation hashes the same as last time only gets its timestamps touched.
-//! Only a changed asset has its attributes read and compared (see [`super::attributes`]).
+//! Speed: the agent's assets and their content hashes are cached between envelopes (the cache is
+//! trusted only if it was written for the chain tip this envelope follows; otherwise it is read
+//! again with one query); an asset whose observation hashes the same as last time only gets its
+//! timestamps touched. Only a changed asset has its attributes read and compared (see
+//! `assets.rs` and [`super::attributes`]).
 //!
 //! Times written here are the collector's receive time ([`EnvelopeMeta::received_at_ms`]); the
 //! agent's clock is kept in the envelope row.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
-use outpost_proto::model::{AssetObservation, DataLost, HostFacts, Summary};
+use outpost_proto::model::{DataLost, HostFacts, Summary};
 use outpost_proto::{AgentId, ChainTip, Digest, KeyId, SequenceVerdict, ZoneId};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
-use super::attributes::{self, answered, status_name};
 use super::record::{self, EventScope, kind};
 use super::{Cmdb, CmdbError, ci_key};
 use crate::time::sql_int;
@@ -204,32 +205,26 @@ pub(crate) struct KnownAssets {
     assets: HashMap<String, (i64, [u8; 32])>,
 }
 
-struct Writer<'t, 'm> {
-    db: &'t Connection,
-    meta: &'m EnvelopeMeta<'m>,
-    hash_hex: String,
-    zone_ci: String,
-    agent_ci: String,
-    now: i64,
-    out: ApplyOutcome,
+/// Writes one envelope's rows inside the open transaction; the per-asset part is in
+/// [`super::assets`].
+pub(super) struct Writer<'t, 'm> {
+    pub(super) db: &'t Connection,
+    pub(super) meta: &'m EnvelopeMeta<'m>,
+    pub(super) hash_hex: String,
+    pub(super) zone_ci: String,
+    pub(super) agent_ci: String,
+    pub(super) now: i64,
+    pub(super) out: ApplyOutcome,
     counters: BTreeMap<&'static str, i64>,
-    moved_between_agents: bool,
-}
-
-/// An asset's stored state, read only when its observation changed.
-struct Stored {
-    id: i64,
-    agent: String,
-    status: String,
-    attributes: HashMap<String, Option<String>>,
+    pub(super) moved_between_agents: bool,
 }
 
 impl Writer<'_, '_> {
-    fn count(&mut self, name: &'static str, delta: i64) {
+    pub(super) fn count(&mut self, name: &'static str, delta: i64) {
         *self.counters.entry(name).or_insert(0) += delta;
     }
 
-    fn event(
+    pub(super) fn event(
         &mut self,
         kind: &'static str,
         asset: Option<&str>,
@@ -374,309 +369,13 @@ impl Writer<'_, '_> {
         Ok(hash)
     }
 
-    fn relation(&mut self, from: &str, rel: &str, to: &str) -> rusqlite::Result<()> {
+    pub(super) fn relation(&mut self, from: &str, rel: &str, to: &str) -> rusqlite::Result<()> {
         self.db
             .prepare_cached(
                 "INSERT OR IGNORE INTO relations (from_ci, type, to_ci, since_ms)
                  VALUES (?1, ?2, ?3, ?4)",
             )?
             .execute(params![from, rel, to, self.now])?;
-        Ok(())
-    }
-
-    fn assets(
-        &mut self,
-        observations: &[AssetObservation],
-        cached: Option<HashMap<String, (i64, [u8; 32])>>,
-    ) -> rusqlite::Result<HashMap<String, (i64, [u8; 32])>> {
-        let mut known = match cached {
-            Some(known) => known,
-            None => self.load_known()?,
-        };
-        let mut seen = HashSet::with_capacity(observations.len());
-        let mut unchanged = Vec::with_capacity(observations.len());
-        for obs in observations {
-            let key = ci_key::asset(self.meta.zone, &obs.endpoint, obs.unit_id);
-            if seen.contains(&key) {
-                // The agent listed one device twice; the first entry wins.
-                tracing::warn!(agent = %self.meta.agent, seq = self.meta.seq, asset = %key,
-                    "summary lists this device more than once; keeping the first entry");
-                self.count("summary_duplicate_assets", 1);
-                continue;
-            }
-            self.out.assets += 1;
-            let hash = attributes::content_hash(obs);
-            match known.get(&key) {
-                Some((id, stored)) if *stored == hash => {
-                    unchanged.push(*id);
-                    self.out.assets_unchanged += 1;
-                }
-                _ => {
-                    let id = match self.load(&key)? {
-                        Some(stored) => self.update(&key, stored, obs, &hash)?,
-                        None => self.insert(&key, obs, &hash)?,
-                    };
-                    known.insert(key.clone(), (id, hash));
-                }
-            }
-            seen.insert(key);
-        }
-        self.touch(&unchanged)?;
-        Ok(known)
-    }
-
-    /// One query for every asset this agent reported before.
-    fn load_known(&mut self) -> rusqlite::Result<HashMap<String, (i64, [u8; 32])>> {
-        let mut known = HashMap::new();
-        let mut stmt = self.db.prepare_cached(
-            "SELECT ci_key, asset_id, content_hash FROM assets WHERE agent_id = ?1",
-        )?;
-        let rows = stmt.query_map([self.meta.agent.as_str()], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, Vec<u8>>(2)?,
-            ))
-        })?;
-        for row in rows {
-            let (key, id, hash) = row?;
-            // A malformed stored hash simply never matches: the asset is re-read and rewritten.
-            let hash = <[u8; 32]>::try_from(hash.as_slice()).unwrap_or_default();
-            known.insert(key, (id, hash));
-        }
-        Ok(known)
-    }
-
-    /// Updates the timestamps of assets whose observation did not change. Their stored status
-    /// is current, so "answered" is read from it.
-    fn touch(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
-        let mut stmt = self.db.prepare_cached(
-            "UPDATE assets SET last_polled_ms = ?2,
-                 last_seen_ms = CASE WHEN status <> 'unreachable' THEN ?2 ELSE last_seen_ms END,
-                 last_envelope_seq = ?3
-             WHERE asset_id = ?1",
-        )?;
-        let seq = sql_int(self.meta.seq);
-        for id in ids {
-            stmt.execute(params![id, self.now, seq])?;
-        }
-        Ok(())
-    }
-
-    fn load(&mut self, key: &str) -> rusqlite::Result<Option<Stored>> {
-        let row: Option<(i64, String, String)> = self
-            .db
-            .prepare_cached("SELECT asset_id, agent_id, status FROM assets WHERE ci_key = ?1")?
-            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-            .optional()?;
-        let Some((id, agent, status)) = row else {
-            return Ok(None);
-        };
-        let mut attributes = HashMap::new();
-        let mut stmt = self
-            .db
-            .prepare_cached("SELECT attribute, value FROM asset_attributes WHERE asset_id = ?1")?;
-        for row in stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))? {
-            let (name, value) = row?;
-            attributes.insert(name, value);
-        }
-        Ok(Some(Stored {
-            id,
-            agent,
-            status,
-            attributes,
-        }))
-    }
-
-    fn insert(&mut self, key: &str, obs: &AssetObservation, hash: &[u8]) -> rusqlite::Result<i64> {
-        let attrs: HashMap<String, Option<String>> = attributes::observed(obs)
-            .into_iter()
-            .filter(|(_, v)| v.is_some())
-            .collect();
-        let col = |name: &str| attrs.get(name).cloned().flatten();
-        let seen = answered(&obs.status).then_some(self.now);
-        self.db
-            .prepare_cached(
-                "INSERT INTO assets (ci_key, zone, agent_id, name, endpoint, unit_id,
-                     vendor_name, product_code, revision, vendor_url, product_name, model_name,
-                     user_application_name, ident_method, status, last_problem, content_hash,
-                     first_seen_ms, last_seen_ms, last_polled_ms, last_envelope_seq)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                     ?17, ?18, ?19, ?18, ?20)",
-            )?
-            .execute(params![
-                key,
-                self.meta.zone.as_str(),
-                self.meta.agent.as_str(),
-                obs.name,
-                obs.endpoint.to_string(),
-                obs.unit_id,
-                col("vendor_name"),
-                col("product_code"),
-                col("revision"),
-                col("vendor_url"),
-                col("product_name"),
-                col("model_name"),
-                col("user_application_name"),
-                col("ident_method").unwrap_or_else(|| "none".into()),
-                status_name(&obs.status),
-                attributes::problem_text(obs),
-                hash,
-                self.now,
-                seen,
-                sql_int(self.meta.seq),
-            ])?;
-        let id = self.db.last_insert_rowid();
-        let mut names: Vec<&String> = attrs.keys().collect();
-        names.sort();
-        for name in names {
-            let value = attrs.get(name).cloned().flatten();
-            self.set_attribute(id, name, None, value.as_deref())?;
-        }
-        let zone_ci = self.zone_ci.clone();
-        let agent_ci = self.agent_ci.clone();
-        self.relation(key, "located_in", &zone_ci)?;
-        self.relation(key, "reported_by", &agent_ci)?;
-        self.out.assets_new += 1;
-        self.count("assets_new", 1);
-        let detail = json!({
-            "name": obs.name,
-            "endpoint": obs.endpoint.to_string(),
-            "unit_id": obs.unit_id,
-            "status": status_name(&obs.status),
-            "vendor_name": col("vendor_name"),
-            "product_code": col("product_code"),
-            "revision": col("revision"),
-        });
-        self.event(kind::ASSET_NEW, Some(key), detail)?;
-        Ok(id)
-    }
-
-    fn update(
-        &mut self,
-        key: &str,
-        stored: Stored,
-        obs: &AssetObservation,
-        hash: &[u8],
-    ) -> rusqlite::Result<i64> {
-        let mut current = stored.attributes;
-        let mut drift = Vec::new();
-        for (name, value) in attributes::observed(obs) {
-            let old = current.get(&name).cloned().flatten();
-            if old == value || (value.is_none() && !current.contains_key(&name)) {
-                continue;
-            }
-            self.set_attribute(stored.id, &name, old.as_deref(), value.as_deref())?;
-            // Drift is a known value that changed; learning a value for the first time
-            // (after an unreachable first poll, a newly configured block) is not.
-            if attributes::is_drift(&name) && current.contains_key(&name) {
-                drift.push(json!({
-                    "attribute": name,
-                    "old": attributes::event_value(&name, old.as_deref()),
-                    "new": attributes::event_value(&name, value.as_deref()),
-                }));
-            }
-            current.insert(name, value);
-        }
-        let col = |name: &str| current.get(name).cloned().flatten();
-        let seen = answered(&obs.status).then_some(self.now);
-        self.db
-            .prepare_cached(
-                "UPDATE assets SET agent_id = ?2, name = ?3, vendor_name = ?4,
-                     product_code = ?5, revision = ?6, vendor_url = ?7, product_name = ?8,
-                     model_name = ?9, user_application_name = ?10, ident_method = ?11,
-                     status = ?12, last_problem = ?13, content_hash = ?14,
-                     last_seen_ms = COALESCE(?15, last_seen_ms), last_polled_ms = ?16,
-                     last_envelope_seq = ?17
-                 WHERE asset_id = ?1",
-            )?
-            .execute(params![
-                stored.id,
-                self.meta.agent.as_str(),
-                obs.name,
-                col("vendor_name"),
-                col("product_code"),
-                col("revision"),
-                col("vendor_url"),
-                col("product_name"),
-                col("model_name"),
-                col("user_application_name"),
-                col("ident_method").unwrap_or_else(|| "none".into()),
-                status_name(&obs.status),
-                attributes::problem_text(obs),
-                hash,
-                seen,
-                self.now,
-                sql_int(self.meta.seq),
-            ])?;
-        if stored.agent != self.meta.agent.as_str() {
-            self.moved_between_agents = true;
-            self.db
-                .prepare_cached(
-                    "DELETE FROM relations WHERE from_ci = ?1 AND type = 'reported_by'",
-                )?
-                .execute([key])?;
-            let agent_ci = self.agent_ci.clone();
-            self.relation(key, "reported_by", &agent_ci)?;
-        }
-        let was_up = stored.status != "unreachable";
-        match (&obs.status, was_up) {
-            (outpost_proto::model::PollStatus::Unreachable(why), true) => {
-                self.count("assets_unreachable", 1);
-                let detail = json!({ "reason": why, "previous_status": stored.status });
-                self.event(kind::ASSET_UNREACHABLE, Some(key), detail)?;
-            }
-            (status, false) if answered(status) => {
-                self.count("assets_recovered", 1);
-                let detail =
-                    json!({ "status": status_name(status), "previous_status": "unreachable" });
-                self.event(kind::ASSET_RECOVERED, Some(key), detail)?;
-            }
-            _ => {}
-        }
-        if drift.is_empty() {
-            self.out.assets_unchanged += 1;
-        } else {
-            self.out.assets_changed += 1;
-            self.count("assets_changed", 1);
-            self.event(kind::ASSET_CHANGED, Some(key), json!({ "changes": drift }))?;
-        }
-        Ok(stored.id)
-    }
-
-    fn set_attribute(
-        &mut self,
-        asset_id: i64,
-        name: &str,
-        old: Option<&str>,
-        new: Option<&str>,
-    ) -> rusqlite::Result<()> {
-        self.db
-            .prepare_cached(
-                "INSERT INTO asset_attributes (asset_id, attribute, value, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (asset_id, attribute) DO UPDATE SET value = excluded.value,
-                     updated_at_ms = excluded.updated_at_ms",
-            )?
-            .execute(params![asset_id, name, new, self.now])?;
-        self.db
-            .prepare_cached(
-                "INSERT INTO attribute_history (asset_id, attribute, old_value, new_value,
-                     observed_at_ms, agent_id, envelope_seq, envelope_hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                asset_id,
-                name,
-                old,
-                new,
-                self.now,
-                self.meta.agent.as_str(),
-                sql_int(self.meta.seq),
-                self.hash_hex,
-            ])?;
-        self.out.attribute_changes += 1;
-        self.count("attribute_changes", 1);
         Ok(())
     }
 

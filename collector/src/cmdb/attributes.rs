@@ -17,7 +17,7 @@
 //! keeps its last value.
 
 use outpost_proto::Digest;
-use outpost_proto::model::{AssetObservation, Endpoint, IdentMethod, PollStatus};
+use outpost_proto::model::{AssetObservation, Endpoint, IdentMethod, PollStatus, RegisterBlock};
 
 /// The stored name of a poll status.
 pub fn status_name(status: &PollStatus) -> &'static str {
@@ -129,14 +129,31 @@ pub fn observed(obs: &AssetObservation) -> Vec<(String, Option<String>)> {
         }
     }
     for block in &obs.blocks {
-        let value = serde_json::json!({
-            "hash": block.hash.to_string(),
-            "kind": block.kind.as_str(),
-            "start": block.start,
-            "values": block.values,
-        });
-        out.push((format!("block.{}", block.name), Some(value.to_string())));
+        out.push((format!("block.{}", block.name), Some(block_value(block))));
     }
+    out
+}
+
+/// A block's attribute value: `{"hash":"<64 hex>","kind":"…","start":N,"values":[…]}`, written
+/// directly (it is on the hot path of changed assets) in exactly the form `serde_json` gives.
+pub fn block_value(block: &RegisterBlock) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(110 + block.values.len() * 6);
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        "{{\"hash\":\"{}\",\"kind\":\"{}\",\"start\":{},\"values\":[",
+        block.hash,
+        block.kind.as_str(),
+        block.start
+    );
+    for (i, v) in block.values.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{v}");
+    }
+    out.push_str("]}");
     out
 }
 
@@ -151,11 +168,20 @@ pub fn event_value(attribute: &str, value: Option<&str>) -> serde_json::Value {
     let Some(value) = value else {
         return serde_json::Value::Null;
     };
-    if attribute.starts_with("block.")
-        && let Ok(parsed) = serde_json::from_str::<serde_json::Value>(value)
-        && let Some(hash) = parsed.get("hash")
-    {
-        return hash.clone();
+    if attribute.starts_with("block.") {
+        // Fast path for the form `block_value` writes; parse anything else.
+        if let Some(hash) = value
+            .strip_prefix("{\"hash\":\"")
+            .and_then(|rest| rest.get(..64))
+            .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return serde_json::Value::String(hash.to_owned());
+        }
+        if let Ok(parsed) = serde_json::from_str::<serde_json::Value>(value)
+            && let Some(hash) = parsed.get("hash")
+        {
+            return hash.clone();
+        }
     }
     serde_json::Value::String(value.to_owned())
 }
@@ -163,7 +189,7 @@ pub fn event_value(attribute: &str, value: Option<&str>) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use outpost_proto::model::{DeviceIdentity, RegisterBlock, RegisterKind};
+    use outpost_proto::model::{DeviceIdentity, RegisterKind};
 
     fn obs(status: PollStatus) -> AssetObservation {
         AssetObservation {
@@ -211,6 +237,31 @@ mod tests {
         assert_eq!(
             event_value("block.sp", Some(&block)),
             serde_json::json!(obs(PollStatus::Ok).blocks[0].hash.to_string())
+        );
+    }
+
+    #[test]
+    fn block_value_is_what_serde_json_writes() {
+        let block = RegisterBlock::new("sp", RegisterKind::Coil, 7, vec![0, 1, 65535]);
+        let reference = serde_json::json!({
+            "hash": block.hash.to_string(),
+            "kind": "coil",
+            "start": 7,
+            "values": [0, 1, 65535],
+        })
+        .to_string();
+        assert_eq!(block_value(&block), reference);
+        let empty = RegisterBlock::new("e", RegisterKind::Input, 0, vec![]);
+        assert!(block_value(&empty).ends_with("\"values\":[]}"));
+        assert_eq!(
+            event_value("block.sp", Some(&reference)),
+            serde_json::json!(block.hash.to_string())
+        );
+        // Not our form: still understood.
+        let other = format!("{{\"kind\":\"coil\",\"hash\":\"{}\"}}", block.hash);
+        assert_eq!(
+            event_value("block.sp", Some(&other)),
+            serde_json::json!(block.hash.to_string())
         );
     }
 

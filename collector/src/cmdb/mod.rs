@@ -3,7 +3,8 @@
 //! [`Cmdb`] owns one connection (WAL journal, `synchronous=NORMAL`, foreign keys on, a busy
 //! timeout so the CLI can read while `serve` writes). The write side is split by job:
 //! [`schema`] (versioned migrations), [`trust`] (enrolled keys), [`apply`] (one verified
-//! summary → CIs, attributes, history, relations, events, counters), [`attributes`] (what an
+//! summary → CIs, attributes, history, relations, events, counters; the per-device part in
+//! `assets.rs`), [`attributes`] (what an
 //! observation says, and its content hash), [`ci_key`] (the identity rule) and [`record`]
 //! (counters, events and quarantine rows). [`query`] is the read side; [`checkpoint`] moves WAL
 //! checkpoints off a busy writer's thread.
@@ -12,6 +13,7 @@
 //! [`Cmdb::in_transaction`] groups the key lookup, chain judgement and apply of one envelope.
 
 pub mod apply;
+mod assets;
 pub mod attributes;
 pub mod checkpoint;
 pub mod ci_key;
