@@ -312,10 +312,16 @@ fn broker_down_at_start_then_up_delivers_everything_once_in_order() {
     w.broker.start().expect("broker back");
     wait_delivered(&w, &a, "after the broker came up");
     agent.stop(Duration::from_secs(5)).unwrap();
-    collector.stop(Duration::from_secs(5)).unwrap();
-    assert_exactly_once_in_order(&w, "gw-a", 3);
     // Liveness: online recorded, and offline after the agent's clean shutdown.
+    let offline = harness::wait_for(WAIT, || {
+        (w.count("SELECT COUNT(*) FROM events WHERE kind = 'agent_offline' AND agent_id = 'gw-a'")
+            >= 1)
+            .then_some(())
+    });
+    collector.stop(Duration::from_secs(5)).unwrap();
+    assert!(offline.is_some(), "agent_offline recorded");
     assert!(w.count("SELECT COUNT(*) FROM events WHERE kind = 'agent_online'") >= 1);
+    assert_exactly_once_in_order(&w, "gw-a", 3);
 }
 
 #[test]
