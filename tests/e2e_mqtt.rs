@@ -541,8 +541,8 @@ fn two_collectors_on_a_shared_subscription_apply_every_envelope_once() {
     let files: Vec<AgentFiles> = agents.iter().map(|(a, z)| w.agent(a, z, "")).collect();
     w.broker.start().expect("broker");
     let topic = "$share/outpost/outpost/v1/#";
-    let _c1 = w.start_collector("collector-1", Some(topic));
-    let _c2 = w.start_collector("collector-2", Some(topic));
+    let mut c1 = w.start_collector("collector-1", Some(topic));
+    let mut c2 = w.start_collector("collector-2", Some(topic));
     let mut running: Vec<ChildGuard> = files
         .iter()
         .map(|a| w.start_agent(a, &format!("{}.log", a.id)))
@@ -560,10 +560,20 @@ fn two_collectors_on_a_shared_subscription_apply_every_envelope_once() {
         assert_exactly_once_in_order(&w, &a.id, 3);
         let _ = &a.zone;
     }
-    // Both collectors took a share.
-    for c in ["collector-1", "collector-2"] {
-        assert!(w.log(&format!("{c}.log")).contains("subscribed"), "{c}");
-    }
+    // Both collectors took a share, and together applied each envelope once.
+    c1.stop(Duration::from_secs(5)).unwrap();
+    c2.stop(Duration::from_secs(5)).unwrap();
+    let applied_by = |c: &str| -> i64 {
+        let log = w.log(&format!("{c}.log"));
+        log.split("envelopes_applied: ")
+            .nth(1)
+            .and_then(|rest| rest.split(|ch: char| !ch.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{c} printed no stats:\n{log}"))
+    };
+    let (n1, n2) = (applied_by("collector-1"), applied_by("collector-2"));
+    assert!(n1 > 0 && n2 > 0, "{n1} + {n2}");
+    assert_eq!(n1 + n2, w.count("SELECT COUNT(*) FROM envelopes"));
 }
 
 #[test]
