@@ -7,8 +7,10 @@
 //! path: `agent.toml: devices[2].blocks[0].count: 300 is more than 125 registers per read; …`.
 //!
 //! Decisions worth knowing:
-//! - `poll_interval` defaults to 60 s, `diode.max_datagrams_per_sec` to 2000, `[modbus]` to the
-//!   values in [`ModbusConfig::default`].
+//! - `poll_interval` defaults to 60 s, `diode.max_datagrams_per_sec` to 2000,
+//!   `diode.link_bytes_per_sec` to 1 MB/s, `diode.fec` to on (25 % repair, at least 24 repair
+//!   symbols per message), `diode.heartbeat_interval` to 10 s, `[modbus]` to the values in
+//!   [`ModbusConfig::default`].
 //! - A config with no `[[devices]]` at all is refused (it is almost always a mistake); a
 //!   gateway-only agent (host facts only) says so explicitly with `devices = []` (a top-level
 //!   key, so it goes before the first `[table]`).
@@ -101,6 +103,14 @@ pub struct Config {
 pub struct DiodeConfig {
     pub target: SocketAddr,
     pub max_datagrams_per_sec: u32,
+    /// Token-bucket rate in bytes per second (UDP payload): the link's bandwidth.
+    pub link_bytes_per_sec: u64,
+    /// RaptorQ forward error correction on (default) or plain fragments.
+    pub fec: bool,
+    pub fec_overhead_percent: u16,
+    pub fec_min_repair: u16,
+    /// A signed heartbeat carrying the chain tip goes out this often between cycles.
+    pub heartbeat_interval: Duration,
 }
 
 /// The MQTT transport: broker, credentials, and the outbound spool's size.
@@ -308,6 +318,37 @@ struct RawDiode {
     target: String,
     #[serde(default = "default_rate")]
     max_datagrams_per_sec: u32,
+    #[serde(default = "default_link_rate")]
+    link_bytes_per_sec: u64,
+    #[serde(default = "default_true")]
+    fec: bool,
+    #[serde(default = "default_overhead")]
+    fec_overhead_percent: u16,
+    #[serde(default = "default_min_repair")]
+    fec_min_repair: u16,
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    heartbeat_interval: Duration,
+}
+
+/// 1 MB/s (8 Mbit/s): conservative for the 10/100 Mbit/s hardware diodes found in plants.
+fn default_link_rate() -> u64 {
+    1_000_000
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_overhead() -> u16 {
+    outpost_proto::fec::FecParams::default().overhead_percent
+}
+
+fn default_min_repair() -> u16 {
+    outpost_proto::fec::FecParams::default().min_repair
+}
+
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(10)
 }
 
 #[derive(Deserialize)]
@@ -431,6 +472,11 @@ impl Config {
                     Ok(target) => Some(DiodeConfig {
                         target,
                         max_datagrams_per_sec: d.max_datagrams_per_sec,
+                        link_bytes_per_sec: d.link_bytes_per_sec,
+                        fec: d.fec,
+                        fec_overhead_percent: d.fec_overhead_percent,
+                        fec_min_repair: d.fec_min_repair,
+                        heartbeat_interval: d.heartbeat_interval,
                     }),
                     Err(_) => {
                         problem(
@@ -519,6 +565,35 @@ impl Config {
                 })
             }
         };
+        if let Some(d) = &raw.diode {
+            if d.link_bytes_per_sec < 2 * 1200 {
+                problem(
+                    "diode.link_bytes_per_sec".into(),
+                    format!(
+                        "{} is below 2400 bytes/s (two datagrams); set the diode link's bandwidth",
+                        d.link_bytes_per_sec
+                    ),
+                );
+            }
+            if d.fec_overhead_percent > 400 {
+                problem(
+                    "diode.fec_overhead_percent".into(),
+                    format!("{} is above 400", d.fec_overhead_percent),
+                );
+            }
+            if d.fec_min_repair > 1024 {
+                problem(
+                    "diode.fec_min_repair".into(),
+                    format!("{} is above 1024", d.fec_min_repair),
+                );
+            }
+            if d.heartbeat_interval < Duration::from_secs(1) {
+                problem(
+                    "diode.heartbeat_interval".into(),
+                    "must be at least 1s".into(),
+                );
+            }
+        }
         let m = &raw.modbus;
         for (field, value) in [
             ("modbus.connect_timeout", m.connect_timeout),

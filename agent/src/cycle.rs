@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use outpost_proto::envelope;
 use std::sync::Mutex;
 
-use outpost_proto::model::{AssetObservation, Body, DataLost, PollStatus, Summary};
+use outpost_proto::model::{AssetObservation, Body, DataLost, Heartbeat, PollStatus, Summary};
 use outpost_proto::{ChainTip, SigningKey};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -58,6 +58,7 @@ pub struct Agent {
     mqtt: Option<MqttOut>,
     /// Sequence numbers lost and not yet reported, with why.
     unreported_loss: Vec<(Vec<u64>, &'static str)>,
+    last_summary_seq: u64,
 }
 
 /// The MQTT transport and its spool.
@@ -92,7 +93,7 @@ impl Agent {
         let state = StateDir::open(&config.state_dir)?;
         let tip = state.load_tip()?;
         let sender = match &config.diode {
-            Some(d) => Some(DiodeSender::new(d.target, d.max_datagrams_per_sec)?),
+            Some(d) => Some(DiodeSender::from_config(d)?),
             None => None,
         };
         let mut unreported_loss = Vec::new();
@@ -130,6 +131,7 @@ impl Agent {
             sender,
             mqtt,
             unreported_loss,
+            last_summary_seq: 0,
         })
     }
 
@@ -156,6 +158,7 @@ impl Agent {
         if let Some(m) = &self.mqtt {
             let kind = match body {
                 Body::Summary(_) => EntryKind::Summary,
+                Body::Heartbeat(_) => EntryKind::Heartbeat,
                 Body::DataLost(_) => EntryKind::DataLost,
             };
             let pushed = match m.spool.lock() {
@@ -293,6 +296,7 @@ impl Agent {
             assets,
         });
         let (seq, bytes, datagrams) = self.emit(&body).await?;
+        self.last_summary_seq = seq;
         report.seq = seq;
         report.envelope_bytes = bytes;
         report.datagrams = datagrams;
@@ -309,6 +313,26 @@ impl Agent {
             started.elapsed().as_millis()
         );
         Ok(report)
+    }
+
+    /// Seals and sends one heartbeat carrying the current chain tip (it takes the next
+    /// sequence number, persisted before it leaves, like any envelope). Returns its sequence
+    /// number.
+    pub async fn send_heartbeat(&mut self) -> Result<u64, AgentError> {
+        let body = Body::Heartbeat(Heartbeat {
+            agent: self.config.agent_id.clone(),
+            zone: self.config.zone.clone(),
+            last_seq: self.tip.seq,
+            last_hash: self.tip.hash,
+            interval_ms: self.config.diode.map_or(0, |d| {
+                u64::try_from(d.heartbeat_interval.as_millis()).unwrap_or(u64::MAX)
+            }),
+            last_summary_seq: self.last_summary_seq,
+        });
+        let (seq, _, datagrams) = self.emit(&body).await?;
+        self.report_losses().await?;
+        tracing::debug!(seq, datagrams, "heartbeat");
+        Ok(seq)
     }
 
     /// Polls every device, at most `max_parallel_devices` at once; results in config order.
@@ -382,16 +406,35 @@ impl Agent {
         }
     }
 
-    /// Runs cycles every `poll_interval` until `shutdown` completes. A failed cycle is logged and
-    /// the next one runs on schedule.
+    /// Runs cycles every `poll_interval` until `shutdown` completes, with a heartbeat every
+    /// `diode.heartbeat_interval` in between (no heartbeats without `[diode]`: MQTT has its
+    /// status topic) (none while a cycle runs: its summary says as
+    /// much). A failed cycle or heartbeat is logged and the next one runs on schedule.
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         let mut ticks = tokio::time::interval(self.config.poll_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = self.config.diode.map(|d| {
+            let beat = d.heartbeat_interval;
+            let mut beats = tokio::time::interval_at(Instant::now() + beat, beat);
+            beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            beats
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = ticks.tick() => {}
+                _ = async {
+                    match &mut beats {
+                        Some(b) => b.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(e) = self.send_heartbeat().await {
+                        tracing::error!("heartbeat failed: {e}");
+                    }
+                    continue;
+                }
             }
             tokio::select! {
                 () = &mut shutdown => break,

@@ -82,7 +82,7 @@ fn receive(rx: &UdpSocket, datagrams: usize, key: &PublicKey) -> (Verified, Summ
     let wire = message.expect("a whole envelope");
     let verified = envelope::parse(&wire).unwrap().verify(key).unwrap();
     let Body::Summary(summary) = verified.body().unwrap() else {
-        panic!("a cycle seals a summary")
+        panic!("a cycle sends a summary");
     };
     (verified, summary)
 }

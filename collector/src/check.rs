@@ -11,7 +11,7 @@
 use std::fmt;
 
 use outpost_proto::envelope::{self, EnvelopeError, Verified};
-use outpost_proto::model::{Body, DataLost, Summary};
+use outpost_proto::model::{Body, DataLost, Heartbeat, Summary};
 use outpost_proto::{AgentId, ZoneId};
 
 use crate::cmdb::Cmdb;
@@ -136,10 +136,11 @@ impl Checked {
         &self.verified.header
     }
 
-    /// The summary it carries, if it is one.
+    /// The summary it carries (`None` for a heartbeat).
     pub fn summary(&self) -> Option<&Summary> {
         match &self.body {
             Body::Summary(summary) => Some(summary),
+            Body::Heartbeat(_) => None,
             Body::DataLost(_) => None,
         }
     }
@@ -195,6 +196,7 @@ fn check_inner(db: &Cmdb, wire: &[u8], claimed: &mut Claimed) -> Result<Checked,
     match &body {
         Body::Summary(summary) => check_summary(summary, &h.agent, &h.zone)?,
         Body::DataLost(n) => check_data_lost(n, &h.agent, &h.zone, h.seq)?,
+        Body::Heartbeat(beat) => check_heartbeat(beat, h)?,
     }
     Ok(Checked { verified, body })
 }
@@ -276,6 +278,29 @@ fn check_data_lost(
 }
 
 /// The body must describe the header's agent and zone, and every block hash must be honest.
+/// A heartbeat must name its own agent and zone, and the tip its header follows.
+fn check_heartbeat(b: &Heartbeat, h: &envelope::EnvelopeHeader) -> Result<(), (Reason, String)> {
+    if b.agent != h.agent || b.zone != h.zone {
+        return Err((
+            Reason::BodyMismatch,
+            format!(
+                "envelope header says agent {} zone {} but its heartbeat says agent {} zone {}",
+                h.agent, h.zone, b.agent, b.zone
+            ),
+        ));
+    }
+    if b.last_seq.checked_add(1) != Some(h.seq) || b.last_hash != h.prev_hash {
+        return Err((
+            Reason::BodyMismatch,
+            format!(
+                "heartbeat seq {} claims to follow seq {} hash {}, but its header follows hash {}",
+                h.seq, b.last_seq, b.last_hash, h.prev_hash
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_summary(s: &Summary, agent: &AgentId, zone: &ZoneId) -> Result<(), (Reason, String)> {
     if &s.agent != agent || &s.zone != zone {
         return Err((

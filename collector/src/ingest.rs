@@ -505,16 +505,16 @@ fn apply_in(
         raw: wire,
     };
     let outcome = match &body {
-        Body::Summary(summary) => db.apply_summary(&meta, summary),
+        Body::Summary(summary) => db.apply_summary(&meta, summary).map_err(storage)?,
+        Body::Heartbeat(_) => db.apply_heartbeat(&meta).map_err(storage)?,
         Body::DataLost(notice) => {
             tracing::warn!(%peer, agent = %h.agent, from = notice.from_seq, to = notice.to_seq,
                 reason = %notice.reason,
                 "agent {} reports envelopes {}..={} lost before delivery ({})",
                 h.agent, notice.from_seq, notice.to_seq, notice.reason);
-            db.apply_data_lost(&meta, notice)
+            db.apply_data_lost(&meta, notice).map_err(storage)?
         }
-    }
-    .map_err(storage)?;
+    };
     Ok(Applied {
         agent: h.agent.clone(),
         zone: h.zone.clone(),

@@ -13,6 +13,8 @@
 //! - [`mod@serve`]: the UDP listener around the reassembler and a blocking ingest thread.
 //! - [`mqtt`]: the MQTT subscriber (persistent session, manual acks) feeding the same ingest.
 //! - [`render`] and [`table`]: text tables and JSON documents.
+//! - [`liveness`]: conduit silent vs agent silent vs idle, from heartbeats; [`kernel`]: the
+//!   kernel's UDP drop counter for our socket.
 //! - [`budget`] and [`lograte`]: how much a flood of refused input may write (quarantine rows,
 //!   log lines); counters always count.
 
@@ -20,6 +22,8 @@ pub mod budget;
 pub mod check;
 pub mod cmdb;
 pub mod ingest;
+pub mod kernel;
+pub mod liveness;
 pub mod lograte;
 pub mod mqtt;
 pub mod pipeline;

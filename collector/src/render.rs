@@ -79,7 +79,10 @@ pub fn assets(rows: &[AssetRow], format: Format, now_ms: i64) -> String {
             a.zone.clone(),
             a.endpoint.clone(),
             a.unit_id.to_string(),
-            a.status.clone(),
+            match &a.stale_gap {
+                Some(gap) => format!("{} (stale: seq {gap} lost)", a.status),
+                None => a.status.clone(),
+            },
             opt(a.vendor_name.as_deref()),
             opt(a.product_code.as_deref().or(a.product_name.as_deref())),
             opt(a.revision.as_deref()),

@@ -19,17 +19,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use outpost_proto::frame::FrameError;
-use outpost_proto::reassembly::{Dropped, Reassembler, ReassemblyLimits};
+use outpost_proto::reassembly::{Dropped, Reassembler, ReassemblyLimits, ReassemblyStats};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use crate::check::{Checked, Refusal};
 use crate::cmdb::record::MAX_DATAGRAM_COPY;
+use crate::cmdb::record::{EventScope, kind};
 use crate::cmdb::{Cmdb, CmdbError};
 use crate::ingest::{Applied, Ingest, Reason, Rejected};
+use crate::liveness::{Change, Liveness};
 use crate::pipeline::Checker;
 use crate::time::now_ms;
+use outpost_proto::model::Body;
+use serde_json::json;
 
 /// Receive buffer asked for by default (the kernel may grant less; see `net.core.rmem_max`).
 pub const DEFAULT_RECV_BUFFER: usize = 4 * 1024 * 1024;
@@ -81,6 +85,15 @@ pub struct ServeStats {
     pub backpressure_waits: u64,
     pub receive_errors: u64,
     pub storage_errors: u64,
+    /// Messages rebuilt from FEC symbols, and of those the ones that needed repair symbols.
+    pub fec_decoded: u64,
+    pub fec_repaired: u64,
+    /// FEC symbols after their message was rebuilt (unused repair).
+    pub fec_surplus: u64,
+    /// Datagrams for messages already given up.
+    pub late_datagrams: u64,
+    /// Datagrams the kernel dropped for our socket while we ran (`/proc/net/udp`), when known.
+    pub kernel_drops: Option<u64>,
 }
 
 /// Why `serve` could not start or had to stop.
@@ -121,7 +134,12 @@ enum Job {
         result: Box<Result<Checked, Refusal>>,
     },
     Dropped(Dropped<SocketAddr>),
-    Tick,
+    Tick {
+        /// Milliseconds since the last datagram of any kind.
+        idle_ms: u64,
+        /// Counter increments since the last tick (FEC, late datagrams, kernel drops).
+        counts: Vec<(&'static str, u64)>,
+    },
 }
 
 #[derive(Default)]
@@ -191,18 +209,35 @@ impl Server {
             .spawn(move || ingest_loop(Ingest::new(cmdb), &checked_rx, &worker_bp))
             .map_err(ServeError::Thread)?;
 
+        let local = socket.local_addr().ok();
+        let kernel_base = local.and_then(crate::kernel::udp_drops);
+        if local.is_some() && kernel_base.is_none() {
+            tracing::info!("kernel UDP drop counters are not readable here (/proc/net/udp)");
+        }
         let mut rx_loop = ReceiveLoop {
             tx,
             reassembler: Reassembler::new(cfg.reassembly),
             started: Instant::now(),
+            last_datagram: Instant::now(),
             backpressure,
             stats: ServeStats::default(),
+            local,
+            kernel_last: kernel_base,
+            reported: ReassemblyStats::default(),
         };
         let result = rx_loop.run(&socket, shutdown).await;
         let mut stats = rx_loop.stats;
         let reassembly = rx_loop.reassembler.stats();
         stats.messages_reassembled = reassembly.completed;
         stats.duplicate_fragments = reassembly.duplicate_fragments;
+        stats.fec_decoded = reassembly.fec_decoded;
+        stats.fec_repaired = reassembly.fec_repaired;
+        stats.fec_surplus = reassembly.fec_surplus;
+        stats.late_datagrams = reassembly.late;
+        stats.kernel_drops = match (kernel_base, local.and_then(crate::kernel::udp_drops)) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
         drop(rx_loop.tx);
         let joined = tokio::task::spawn_blocking(move || {
             let checker = check_thread.join();
@@ -281,8 +316,13 @@ struct ReceiveLoop {
     tx: mpsc::Sender<Job>,
     reassembler: Reassembler<SocketAddr>,
     started: Instant,
+    last_datagram: Instant,
     backpressure: Arc<AtomicU64>,
     stats: ServeStats,
+    local: Option<SocketAddr>,
+    kernel_last: Option<u64>,
+    /// Reassembly totals already sent as counter increments.
+    reported: ReassemblyStats,
 }
 
 impl ReceiveLoop {
@@ -309,7 +349,8 @@ impl ReceiveLoop {
                 },
                 _ = tick.tick() => {
                     self.report_dropped(self.mono_ms()).await?;
-                    self.submit(Job::Tick).await?;
+                    let job = self.tick_job();
+                    self.submit(job).await?;
                 }
             }
         }
@@ -321,11 +362,54 @@ impl ReceiveLoop {
             }
         }
         self.report_dropped(u64::MAX).await?;
+        let job = self.tick_job();
+        self.submit(job).await?;
         tracing::info!("shutting down: finishing queued envelopes");
         Ok(())
     }
 
+    /// Counter increments since the last tick, and how long the conduit has been quiet.
+    fn tick_job(&mut self) -> Job {
+        let now = self.reassembler.stats();
+        let was = std::mem::replace(&mut self.reported, now);
+        let mut counts = Vec::new();
+        for (name, a, b) in [
+            ("fec_decoded", now.fec_decoded, was.fec_decoded),
+            ("fec_repaired", now.fec_repaired, was.fec_repaired),
+            ("fec_symbols", now.fec_symbols, was.fec_symbols),
+            ("fec_surplus_symbols", now.fec_surplus, was.fec_surplus),
+            ("datagrams_late", now.late, was.late),
+            (
+                "duplicate_fragments",
+                now.duplicate_fragments,
+                was.duplicate_fragments,
+            ),
+        ] {
+            if a > b {
+                counts.push((name, a - b));
+            }
+        }
+        if let (Some(local), Some(last)) = (self.local, self.kernel_last)
+            && let Some(drops) = crate::kernel::udp_drops(local)
+        {
+            if drops > last {
+                tracing::warn!(
+                    dropped = drops - last,
+                    "the kernel dropped UDP datagrams for {local}: the receive queue overflowed; \
+                     raise net.core.rmem_max or lower the agents' link_bytes_per_sec"
+                );
+                counts.push(("kernel_udp_drops", drops - last));
+            }
+            self.kernel_last = Some(drops);
+        }
+        Job::Tick {
+            idle_ms: u64::try_from(self.last_datagram.elapsed().as_millis()).unwrap_or(u64::MAX),
+            counts,
+        }
+    }
+
     async fn datagram(&mut self, datagram: &[u8], peer: SocketAddr) -> Result<(), ServeError> {
+        self.last_datagram = Instant::now();
         self.stats.datagrams += 1;
         self.stats.datagram_bytes += datagram.len() as u64;
         let now = self.mono_ms();
@@ -381,6 +465,57 @@ impl ReceiveLoop {
     }
 }
 
+/// Writes a liveness change as an event and a counter, and logs it.
+fn record_liveness(ingest: &mut Ingest, change: Option<Change>, now: u64, stats: &mut WorkerStats) {
+    let Some(change) = change else { return };
+    let (what, agent, detail) = match &change {
+        Change::ConduitSilent { silent_ms } => {
+            tracing::warn!(
+                silent_ms,
+                "conduit silent: no datagram at all for {silent_ms} ms; check the diode, the \
+                 link and the agents' network"
+            );
+            (
+                kind::CONDUIT_SILENT,
+                None,
+                json!({ "silent_ms": silent_ms }),
+            )
+        }
+        Change::ConduitResumed => {
+            tracing::info!("conduit resumed: datagrams arrive again");
+            (kind::CONDUIT_RESUMED, None, json!({}))
+        }
+        Change::AgentSilent { agent, silent_ms } => {
+            tracing::warn!(
+                %agent,
+                silent_ms,
+                "agent {agent} silent for {silent_ms} ms while the conduit carries traffic: \
+                 the agent (or its gateway) is down, or all its datagrams are lost"
+            );
+            (
+                kind::AGENT_SILENT,
+                Some(agent.as_str()),
+                json!({ "silent_ms": silent_ms }),
+            )
+        }
+        Change::AgentResumed { agent } => {
+            tracing::info!(%agent, "agent {agent} heard from again");
+            (kind::AGENT_RESUMED, Some(agent.as_str()), json!({}))
+        }
+    };
+    let scope = EventScope {
+        agent,
+        ..EventScope::default()
+    };
+    if let Err(e) = ingest
+        .cmdb_mut()
+        .event_and_count(now, what, scope, &detail, &[what])
+    {
+        stats.storage_errors += 1;
+        tracing::error!("could not record {what}: {e}");
+    }
+}
+
 /// Checks envelopes (signature, key, body) and passes everything on in order.
 fn check_loop(
     checker: Option<Checker>,
@@ -407,6 +542,7 @@ fn ingest_loop(
     backpressure: &AtomicU64,
 ) -> WorkerStats {
     let mut stats = WorkerStats::default();
+    let mut live = Liveness::default();
     let storage = |stats: &mut WorkerStats, what: &str, e: CmdbError| {
         stats.storage_errors += 1;
         tracing::error!("could not record {what}: {e}");
@@ -416,12 +552,27 @@ fn ingest_loop(
         match job {
             Job::Envelope { peer, wire } => {
                 let result = ingest.envelope(&wire, &peer.to_string(), now);
+                if let Ok(applied) = &result {
+                    let change = live.heard(applied.agent.as_str(), None, now);
+                    record_liveness(&mut ingest, change, now, &mut stats);
+                }
                 stats.count(&result);
             }
             Job::Checked { peer, wire, result } => {
                 let peer = peer.to_string();
                 let result = match *result {
-                    Ok(checked) => ingest.apply_checked(checked, &wire, &peer, now),
+                    Ok(checked) => {
+                        let interval = match &checked.body {
+                            Body::Heartbeat(b) => Some(b.interval_ms),
+                            Body::Summary(_) | Body::DataLost(_) => None,
+                        };
+                        let result = ingest.apply_checked(checked, &wire, &peer, now);
+                        if let Ok(applied) = &result {
+                            let change = live.heard(applied.agent.as_str(), interval, now);
+                            record_liveness(&mut ingest, change, now, &mut stats);
+                        }
+                        result
+                    }
                     Err(refusal) => Err(ingest.refuse(refusal, &wire, &peer, now)),
                 };
                 stats.count(&result);
@@ -443,7 +594,15 @@ fn ingest_loop(
                     storage(&mut stats, "a dropped message", e);
                 }
             }
-            Job::Tick => {
+            Job::Tick { idle_ms, counts } => {
+                for (name, n) in counts {
+                    if let Err(e) = ingest.count(name, crate::time::sql_int(n), now) {
+                        storage(&mut stats, name, e);
+                    }
+                }
+                for change in live.tick(now, idle_ms) {
+                    record_liveness(&mut ingest, Some(change), now, &mut stats);
+                }
                 ingest.flush_logs(now);
                 if let Err(e) = ingest.flush_counts(now) {
                     storage(&mut stats, "suppressed refusals", e);

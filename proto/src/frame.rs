@@ -6,7 +6,7 @@
 //! |-------:|-----:|-------------------------------------------------------------|
 //! | 0      | 2    | magic `OD`                                                  |
 //! | 2      | 1    | framing version (1)                                         |
-//! | 3      | 1    | kind: 0 = data fragment (other values reserved for FEC)     |
+//! | 3      | 1    | kind: 0 = data fragment (FEC symbols are version 2, kind 1)  |
 //! | 4      | 8    | message id (chosen by the sender, unique per message)       |
 //! | 12     | 2    | fragment index                                              |
 //! | 14     | 2    | fragment count                                              |
@@ -15,6 +15,9 @@
 //!
 //! Fragments are the message cut into [`MAX_PAYLOAD`]-byte pieces in order; only the last may
 //! be shorter. The CRC catches corruption, not forgery: the envelope's signature does that.
+//!
+//! Version 2 datagrams are RaptorQ symbols with their own header (see [`crate::fec`]);
+//! [`parse_any`] reads both.
 
 use crate::envelope::MAX_ENVELOPE_BYTES;
 
@@ -33,8 +36,29 @@ pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - HEADER_LEN;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum FrameKind {
-    /// A plain fragment of the message.
+    /// A plain fragment of the message (framing version 1).
     Data = 0,
+    /// A RaptorQ symbol (framing version 2, see [`crate::fec`]).
+    Fec = 1,
+}
+
+/// A parsed datagram of either kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Datagram<'a> {
+    /// A plain fragment and its payload.
+    Data(FrameHeader, &'a [u8]),
+    /// A FEC symbol and its RaptorQ packet (payload id + symbol).
+    Fec(crate::fec::FecHeader, &'a [u8]),
+}
+
+/// Parses and checks a datagram of any kind this build reads.
+pub fn parse_any(datagram: &[u8], max_message: usize) -> Result<Datagram<'_>, FrameError> {
+    if datagram.len() >= 3 && datagram[..2] == MAGIC && datagram[2] == crate::fec::FEC_VERSION {
+        let (h, p) = crate::fec::parse(datagram, max_message)?;
+        return Ok(Datagram::Fec(h, p));
+    }
+    let (h, p) = parse(datagram, max_message)?;
+    Ok(Datagram::Data(h, p))
 }
 
 /// A parsed datagram header.
@@ -56,7 +80,9 @@ pub enum FrameError {
     TooLong(usize),
     #[error("bad magic {0:02x?}: not an Outpost diode datagram")]
     BadMagic([u8; 2]),
-    #[error("framing version {0} is not supported (this build reads version {FRAME_VERSION})")]
+    #[error(
+        "framing version {0} is not supported (this build reads versions {FRAME_VERSION} and 2)"
+    )]
     UnsupportedVersion(u8),
     #[error("unknown datagram kind {0}")]
     UnknownKind(u8),

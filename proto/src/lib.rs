@@ -11,11 +11,13 @@
 //! - [`keys`]: Ed25519 keys, key ids and the public-key file format.
 //! - [`envelope`]: signed envelopes with sequence numbers and a per-agent hash chain.
 //! - [`chain`]: the receiver's judgement of sequence and chain continuity.
-//! - [`frame`] and [`reassembly`]: splitting envelopes into diode datagrams and back.
+//! - [`frame`], [`fec`] and [`reassembly`]: splitting envelopes into diode datagrams (plain or
+//!   RaptorQ-coded) and back.
 
 pub mod cbor;
 pub mod chain;
 pub mod envelope;
+pub mod fec;
 pub mod frame;
 pub mod hex;
 pub mod ids;

@@ -1,9 +1,10 @@
 //! What an agent reports.
 //!
-//! A [`Body`] is the payload of one signed envelope. Today it is always a full inventory
-//! [`Summary`] or a [`DataLost`] notice; change events, heartbeats and evidence will be further
-//! variants. Field names are short but readable: they are part of the wire format, so renaming
-//! one is a protocol change.
+//! A [`Body`] is the payload of one signed envelope: a full inventory [`Summary`] (every cycle,
+//! so the receiver's state converges after any loss), a [`Heartbeat`] between cycles, or a
+//! [`DataLost`] notice naming envelopes the agent dropped; change events and evidence will be
+//! further variants. Field names are short but readable: they are part of the wire format, so
+//! renaming one is a protocol change.
 
 use std::collections::BTreeMap;
 
@@ -22,6 +23,9 @@ pub enum Body {
     /// outbound spool was full); `reason` says why. The notice is itself signed and chained,
     /// so loss is never silent.
     DataLost(DataLost),
+    /// "Still here": sent between cycles so the receiver learns the chain tip (and so a lost
+    /// last message) within one interval, and can tell an idle agent from a silent conduit.
+    Heartbeat(Heartbeat),
 }
 
 /// A signed report that envelopes were dropped at the agent.
@@ -45,8 +49,28 @@ impl Body {
         match self {
             Body::Summary(_) => "summary",
             Body::DataLost(_) => "data_lost",
+            Body::Heartbeat(_) => "heartbeat",
         }
     }
+}
+
+/// A heartbeat. It is an envelope in the agent's chain like any other (its own sequence number,
+/// `prev_hash` naming the last envelope), so the receiver's ordinary chain judgement turns a
+/// lost last message into a gap the moment the next heartbeat arrives. The body repeats the tip
+/// it follows (`last_seq`, `last_hash`, checked against the header by the receiver) and says
+/// when to expect the next one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub agent: AgentId,
+    pub zone: ZoneId,
+    /// The sequence number of the envelope before this one.
+    pub last_seq: u64,
+    /// Its hash.
+    pub last_hash: Digest,
+    /// The agent's heartbeat interval in milliseconds.
+    pub interval_ms: u64,
+    /// The last full snapshot's sequence number (0: none yet since start).
+    pub last_summary_seq: u64,
 }
 
 /// A full inventory snapshot: every configured field device and the gateway itself.

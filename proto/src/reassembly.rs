@@ -6,16 +6,29 @@
 //! after [`ReassemblyLimits::timeout_ms`]; when the table or the byte budget is full, the oldest
 //! pending message makes room. Every such drop is reported through [`Reassembler::poll_dropped`]
 //! so the caller can count and log it. Time is passed in, never read.
+//!
+//! FEC datagrams (see [`crate::fec`]) go to a RaptorQ decoder per message, charged against the
+//! same budget before it exists: `(K + FEC_EXTRA_SYMBOLS) × symbol` plus the message, all from
+//! a header that was checked first. One source holds at most [`MAX_PENDING_PER_SOURCE`]
+//! messages. Datagrams for a message already rebuilt are counted as surplus (unused repair);
+//! for a message already given up as `late`; neither starts it afresh.
 
 use heapless::{Deque, Vec as HVec};
+use raptorq::Decoder;
 
 use crate::envelope::MAX_ENVELOPE_BYTES;
-use crate::frame::{self, FrameError, MAX_PAYLOAD};
+use crate::fec::{self, FecHeader};
+use crate::frame::{self, Datagram, FrameError, FrameHeader, MAX_PAYLOAD};
 
 /// Most messages reassembled at once.
 pub const MAX_PENDING: usize = 64;
-/// How many completed message ids are remembered to recognise late duplicate fragments.
+/// Most messages reassembled at once from one source: one noisy source cannot take the table.
+pub const MAX_PENDING_PER_SOURCE: usize = 16;
+/// How many finished message ids (completed or given up) are remembered to recognise late
+/// fragments and surplus repair symbols.
 pub const RECENT: usize = 256;
+/// FEC symbols fed to the decoder beyond `K` at most; later ones are surplus.
+pub const FEC_EXTRA_SYMBOLS: usize = 16;
 
 /// Bounds on reassembly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +62,9 @@ pub enum DropReason {
 pub struct Dropped<K> {
     pub source: K,
     pub message_id: u64,
+    /// Fragments (or FEC symbols) received.
     pub received: u16,
+    /// Fragments in the message (or FEC source symbols needed).
     pub count: u16,
     pub reason: DropReason,
 }
@@ -61,18 +76,55 @@ pub struct ReassemblyStats {
     pub duplicate_fragments: u64,
     pub expired: u64,
     pub evicted: u64,
+    /// Messages rebuilt from FEC symbols (also counted in `completed`).
+    pub fec_decoded: u64,
+    /// Of those, messages that needed at least one repair symbol.
+    pub fec_repaired: u64,
+    /// FEC symbols taken in.
+    pub fec_symbols: u64,
+    /// FEC symbols arriving after their message was rebuilt (the unused repair: normal).
+    pub fec_surplus: u64,
+    /// Fragments or symbols arriving for a message already given up (expired or evicted).
+    pub late: u64,
+}
+
+enum State {
+    Fragments {
+        count: u16,
+        total_len: u32,
+        received: u16,
+        have: Vec<bool>,
+        buf: Vec<u8>,
+    },
+    Fec {
+        header: FecHeader,
+        decoder: Box<Decoder>,
+        received: u16,
+        source_received: u16,
+    },
 }
 
 struct Pending<K> {
     source: K,
     message_id: u64,
-    count: u16,
-    total_len: u32,
-    received: u16,
-    have: Vec<bool>,
-    buf: Vec<u8>,
+    state: State,
+    /// Bytes charged against the budget.
+    charge: usize,
     started_ms: u64,
     last_ms: u64,
+}
+
+impl<K> Pending<K> {
+    fn progress(&self) -> (u16, u16) {
+        match &self.state {
+            State::Fragments {
+                received, count, ..
+            } => (*received, *count),
+            State::Fec {
+                received, header, ..
+            } => (*received, header.source_symbols),
+        }
+    }
 }
 
 /// Reassembles messages from datagrams received from sources of type `K` (a socket address).
@@ -80,7 +132,8 @@ pub struct Reassembler<K> {
     limits: ReassemblyLimits,
     pending: HVec<Pending<K>, MAX_PENDING>,
     pending_bytes: usize,
-    recent: Deque<(K, u64), RECENT>,
+    /// Finished messages: (source, id, given up).
+    recent: Deque<(K, u64, bool), RECENT>,
     dropped: std::vec::Vec<Dropped<K>>,
     stats: ReassemblyStats,
 }
@@ -108,30 +161,63 @@ impl<K: Clone + PartialEq> Reassembler<K> {
         self.pending.len()
     }
 
-    /// Takes one datagram. Returns the whole message when this datagram completed it.
+    /// Bytes currently charged to pending messages (at most `max_pending_bytes` plus one
+    /// message).
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    /// Takes one datagram (plain fragment or FEC symbol). Returns the whole message when this
+    /// datagram completed it.
     pub fn push(
         &mut self,
         source: K,
         datagram: &[u8],
         now_ms: u64,
     ) -> Result<Option<std::vec::Vec<u8>>, FrameError> {
-        let (h, payload) = frame::parse(datagram, self.limits.max_message_bytes)?;
-        if self
-            .recent
-            .iter()
-            .any(|(s, id)| *id == h.message_id && *s == source)
-        {
-            self.stats.duplicate_fragments += 1;
-            return Ok(None);
+        match frame::parse_any(datagram, self.limits.max_message_bytes)? {
+            Datagram::Data(h, payload) => self.push_fragment(source, h, payload, now_ms),
+            Datagram::Fec(h, packet) => self.push_symbol(source, h, packet, now_ms),
         }
-        let slot = match self
-            .pending
+    }
+
+    /// `Some(given_up)` when the message is finished (rebuilt, or given up).
+    fn finished(&mut self, source: &K, message_id: u64) -> Option<bool> {
+        self.recent
             .iter()
-            .position(|p| p.message_id == h.message_id && p.source == source)
-        {
+            .find(|(s, id, _)| *id == message_id && s == source)
+            .map(|(_, _, given_up)| *given_up)
+    }
+
+    fn push_fragment(
+        &mut self,
+        source: K,
+        h: FrameHeader,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<std::vec::Vec<u8>>, FrameError> {
+        match self.finished(&source, h.message_id) {
+            Some(true) => {
+                self.stats.late += 1;
+                return Ok(None);
+            }
+            Some(false) => {
+                self.stats.duplicate_fragments += 1;
+                return Ok(None);
+            }
+            None => {}
+        }
+        let slot = match self.find(&source, h.message_id) {
             Some(i) => {
-                let p = &self.pending[i];
-                if p.count != h.count || p.total_len != h.total_len {
+                let State::Fragments {
+                    count, total_len, ..
+                } = &self.pending[i].state
+                else {
+                    return Err(FrameError::Inconsistent(
+                        "plain fragment for a message received as FEC symbols",
+                    ));
+                };
+                if *count != h.count || *total_len != h.total_len {
                     return Err(FrameError::Inconsistent(
                         "fragments of one message disagree on its length",
                     ));
@@ -141,50 +227,166 @@ impl<K: Clone + PartialEq> Reassembler<K> {
             None => {
                 if h.count == 1 {
                     // A one-datagram message needs no buffering.
-                    self.remember(source, h.message_id);
+                    self.remember(source, h.message_id, false);
                     self.stats.completed += 1;
                     return Ok(Some(payload.to_vec()));
                 }
-                self.make_room(h.total_len as usize);
                 let total = h.total_len as usize;
-                let pending = Pending {
-                    source: source.clone(),
-                    message_id: h.message_id,
+                let state = State::Fragments {
                     count: h.count,
                     total_len: h.total_len,
                     received: 0,
                     have: vec![false; usize::from(h.count)],
                     buf: vec![0; total],
-                    started_ms: now_ms,
-                    last_ms: now_ms,
                 };
-                if self.pending.push(pending).is_err() {
-                    // make_room guarantees a free slot; refuse rather than panic if it did not.
-                    return Err(FrameError::Inconsistent("reassembly table full"));
-                }
-                self.pending_bytes += total;
-                self.pending.len() - 1
+                self.start(source.clone(), h.message_id, state, total, now_ms)?
             }
         };
         let p = &mut self.pending[slot];
+        p.last_ms = now_ms;
+        let State::Fragments {
+            count,
+            received,
+            have,
+            buf,
+            ..
+        } = &mut p.state
+        else {
+            return Err(FrameError::Inconsistent("reassembly state mismatch"));
+        };
         let index = usize::from(h.index);
-        if p.have[index] {
+        if have[index] {
             self.stats.duplicate_fragments += 1;
             return Ok(None);
         }
         let at = index * MAX_PAYLOAD;
-        p.buf[at..at + payload.len()].copy_from_slice(payload);
-        p.have[index] = true;
-        p.received += 1;
-        p.last_ms = now_ms;
-        if p.received < p.count {
+        buf[at..at + payload.len()].copy_from_slice(payload);
+        have[index] = true;
+        *received += 1;
+        if *received < *count {
             return Ok(None);
         }
         let done = self.pending.swap_remove(slot);
-        self.pending_bytes -= done.buf.len();
-        self.remember(source, h.message_id);
+        self.pending_bytes -= done.charge;
+        self.remember(source, h.message_id, false);
         self.stats.completed += 1;
-        Ok(Some(done.buf))
+        match done.state {
+            State::Fragments { buf, .. } => Ok(Some(buf)),
+            State::Fec { .. } => Err(FrameError::Inconsistent("reassembly state mismatch")),
+        }
+    }
+
+    fn push_symbol(
+        &mut self,
+        source: K,
+        h: FecHeader,
+        packet: &[u8],
+        now_ms: u64,
+    ) -> Result<Option<std::vec::Vec<u8>>, FrameError> {
+        match self.finished(&source, h.message_id) {
+            Some(true) => {
+                self.stats.late += 1;
+                return Ok(None);
+            }
+            Some(false) => {
+                self.stats.fec_surplus += 1;
+                return Ok(None);
+            }
+            None => {}
+        }
+        let slot = match self.find(&source, h.message_id) {
+            Some(i) => {
+                let State::Fec { header, .. } = &self.pending[i].state else {
+                    return Err(FrameError::Inconsistent(
+                        "FEC symbol for a message received as plain fragments",
+                    ));
+                };
+                if !header.same_params(&h) {
+                    return Err(FrameError::Inconsistent(
+                        "FEC symbols of one message disagree on its parameters",
+                    ));
+                }
+                i
+            }
+            None => {
+                // Charged up front: the decoder keeps at most K + FEC_EXTRA_SYMBOLS symbols,
+                // and the rebuilt message.
+                let charge = (usize::from(h.source_symbols) + FEC_EXTRA_SYMBOLS)
+                    * (usize::from(h.symbol_size) + 8)
+                    + h.transfer_len as usize;
+                let state = State::Fec {
+                    header: h,
+                    decoder: Box::new(Decoder::new(h.oti())),
+                    received: 0,
+                    source_received: 0,
+                };
+                self.start(source.clone(), h.message_id, state, charge, now_ms)?
+            }
+        };
+        self.stats.fec_symbols += 1;
+        let p = &mut self.pending[slot];
+        p.last_ms = now_ms;
+        let State::Fec {
+            decoder,
+            received,
+            source_received,
+            header,
+        } = &mut p.state
+        else {
+            return Err(FrameError::Inconsistent("reassembly state mismatch"));
+        };
+        if usize::from(*received) >= usize::from(header.source_symbols) + FEC_EXTRA_SYMBOLS {
+            self.stats.fec_surplus += 1;
+            return Ok(None);
+        }
+        *received += 1;
+        if h.esi < u32::from(header.source_symbols) {
+            *source_received += 1;
+        }
+        let repaired = *source_received < header.source_symbols;
+        let Some(message) = decoder.decode(fec::packet(packet)) else {
+            return Ok(None);
+        };
+        let done = self.pending.swap_remove(slot);
+        self.pending_bytes -= done.charge;
+        self.remember(source, h.message_id, false);
+        self.stats.completed += 1;
+        self.stats.fec_decoded += 1;
+        if repaired {
+            self.stats.fec_repaired += 1;
+        }
+        Ok(Some(message))
+    }
+
+    fn find(&self, source: &K, message_id: u64) -> Option<usize> {
+        self.pending
+            .iter()
+            .position(|p| p.message_id == message_id && p.source == *source)
+    }
+
+    fn start(
+        &mut self,
+        source: K,
+        message_id: u64,
+        state: State,
+        charge: usize,
+        now_ms: u64,
+    ) -> Result<usize, FrameError> {
+        self.make_room(&source, charge);
+        let pending = Pending {
+            source,
+            message_id,
+            state,
+            charge,
+            started_ms: now_ms,
+            last_ms: now_ms,
+        };
+        if self.pending.push(pending).is_err() {
+            // make_room guarantees a free slot; refuse rather than panic if it did not.
+            return Err(FrameError::Inconsistent("reassembly table full"));
+        }
+        self.pending_bytes += charge;
+        Ok(self.pending.len() - 1)
     }
 
     /// Gives up messages idle past the timeout, then returns everything given up since the
@@ -203,7 +405,24 @@ impl<K: Clone + PartialEq> Reassembler<K> {
         std::mem::take(&mut self.dropped)
     }
 
-    fn make_room(&mut self, incoming: usize) {
+    fn make_room(&mut self, source: &K, incoming: usize) {
+        // One source at its cap makes room among its own messages first.
+        loop {
+            let own = self.pending.iter().filter(|p| p.source == *source).count();
+            if own < MAX_PENDING_PER_SOURCE {
+                break;
+            }
+            let oldest = self
+                .pending
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.source == *source)
+                .min_by_key(|(_, p)| p.started_ms)
+                .map(|(i, _)| i);
+            let Some(oldest) = oldest else { break };
+            let p = self.pending.swap_remove(oldest);
+            self.drop_pending(p, DropReason::Evicted);
+        }
         while self.pending.is_full()
             || (!self.pending.is_empty()
                 && self.pending_bytes + incoming > self.limits.max_pending_bytes)
@@ -221,30 +440,32 @@ impl<K: Clone + PartialEq> Reassembler<K> {
     }
 
     fn drop_pending(&mut self, p: Pending<K>, reason: DropReason) {
-        self.pending_bytes -= p.buf.len();
+        self.pending_bytes -= p.charge;
         match reason {
             DropReason::Expired => self.stats.expired += 1,
             DropReason::Evicted => self.stats.evicted += 1,
         }
+        let (received, count) = p.progress();
+        self.remember(p.source.clone(), p.message_id, true);
         // Bounded: at most MAX_PENDING drops can happen per push, and callers drain regularly;
         // cap anyway so a caller that never drains cannot grow this without limit.
         if self.dropped.len() < 4 * MAX_PENDING {
             self.dropped.push(Dropped {
                 source: p.source,
                 message_id: p.message_id,
-                received: p.received,
-                count: p.count,
+                received,
+                count,
                 reason,
             });
         }
     }
 
-    fn remember(&mut self, source: K, message_id: u64) {
+    fn remember(&mut self, source: K, message_id: u64, given_up: bool) {
         if self.recent.is_full() {
             self.recent.pop_front();
         }
         // Cannot fail: a slot was just freed.
-        let _ = self.recent.push_back((source, message_id));
+        let _ = self.recent.push_back((source, message_id, given_up));
     }
 }
 
@@ -328,9 +549,74 @@ mod tests {
         let mut r = Reassembler::new(ReassemblyLimits::default());
         for id in 0..(MAX_PENDING as u64 + 10) {
             let parts = fragment(id, &message(2000)).unwrap();
-            r.push(0u8, &parts[0], id).unwrap();
+            r.push(id % 8, &parts[0], id).unwrap();
         }
         assert_eq!(r.pending(), MAX_PENDING);
         assert_eq!(r.stats().evicted, 10);
+    }
+
+    #[test]
+    fn one_source_is_capped() {
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let other = fragment(999, &message(2000)).unwrap();
+        r.push(1u8, &other[0], 0).unwrap();
+        for id in 0..100u64 {
+            let parts = fragment(id, &message(2000)).unwrap();
+            r.push(0u8, &parts[0], id + 1).unwrap();
+        }
+        assert_eq!(r.pending(), MAX_PENDING_PER_SOURCE + 1);
+        // The other source's message survived the flood.
+        assert_eq!(r.push(1u8, &other[1], 200).unwrap(), Some(message(2000)));
+    }
+
+    #[test]
+    fn fec_rebuilds_through_loss_and_counts_surplus_and_late() {
+        use crate::fec::{FecParams, encode};
+        let msg = message(20_000);
+        let d = encode(5, &msg, FecParams::default()).unwrap();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let mut out = None;
+        // Lose the first 20 datagrams (a burst), feed the rest reversed with a duplicate.
+        for (i, x) in d[20..].iter().rev().enumerate() {
+            if let Some(m) = r.push("a", x, i as u64).unwrap() {
+                assert!(out.is_none());
+                out = Some(m);
+            }
+        }
+        assert_eq!(out, Some(msg));
+        let s = r.stats();
+        assert_eq!((s.fec_decoded, s.fec_repaired), (1, 1));
+        assert!(s.fec_surplus > 0);
+        assert_eq!(r.pending(), 0);
+        assert_eq!(r.pending_bytes(), 0);
+
+        // A message that never completes expires; its late symbols are counted, not restarted.
+        let e = encode(6, &message(5000), FecParams::default()).unwrap();
+        r.push("a", &e[0], 0).unwrap();
+        assert_eq!(r.poll_dropped(60_000).len(), 1);
+        r.push("a", &e[1], 60_001).unwrap();
+        assert_eq!(r.stats().late, 1);
+        assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn fec_symbols_disagreeing_on_params_are_refused() {
+        use crate::fec::{FecParams, encode};
+        let a = encode(5, &message(3000), FecParams::default()).unwrap();
+        let b = encode(
+            5,
+            &message(3000),
+            FecParams {
+                overhead_percent: 50,
+                min_repair: 30,
+            },
+        )
+        .unwrap();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        r.push("a", &a[0], 0).unwrap();
+        assert!(matches!(
+            r.push("a", &b[1], 0),
+            Err(FrameError::Inconsistent(_))
+        ));
     }
 }

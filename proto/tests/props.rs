@@ -13,8 +13,8 @@ use outpost_proto::chain::ChainTip;
 use outpost_proto::envelope::{self, Digest, MAX_ENVELOPE_BYTES};
 use outpost_proto::frame::{self, MAX_DATAGRAM, MAX_PAYLOAD};
 use outpost_proto::model::{
-    AssetObservation, Body, DeviceIdentity, Endpoint, HostFacts, IdentMethod, NetInterface,
-    PollStatus, RegisterBlock, RegisterKind, Summary,
+    AssetObservation, Body, DeviceIdentity, Endpoint, Heartbeat, HostFacts, IdentMethod,
+    NetInterface, PollStatus, RegisterBlock, RegisterKind, Summary,
 };
 use outpost_proto::reassembly::{Reassembler, ReassemblyLimits};
 use outpost_proto::{AgentId, SigningKey, ZoneId};
@@ -188,8 +188,41 @@ fn summary() -> impl Strategy<Value = Summary> {
         )
 }
 
+fn heartbeat() -> impl Strategy<Value = Heartbeat> {
+    (
+        agent_id(),
+        zone_id(),
+        any::<u64>(),
+        any::<[u8; 32]>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(agent, zone, last_seq, h, interval_ms, last_summary_seq)| Heartbeat {
+                agent,
+                zone,
+                last_seq,
+                last_hash: Digest::of(&h),
+                interval_ms,
+                last_summary_seq,
+            },
+        )
+}
+
 fn body() -> impl Strategy<Value = Body> {
-    summary().prop_map(Body::Summary)
+    prop_oneof![
+        4 => summary().prop_map(Body::Summary),
+        1 => heartbeat().prop_map(Body::Heartbeat),
+    ]
+}
+
+/// The agent and zone a body names.
+fn origin(body: &Body) -> (&AgentId, &ZoneId) {
+    match body {
+        Body::Summary(s) => (&s.agent, &s.zone),
+        Body::Heartbeat(h) => (&h.agent, &h.zone),
+        Body::DataLost(d) => (&d.agent, &d.zone),
+    }
 }
 
 fn key() -> &'static SigningKey {
@@ -198,14 +231,12 @@ fn key() -> &'static SigningKey {
 }
 
 fn sealed_wire(body: &Body, seq: u64, time_ms: u64) -> Vec<u8> {
-    let Body::Summary(s) = body else {
-        panic!("the strategy makes summaries")
-    };
+    let (agent, zone) = origin(body);
     let tip = ChainTip {
         seq,
         hash: Digest::of(&seq.to_be_bytes()),
     };
-    envelope::seal(key(), &s.agent, &s.zone, &tip, time_ms, body)
+    envelope::seal(key(), agent, zone, &tip, time_ms, body)
         .expect("sealing a bounded body succeeds")
         .wire
 }
@@ -248,15 +279,15 @@ proptest! {
         seq in 0u64..u64::MAX,
         time_ms in any::<u64>(),
     ) {
-        let Body::Summary(s) = &b else { panic!("the strategy makes summaries") };
+        let (agent, zone) = origin(&b);
         let tip = ChainTip { seq, hash: Digest::of(&seq.to_be_bytes()) };
-        let sealed = envelope::seal(key(), &s.agent, &s.zone, &tip, time_ms, &b).unwrap();
+        let sealed = envelope::seal(key(), agent, zone, &tip, time_ms, &b).unwrap();
         let v = envelope::parse(&sealed.wire).unwrap().verify(&key().public_key()).unwrap();
         prop_assert_eq!(v.header.seq, seq + 1);
         prop_assert_eq!(v.header.prev_hash, tip.hash);
         prop_assert_eq!(v.header.time_ms, time_ms);
-        prop_assert_eq!(&v.header.agent, &s.agent);
-        prop_assert_eq!(&v.header.zone, &s.zone);
+        prop_assert_eq!(&v.header.agent, agent);
+        prop_assert_eq!(&v.header.zone, zone);
         prop_assert_eq!(v.header.key_id, key().key_id());
         prop_assert_eq!(v.tip(), sealed.tip);
         prop_assert_eq!(v.body().unwrap(), b);
@@ -323,6 +354,13 @@ proptest! {
                 // stands between these and the table.
                 vec(any::<u8>(), 20..1200).prop_map(|mut d| {
                     d[..4].copy_from_slice(&[b'O', b'D', 1, 0]);
+                    d
+                }),
+                // The same for FEC symbols, with sane OTI fields.
+                vec(any::<u8>(), 36..1200).prop_map(|mut d| {
+                    d[..4].copy_from_slice(&[b'O', b'D', 2, 1]);
+                    d[17] = 0;
+                    d[20..24].copy_from_slice(&[1, 0, 1, 8]);
                     d
                 }),
             ],
@@ -428,5 +466,39 @@ fn outer_array_header_must_be_exact() {
         let mut bad = wire.clone();
         bad[0] = b;
         assert!(verify(&bad).is_err(), "outer header {b:#04x} accepted");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Any loss pattern that leaves `K + 2` symbols of a message rebuilds it exactly, in any
+    /// order, exactly once.
+    #[test]
+    fn fec_rebuilds_from_any_k_plus_two_symbols(
+        len in 1usize..40_000,
+        seed in any::<u64>(),
+    ) {
+        use outpost_proto::fec::{self, FecParams};
+        let message: Vec<u8> = (0..len).map(|i| (i as u64).wrapping_mul(seed | 1) as u8).collect();
+        let mut d = fec::encode(3, &message, FecParams::default()).unwrap();
+        let (h, _) = fec::parse(&d[0], MAX_ENVELOPE_BYTES).unwrap();
+        // Deterministic shuffle from the seed, then keep K + 2.
+        let mut x = seed;
+        for i in (1..d.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            d.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        d.truncate(usize::from(h.source_symbols) + 2);
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let mut done = Vec::new();
+        for (t, dg) in d.iter().enumerate() {
+            if let Some(m) = r.push(1u8, dg, t as u64).unwrap() {
+                done.push(m);
+            }
+        }
+        prop_assert_eq!(done.len(), 1);
+        prop_assert_eq!(&done[0], &message);
+        prop_assert_eq!(r.pending_bytes(), 0);
     }
 }

@@ -10,7 +10,9 @@
 //! - collector ingest rate: signed 50-asset summaries verified and applied to a real SQLite
 //!   file per second, steady state (nothing changed) and worst case (every asset changed);
 //! - agent peak RSS while polling 100 simulated devices (the real `outpost-agent` process);
-//! - size of the stripped static aarch64 agent, when `.ci/build-aarch64.sh` has built it.
+//! - size of the stripped static aarch64 agent, when `.ci/build-aarch64.sh` has built it;
+//! - the diode link with FEC: raw loopback UDP rate, FEC goodput, overhead, CPU per MB,
+//!   delivery at 10 % random loss (`--only fec` runs just this section).
 //!
 //! `outpost-bench --mqtt` measures the MQTT transport instead, against a real mosquitto on
 //! loopback: the fsynced spool's cost, publish throughput (spool → broker, every PUBACK
@@ -53,7 +55,16 @@ struct Args {
     /// Envelopes per MQTT measurement.
     #[arg(long, default_value_t = 1000)]
     mqtt_envelopes: u64,
+    /// Loss patterns per message size in the FEC delivery measurement.
+    #[arg(long, default_value_t = 10_000)]
+    fec_trials: u64,
+    /// Run only this section (`fec`).
+    #[arg(long)]
+    only: Option<String>,
 }
+
+#[path = "bench/fec_link.rs"]
+mod fec_link;
 
 const ASSETS: usize = 50;
 
@@ -82,6 +93,9 @@ fn main() -> anyhow::Result<()> {
             .context("could not start the async runtime")?;
         return runtime.block_on(mqtt_rates(args.mqtt_envelopes));
     }
+    if args.only.as_deref() == Some("fec") {
+        return fec_link::run(args.fec_trials);
+    }
     envelope_rates(args.envelopes)?;
     ingest_rates(args.envelopes)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -91,6 +105,7 @@ fn main() -> anyhow::Result<()> {
         .context("could not start the async runtime")?;
     runtime.block_on(agent_memory(args.devices, args.cycles))?;
     binary_sizes();
+    fec_link::run(args.fec_trials)?;
     Ok(())
 }
 

@@ -24,7 +24,8 @@ pub struct AgentSetup<'a> {
 }
 
 impl<'a> AgentSetup<'a> {
-    /// Test-friendly defaults: 1 s polls, 300 ms request timeout, 5 ms between requests.
+    /// Test-friendly defaults: 1 s polls, 1 s request timeout (generous: CI machines are loaded), 5 ms
+    /// between requests.
     pub fn new(
         agent_id: &'a str,
         zone: &'a str,
@@ -39,7 +40,7 @@ impl<'a> AgentSetup<'a> {
             key_file,
             diode_target,
             poll_interval: Duration::from_secs(1),
-            request_timeout: Duration::from_millis(300),
+            request_timeout: Duration::from_millis(1000),
             min_request_gap: Duration::from_millis(5),
         }
     }

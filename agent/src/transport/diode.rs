@@ -5,11 +5,15 @@
 //! is private and the type exposes one operation, [`DiodeSender::send_message`]: there is no
 //! receive path in the agent, by construction.
 //!
-//! Each message is cut into datagrams by `outpost_proto::frame::fragment` under a message id
-//! that starts at a random 64-bit value (so a restarted agent does not reuse recent ids) and
-//! goes up by one per message. Datagrams are paced to `max_datagrams_per_sec`: datagram *n* of
-//! the stream is not sent before `start + n / rate`, so the average rate never exceeds the limit
-//! (short bursts of about a timer tick's worth are possible).
+//! Each message is encoded into RaptorQ symbol datagrams by `outpost_proto::fec::encode` (or,
+//! with FEC off, cut into plain fragments by `outpost_proto::frame::fragment`) under a message
+//! id that starts at a random 64-bit value (so a restarted agent does not reuse recent ids) and
+//! goes up by one per message.
+//!
+//! Pacing, because bursts are what diodes and receiving kernels drop: datagram *n* of the stream
+//! is not sent before `start + n / max_datagrams_per_sec`, and a token bucket holds the byte
+//! rate to `link_bytes_per_sec` (bucket depth: 20 ms of the rate, at least two datagrams, so
+//! the burst a receiver must absorb is small and known).
 //!
 //! ICMP errors: on Linux a connected UDP socket reports an ICMP "port unreachable" for an
 //! earlier datagram as `ECONNREFUSED` on a later `send`, and that later datagram is not sent.
@@ -21,6 +25,7 @@ use std::io::ErrorKind;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
+use outpost_proto::fec::{self, FecParams};
 use outpost_proto::frame::{self, FrameError};
 use ring::rand::{SecureRandom as _, SystemRandom};
 use tokio::time::Instant;
@@ -70,6 +75,43 @@ pub struct SendReport {
     pub duration: Duration,
 }
 
+/// A byte-rate token bucket (time passed in).
+#[derive(Debug, Clone, Copy)]
+struct TokenBucket {
+    rate: f64,
+    depth: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    fn new(bytes_per_sec: u64) -> TokenBucket {
+        let rate = bytes_per_sec.max(1) as f64;
+        let depth = (rate / 50.0).max(2.0 * frame::MAX_DATAGRAM as f64);
+        TokenBucket {
+            rate,
+            depth,
+            tokens: depth,
+            last: None,
+        }
+    }
+
+    /// How long to wait before `bytes` may go; takes them.
+    fn take(&mut self, bytes: usize, now: Instant) -> Duration {
+        if let Some(last) = self.last {
+            let add = now.saturating_duration_since(last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + add).min(self.depth);
+        }
+        self.last = Some(now);
+        self.tokens -= bytes as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+}
+
 /// A send-only, paced UDP sender to the diode.
 #[derive(Debug)]
 pub struct DiodeSender {
@@ -78,6 +120,8 @@ pub struct DiodeSender {
     next_id: u64,
     spacing: Duration,
     next_slot: Option<Instant>,
+    bucket: Option<TokenBucket>,
+    fec: Option<FecParams>,
 }
 
 impl DiodeSender {
@@ -103,7 +147,34 @@ impl DiodeSender {
             next_id: u64::from_be_bytes(seed),
             spacing: Duration::from_secs(1) / max_datagrams_per_sec.max(1),
             next_slot: None,
+            bucket: None,
+            fec: None,
         })
+    }
+
+    /// A sender set up from the agent's `[diode]` configuration.
+    pub fn from_config(c: &crate::config::DiodeConfig) -> Result<DiodeSender, DiodeError> {
+        let mut s = DiodeSender::new(c.target, c.max_datagrams_per_sec)?
+            .with_link_rate(c.link_bytes_per_sec);
+        if c.fec {
+            s = s.with_fec(FecParams {
+                overhead_percent: c.fec_overhead_percent,
+                min_repair: c.fec_min_repair,
+            });
+        }
+        Ok(s)
+    }
+
+    /// Limits the byte rate (UDP payload bytes per second) with a token bucket.
+    pub fn with_link_rate(mut self, bytes_per_sec: u64) -> DiodeSender {
+        self.bucket = Some(TokenBucket::new(bytes_per_sec));
+        self
+    }
+
+    /// Sends messages as RaptorQ symbols with this much repair.
+    pub fn with_fec(mut self, params: FecParams) -> DiodeSender {
+        self.fec = Some(params);
+        self
     }
 
     /// The diode address.
@@ -115,11 +186,14 @@ impl DiodeSender {
     pub async fn send_message(&mut self, message: &[u8]) -> Result<SendReport, DiodeError> {
         let message_id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let datagrams =
-            frame::fragment(message_id, message).map_err(|source| DiodeError::Frame {
-                target: self.target,
-                source,
-            })?;
+        let framed = match self.fec {
+            Some(params) => fec::encode(message_id, message, params),
+            None => frame::fragment(message_id, message),
+        };
+        let datagrams = framed.map_err(|source| DiodeError::Frame {
+            target: self.target,
+            source,
+        })?;
         let started = Instant::now();
         let mut report = SendReport {
             message_id,
@@ -132,7 +206,7 @@ impl DiodeSender {
         };
         let mut last_error = None;
         for d in &datagrams {
-            self.pace().await;
+            self.pace(d.len()).await;
             let mut outcome = self.socket.send(d);
             if matches!(&outcome, Err(e) if e.kind() == ErrorKind::ConnectionRefused) {
                 report.refused += 1;
@@ -172,8 +246,14 @@ impl DiodeSender {
         }
     }
 
-    /// Waits for the next send slot.
-    async fn pace(&mut self) {
+    /// Waits for the next send slot and for the byte budget.
+    async fn pace(&mut self, bytes: usize) {
+        if let Some(bucket) = &mut self.bucket {
+            let wait = bucket.take(bytes, Instant::now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
         let now = Instant::now();
         let slot = match self.next_slot {
             // Slots left unused while idle are not saved up for a later burst.
@@ -234,6 +314,49 @@ mod tests {
         // 20 datagrams at 200/s: the 20th is due 95 ms after the first.
         assert!(report.duration >= Duration::from_millis(90), "{report:?}");
         assert!(report.duration < Duration::from_secs(2), "{report:?}");
+    }
+
+    #[tokio::test]
+    async fn fec_message_rebuilds_without_its_source_symbols() {
+        let rx = receiver();
+        let mut tx = DiodeSender::new(rx.local_addr().unwrap(), 100_000)
+            .unwrap()
+            .with_fec(FecParams::default());
+        let message: Vec<u8> = (0..10_000u32).map(|i| (i * 3) as u8).collect();
+        let report = tx.send_message(&message).await.unwrap();
+        // 9 source symbols + max(3, 24) repairs.
+        assert_eq!(report.datagrams, 9 + 24);
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let mut buf = [0u8; 2048];
+        let mut done = None;
+        for i in 0..report.datagrams {
+            let (n, from) = rx.recv_from(&mut buf).unwrap();
+            if i < 9 {
+                continue; // every source symbol lost
+            }
+            if let Some(m) = r.push(from, &buf[..n], 0).unwrap() {
+                done.get_or_insert(m);
+            }
+        }
+        assert_eq!(done.as_deref(), Some(&message[..]));
+    }
+
+    #[tokio::test]
+    async fn paces_bytes_with_a_token_bucket() {
+        let rx = receiver();
+        let mut tx = DiodeSender::new(rx.local_addr().unwrap(), 1_000_000)
+            .unwrap()
+            .with_link_rate(100_000);
+        // 60 kB at 100 kB/s with a 2.4 kB bucket: at least ~0.55 s.
+        let message = vec![3u8; frame::MAX_PAYLOAD * 50];
+        let report = tx.send_message(&message).await.unwrap();
+        assert!(report.duration >= Duration::from_millis(500), "{report:?}");
+        assert!(report.duration < Duration::from_secs(3), "{report:?}");
+        // The receiver drains so its queue never overflows.
+        let mut buf = [0u8; 2048];
+        for _ in 0..report.datagrams {
+            rx.recv_from(&mut buf).unwrap();
+        }
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
 //! The MQTT transport: publishes spooled envelopes to a broker (MQTT 5, QoS 1), in order.
 //!
-//! Topics: `outpost/v1/<zone>/<agent>/<kind>` (`kind` = `summary` or `data_lost`) for
+//! Topics: `outpost/v1/<zone>/<agent>/<kind>` (`kind` = `summary`, `heartbeat` or `data_lost`) for
 //! envelopes, and `outpost/v1/<zone>/<agent>/status` for liveness: a retained `online` JSON
 //! document published on every connect, and the same document with `offline` as the last will
 //! (and published before a clean shutdown). The status is informational and unsigned; the
@@ -399,6 +399,7 @@ impl Session {
             let kind = match kind {
                 EntryKind::Summary => "summary",
                 EntryKind::DataLost => "data_lost",
+                EntryKind::Heartbeat => "heartbeat",
             };
             let topic = topic(&ctx.zone, &ctx.agent, kind);
             if self

@@ -6,14 +6,14 @@
 //! broker acknowledged it (PUBACK). So the spool survives broker outages, agent restarts and
 //! SIGKILL; envelopes leave in sequence order.
 //!
-//! File format: `OSP1`, one kind byte (0 = summary, 1 = data_lost), the payload length (u32 BE),
+//! File format: `OSP1`, one kind byte (0 = summary, 1 = data_lost, 2 = heartbeat), the payload length (u32 BE),
 //! the payload (the envelope's wire bytes), then SHA-256 of the payload. A file that fails this
 //! check on [`Spool::open`] (truncated by a power cut, say) is renamed `*.damaged`, and its
 //! sequence number is reported in [`Recovery::damaged`] so the caller can send a data-lost
 //! notice for it.
 //!
 //! Bounded: the total payload bytes are kept at or under `max_bytes`. **Full-spool policy**:
-//! when a new envelope does not fit, the *oldest snapshots* are dropped first (the new one too,
+//! when a new envelope does not fit, the *oldest snapshots and heartbeats* are dropped first (the new one too,
 //! if it alone is larger than the limit); notices (data-lost reports, and any future change
 //! events or evidence) are never dropped — they are small, and the spool may exceed its limit
 //! by them. Every drop is returned to the caller, which must report it in a signed notice.
@@ -36,6 +36,8 @@ pub enum EntryKind {
     Summary,
     /// A data-lost notice: never dropped.
     DataLost,
+    /// A heartbeat: the next one (or summary) supersedes it, so it may be dropped.
+    Heartbeat,
 }
 
 impl EntryKind {
@@ -43,7 +45,13 @@ impl EntryKind {
         match self {
             EntryKind::Summary => 0,
             EntryKind::DataLost => 1,
+            EntryKind::Heartbeat => 2,
         }
+    }
+
+    /// Whether the full-spool policy may drop it.
+    pub fn droppable(self) -> bool {
+        self != EntryKind::DataLost
     }
 }
 
@@ -180,7 +188,7 @@ impl Spool {
             let victim = self
                 .entries
                 .iter()
-                .find(|(_, e)| e.kind == EntryKind::Summary)
+                .find(|(_, e)| e.kind.droppable())
                 .map(|(&s, _)| s);
             let Some(seq) = victim else {
                 tracing::warn!(
@@ -274,6 +282,7 @@ fn decode(data: &[u8]) -> Option<(EntryKind, u64)> {
     let kind = match data[4] {
         0 => EntryKind::Summary,
         1 => EntryKind::DataLost,
+        2 => EntryKind::Heartbeat,
         _ => return None,
     };
     let len = u32::from_be_bytes([data[5], data[6], data[7], data[8]]) as usize;

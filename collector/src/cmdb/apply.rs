@@ -113,6 +113,7 @@ impl Cmdb {
             None => None,
         };
         let assets = w.assets(&summary.assets, cached_assets).map_err(sqlite)?;
+        w.fresh().map_err(sqlite)?;
         w.flush_counters().map_err(sqlite)?;
         let (out, moved) = (w.out, w.moved_between_agents);
         // Becomes the cache only when the transaction commits (see `in_transaction`).
@@ -125,6 +126,52 @@ impl Cmdb {
             },
             invalidate_others: moved,
         });
+        Ok(out)
+    }
+}
+
+impl Cmdb {
+    /// Records a verified heartbeat: the envelope, the agent's new tip and last-seen time, and
+    /// the chain events its verdict implies (a gap here is a lost tail). No CI changes.
+    pub fn apply_heartbeat(&mut self, meta: &EnvelopeMeta<'_>) -> Result<ApplyOutcome, CmdbError> {
+        if self.conn.is_autocommit() {
+            return self
+                .in_transaction(|db| db.apply_heartbeat(meta))
+                .and_then(|inner| inner);
+        }
+        let sqlite = |source| CmdbError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        // The asset cache stays valid across a heartbeat that directly follows its tip.
+        let cached = self
+            .known_assets
+            .remove(meta.agent.as_str())
+            .filter(|k| Some(k.seq) == meta.previous.map(|t| t.seq));
+        let mut w = Writer {
+            db: &self.conn,
+            meta,
+            hash_hex: meta.hash.to_string(),
+            zone_ci: ci_key::zone(meta.zone.as_str()),
+            agent_ci: ci_key::agent(meta.agent.as_str()),
+            now: sql_int(meta.received_at_ms),
+            out: ApplyOutcome::default(),
+            counters: BTreeMap::new(),
+            moved_between_agents: false,
+        };
+        w.envelope().map_err(sqlite)?;
+        w.chain_events().map_err(sqlite)?;
+        w.count("heartbeats", 1);
+        w.flush_counters().map_err(sqlite)?;
+        let out = w.out;
+        if let Some(mut known) = cached {
+            known.seq = meta.seq;
+            self.pending_known = Some(PendingKnown {
+                agent: meta.agent.to_string(),
+                known,
+                invalidate_others: false,
+            });
+        }
         Ok(out)
     }
 }
@@ -282,6 +329,22 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
+    /// A full snapshot applied: the agent's CIs are current again.
+    fn fresh(&mut self) -> rusqlite::Result<()> {
+        let healed = self
+            .db
+            .prepare_cached(
+                "UPDATE agents SET stale_since_ms = NULL, stale_from_seq = NULL,
+                     stale_to_seq = NULL
+                 WHERE agent_id = ?1 AND stale_since_ms IS NOT NULL",
+            )?
+            .execute(params![self.meta.agent.as_str()])?;
+        if healed > 0 {
+            self.count("stale_healed", 1);
+        }
+        Ok(())
+    }
+
     fn chain_events(&mut self) -> rusqlite::Result<()> {
         let m = self.meta;
         match m.verdict {
@@ -305,6 +368,20 @@ impl Writer<'_, '_> {
                     "received_seq": m.seq,
                 });
                 self.event(kind::SEQUENCE_GAP, None, detail)?;
+                // Stale until a full snapshot applies (a summary clears it in the same
+                // transaction, right after this).
+                self.db
+                    .prepare_cached(
+                        "UPDATE agents SET stale_since_ms = COALESCE(stale_since_ms, ?2),
+                             stale_from_seq = COALESCE(stale_from_seq, ?3), stale_to_seq = ?4
+                         WHERE agent_id = ?1",
+                    )?
+                    .execute(params![
+                        m.agent.as_str(),
+                        self.now,
+                        sql_int(from),
+                        sql_int(to)
+                    ])?;
             }
             SequenceVerdict::ChainBreak => {
                 self.count("chain_breaks", 1);

@@ -37,6 +37,11 @@ pub struct AssetRow {
     pub last_seen: Option<Timestamp>,
     pub last_polled: Timestamp,
     pub last_envelope_seq: i64,
+    /// Set when envelopes of this asset's agent were lost: what is shown may be out of date
+    /// until the agent's next full snapshot applies.
+    pub stale_since: Option<Timestamp>,
+    /// The missing sequence numbers behind `stale_since`, `"from..=to"`.
+    pub stale_gap: Option<String>,
 }
 
 /// The last known content of one register block.
@@ -320,7 +325,10 @@ fn query_assets(conn: &Connection) -> rusqlite::Result<Vec<AssetRow>> {
         "SELECT asset_id, ci_key, zone, agent_id, name, endpoint, unit_id, status, last_problem,
              ident_method, vendor_name, product_code, revision, vendor_url, product_name,
              model_name, user_application_name, first_seen_ms, last_seen_ms, last_polled_ms,
-             last_envelope_seq
+             last_envelope_seq,
+             (SELECT stale_since_ms FROM agents g WHERE g.agent_id = assets.agent_id),
+             (SELECT stale_from_seq || '..=' || stale_to_seq FROM agents g
+                 WHERE g.agent_id = assets.agent_id AND stale_since_ms IS NOT NULL)
          FROM assets ORDER BY ci_key",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -349,6 +357,8 @@ fn query_assets(conn: &Connection) -> rusqlite::Result<Vec<AssetRow>> {
             last_seen: r.get(18)?,
             last_polled: r.get(19)?,
             last_envelope_seq: r.get(20)?,
+            stale_since: r.get(21)?,
+            stale_gap: r.get(22)?,
         })
     })?;
     rows.collect()

@@ -31,6 +31,10 @@ pub mod kind {
     pub const AGENT_OFFLINE: &str = "agent_offline";
     /// A QoS 1 redelivery of an envelope already stored (same hash): nothing applied.
     pub const DUPLICATE: &str = "duplicate";
+    pub const CONDUIT_SILENT: &str = "conduit_silent";
+    pub const CONDUIT_RESUMED: &str = "conduit_resumed";
+    pub const AGENT_SILENT: &str = "agent_silent";
+    pub const AGENT_RESUMED: &str = "agent_resumed";
 }
 
 /// Adds `delta` to the counter `name` (creating it at `delta`).

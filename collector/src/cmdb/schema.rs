@@ -19,7 +19,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::cmdb::CmdbError;
 
 /// Schema migrations, in order. Migration `n` (1-based) brings the schema to version `n`.
-pub const MIGRATIONS: &[&str] = &[MIGRATION_1];
+pub const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -183,6 +183,14 @@ CREATE TABLE counters (
     value           INTEGER NOT NULL,
     updated_at_ms   INTEGER NOT NULL
 ) WITHOUT ROWID;
+"#;
+
+/// Version 2: "stale since gap". When envelopes of an agent are lost (a sequence gap), what the
+/// CMDB holds for that agent's CIs may be out of date until its next full snapshot applies.
+const MIGRATION_2: &str = r#"
+ALTER TABLE agents ADD COLUMN stale_since_ms INTEGER;  -- set by a gap, cleared by a summary
+ALTER TABLE agents ADD COLUMN stale_from_seq INTEGER;  -- first missing sequence number
+ALTER TABLE agents ADD COLUMN stale_to_seq INTEGER;    -- last missing sequence number (grows)
 "#;
 
 /// Reads the schema version of an open database.
