@@ -18,6 +18,9 @@
 //!   names are resolved at poll time so a DNS outage does not stop the agent from starting.
 //!   IPv6 literals are written `[fd00::1]:502` (or bare, `fd00::1`, for port 502).
 //! - The diode target must be an IP literal with a port: the conduit must not depend on DNS.
+//! - At least one transport: `[diode]`, `[mqtt]` or both (each then carries every envelope).
+//! - `[mqtt] url` is `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883, needs
+//!   `ca_file`); `client_cert`/`client_key` go together; the password lives in `password_file`.
 //! - Relative `state_dir` and `key_file` are taken relative to the config file's directory.
 
 use std::collections::HashSet;
@@ -87,7 +90,10 @@ pub struct Config {
     /// The PKCS#8 private key (resolved against the config's directory).
     pub key_file: PathBuf,
     pub poll_interval: Duration,
-    pub diode: DiodeConfig,
+    /// The UDP diode transport, when `[diode]` is configured.
+    pub diode: Option<DiodeConfig>,
+    /// The MQTT transport, when `[mqtt]` is configured (see [`crate::transport::mqtt`]).
+    pub mqtt: Option<MqttConfig>,
     pub modbus: ModbusConfig,
     pub devices: Vec<DeviceConfig>,
 }
@@ -106,6 +112,32 @@ pub struct DiodeConfig {
     /// A signed heartbeat carrying the chain tip goes out this often between cycles.
     pub heartbeat_interval: Duration,
 }
+
+/// The MQTT transport: broker, credentials, and the outbound spool's size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttConfig {
+    /// The broker, as written (`mqtt://host:port` or `mqtts://host:port`).
+    pub url: String,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// PEM CA certificate(s) the broker's certificate must chain to (required for `mqtts://`).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for brokers that require them.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub username: Option<String>,
+    /// A file holding the password (first line; the password never sits in the config).
+    pub password_file: Option<PathBuf>,
+    /// Bound on the spool's payload bytes (default 64 MiB).
+    pub spool_max_bytes: u64,
+    /// MQTT client id (default `outpost-<agent_id>`).
+    pub client_id: String,
+    pub keep_alive: Duration,
+}
+
+/// Default bound of the MQTT spool.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Timing shared by all Modbus devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -269,7 +301,8 @@ struct RawConfig {
     key_file: PathBuf,
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     poll_interval: Duration,
-    diode: RawDiode,
+    diode: Option<RawDiode>,
+    mqtt: Option<RawMqtt>,
     #[serde(default)]
     modbus: ModbusConfig,
     devices: Option<Vec<RawDevice>>,
@@ -316,6 +349,56 @@ fn default_min_repair() -> u16 {
 
 fn default_heartbeat() -> Duration {
     Duration::from_secs(10)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMqtt {
+    url: String,
+    ca_file: Option<PathBuf>,
+    client_cert: Option<PathBuf>,
+    client_key: Option<PathBuf>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+    spool_max_bytes: Option<u64>,
+    client_id: Option<String>,
+    #[serde(default = "default_keep_alive", with = "humantime_serde")]
+    keep_alive: Duration,
+}
+
+fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Splits `mqtt://host:port` / `mqtts://host:port` (port defaults 1883 / 8883).
+fn parse_mqtt_url(url: &str) -> Result<(bool, String, u16), String> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("mqtt://") {
+        (false, r)
+    } else {
+        return Err(format!(
+            "{url:?} must start with mqtt:// or mqtts:// (e.g. \"mqtts://broker.dmz:8883\")"
+        ));
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.contains('/') || rest.contains('@') || rest.contains('?') {
+        return Err(format!(
+            "{url:?}: write only scheme://host:port; credentials go in username/password_file"
+        ));
+    }
+    let addr = DeviceAddress::parse(rest)?;
+    let explicit_port = if rest.starts_with('[') {
+        rest.contains("]:")
+    } else {
+        rest.matches(':').count() == 1
+    };
+    let port = match (explicit_port, tls) {
+        (true, _) => addr.port,
+        (false, true) => 8883,
+        (false, false) => 1883,
+    };
+    Ok((tls, addr.host, port))
 }
 
 fn default_rate() -> u32 {
@@ -372,57 +455,145 @@ impl Config {
             );
         }
 
-        let target = match raw.diode.target.trim().parse::<SocketAddr>() {
-            Ok(t) if t.port() == 0 => {
-                problem("diode.target".into(), "port 0 is not a usable port".into());
-                None
-            }
-            Ok(t) => Some(t),
-            Err(_) => {
-                problem(
-                    "diode.target".into(),
-                    format!(
-                        "{:?} is not an IP address with a port (e.g. \"192.0.2.10:7000\" or \"[fd00::10]:7000\"); host names are not accepted for the diode",
-                        raw.diode.target
-                    ),
-                );
-                None
+        let diode = match &raw.diode {
+            None => None,
+            Some(d) => {
+                if d.max_datagrams_per_sec == 0 {
+                    problem(
+                        "diode.max_datagrams_per_sec".into(),
+                        "must be at least 1".into(),
+                    );
+                }
+                match d.target.trim().parse::<SocketAddr>() {
+                    Ok(t) if t.port() == 0 => {
+                        problem("diode.target".into(), "port 0 is not a usable port".into());
+                        None
+                    }
+                    Ok(target) => Some(DiodeConfig {
+                        target,
+                        max_datagrams_per_sec: d.max_datagrams_per_sec,
+                        link_bytes_per_sec: d.link_bytes_per_sec,
+                        fec: d.fec,
+                        fec_overhead_percent: d.fec_overhead_percent,
+                        fec_min_repair: d.fec_min_repair,
+                        heartbeat_interval: d.heartbeat_interval,
+                    }),
+                    Err(_) => {
+                        problem(
+                            "diode.target".into(),
+                            format!(
+                                "{:?} is not an IP address with a port (e.g. \"192.0.2.10:7000\" or \"[fd00::10]:7000\"); host names are not accepted for the diode",
+                                d.target
+                            ),
+                        );
+                        None
+                    }
+                }
             }
         };
-        if raw.diode.max_datagrams_per_sec == 0 {
-            problem(
-                "diode.max_datagrams_per_sec".into(),
-                "must be at least 1".into(),
-            );
+        let base = origin.parent().unwrap_or(Path::new(""));
+        let mqtt = match raw.mqtt {
+            None => None,
+            Some(m) => {
+                let url = m.url.trim().to_owned();
+                let parsed = match parse_mqtt_url(&url) {
+                    Ok(p) => Some(p),
+                    Err(why) => {
+                        problem("mqtt.url".into(), why);
+                        None
+                    }
+                };
+                if let Some((true, _, _)) = parsed
+                    && m.ca_file.is_none()
+                {
+                    problem(
+                        "mqtt.ca_file".into(),
+                        "mqtts:// needs ca_file: the PEM CA certificate the broker's certificate chains to".into(),
+                    );
+                }
+                if let Some((false, _, _)) = parsed
+                    && (m.ca_file.is_some() || m.client_cert.is_some())
+                {
+                    problem(
+                        "mqtt.url".into(),
+                        format!(
+                            "{url:?} is plain mqtt:// but TLS files are configured; use mqtts://"
+                        ),
+                    );
+                }
+                if m.client_cert.is_some() != m.client_key.is_some() {
+                    problem(
+                        "mqtt.client_cert".into(),
+                        "client_cert and client_key go together; set both or neither".into(),
+                    );
+                }
+                if m.password_file.is_some() && m.username.is_none() {
+                    problem(
+                        "mqtt.password_file".into(),
+                        "a password needs a username; add `username = \"...\"`".into(),
+                    );
+                }
+                if m.spool_max_bytes == Some(0) {
+                    problem("mqtt.spool_max_bytes".into(), "must be at least 1".into());
+                }
+                let client_id = m
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| format!("outpost-{}", raw.agent_id));
+                if client_id.is_empty() || client_id.len() > 128 {
+                    problem(
+                        "mqtt.client_id".into(),
+                        "must be 1 to 128 characters".into(),
+                    );
+                }
+                if m.keep_alive < Duration::from_secs(5) {
+                    problem("mqtt.keep_alive".into(), "must be at least 5s".into());
+                }
+                parsed.map(|(tls, host, port)| MqttConfig {
+                    url,
+                    tls,
+                    host,
+                    port,
+                    ca_file: m.ca_file.map(|p| base.join(p)),
+                    client_cert: m.client_cert.map(|p| base.join(p)),
+                    client_key: m.client_key.map(|p| base.join(p)),
+                    username: m.username,
+                    password_file: m.password_file.map(|p| base.join(p)),
+                    spool_max_bytes: m.spool_max_bytes.unwrap_or(DEFAULT_SPOOL_MAX_BYTES),
+                    client_id,
+                    keep_alive: m.keep_alive,
+                })
+            }
+        };
+        if let Some(d) = &raw.diode {
+            if d.link_bytes_per_sec < 2 * 1200 {
+                problem(
+                    "diode.link_bytes_per_sec".into(),
+                    format!(
+                        "{} is below 2400 bytes/s (two datagrams); set the diode link's bandwidth",
+                        d.link_bytes_per_sec
+                    ),
+                );
+            }
+            if d.fec_overhead_percent > 400 {
+                problem(
+                    "diode.fec_overhead_percent".into(),
+                    format!("{} is above 400", d.fec_overhead_percent),
+                );
+            }
+            if d.fec_min_repair > 1024 {
+                problem(
+                    "diode.fec_min_repair".into(),
+                    format!("{} is above 1024", d.fec_min_repair),
+                );
+            }
+            if d.heartbeat_interval < Duration::from_secs(1) {
+                problem(
+                    "diode.heartbeat_interval".into(),
+                    "must be at least 1s".into(),
+                );
+            }
         }
-        if raw.diode.link_bytes_per_sec < 2 * 1200 {
-            problem(
-                "diode.link_bytes_per_sec".into(),
-                format!(
-                    "{} is below 2400 bytes/s (two datagrams); set the diode link's bandwidth",
-                    raw.diode.link_bytes_per_sec
-                ),
-            );
-        }
-        if raw.diode.fec_overhead_percent > 400 {
-            problem(
-                "diode.fec_overhead_percent".into(),
-                format!("{} is above 400", raw.diode.fec_overhead_percent),
-            );
-        }
-        if raw.diode.fec_min_repair > 1024 {
-            problem(
-                "diode.fec_min_repair".into(),
-                format!("{} is above 1024", raw.diode.fec_min_repair),
-            );
-        }
-        if raw.diode.heartbeat_interval < Duration::from_secs(1) {
-            problem(
-                "diode.heartbeat_interval".into(),
-                "must be at least 1s".into(),
-            );
-        }
-
         let m = &raw.modbus;
         for (field, value) in [
             ("modbus.connect_timeout", m.connect_timeout),
@@ -478,13 +649,20 @@ impl Config {
             }
         }
 
-        let (Some(target), true) = (target, problems.is_empty()) else {
+        if raw.diode.is_none() && mqtt.is_none() && problems.is_empty() {
+            problems.push(Problem {
+                field: "diode".into(),
+                message:
+                    "no transport configured: add a [diode] section, an [mqtt] section, or both"
+                        .into(),
+            });
+        }
+        if !problems.is_empty() {
             return Err(ConfigError::Invalid {
                 path: origin.to_owned(),
                 problems,
             });
-        };
-        let base = origin.parent().unwrap_or(Path::new(""));
+        }
         Ok(Config {
             path: origin.to_owned(),
             agent_id: raw.agent_id,
@@ -492,15 +670,8 @@ impl Config {
             state_dir: base.join(raw.state_dir),
             key_file: base.join(raw.key_file),
             poll_interval: raw.poll_interval,
-            diode: DiodeConfig {
-                target,
-                max_datagrams_per_sec: raw.diode.max_datagrams_per_sec,
-                link_bytes_per_sec: raw.diode.link_bytes_per_sec,
-                fec: raw.diode.fec,
-                fec_overhead_percent: raw.diode.fec_overhead_percent,
-                fec_min_repair: raw.diode.fec_min_repair,
-                heartbeat_interval: raw.diode.heartbeat_interval,
-            },
+            diode,
+            mqtt,
             modbus: raw.modbus,
             devices,
         })
@@ -651,7 +822,7 @@ unit_ids = [3, 4]
         assert_eq!(c.state_dir, PathBuf::from("/etc/outpost/state"));
         assert_eq!(c.key_file, PathBuf::from("/etc/outpost/agent.key"));
         assert_eq!(c.poll_interval, Duration::from_secs(30));
-        assert_eq!(c.diode.max_datagrams_per_sec, 2000);
+        assert_eq!(c.diode.unwrap().max_datagrams_per_sec, 2000);
         assert_eq!(c.modbus.request_timeout, Duration::from_millis(500));
         assert_eq!(c.modbus.connect_timeout, Duration::from_secs(2));
         assert_eq!(c.devices.len(), 2);
@@ -807,6 +978,49 @@ count = 1
     }
 
     #[test]
+    fn mqtt_section_and_transport_choice() {
+        let mqtt = "[mqtt]\nurl = \"mqtts://broker.dmz\"\nca_file = \"ca.pem\"\nusername = \"gw-line1\"\npassword_file = \"pw\"\n\n[modbus]";
+        let both = GOOD.replace("[modbus]", mqtt);
+        let c = Config::parse(&both, "/etc/outpost/agent.toml").unwrap();
+        let m = c.mqtt.unwrap();
+        assert!(c.diode.is_some());
+        assert_eq!((m.tls, m.host.as_str(), m.port), (true, "broker.dmz", 8883));
+        assert_eq!(m.ca_file, Some(PathBuf::from("/etc/outpost/ca.pem")));
+        assert_eq!(m.client_id, "outpost-gw-line1");
+        assert_eq!(m.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+
+        let only_mqtt = both.replace("[diode]\ntarget = \"192.0.2.10:7000\"\n", "");
+        let c = Config::parse(&only_mqtt, "a.toml").unwrap();
+        assert!(c.diode.is_none() && c.mqtt.is_some());
+
+        let none = GOOD.replace("[diode]\ntarget = \"192.0.2.10:7000\"\n", "");
+        assert!(invalid(&none)[0].starts_with("diode: no transport configured"));
+
+        let p = invalid(&both.replace("mqtts://broker.dmz", "http://broker"));
+        assert!(
+            p[0].starts_with("mqtt.url: \"http://broker\" must start with mqtt://"),
+            "{p:?}"
+        );
+        let p = invalid(&both.replace("ca_file = \"ca.pem\"\n", ""));
+        assert!(
+            p[0].starts_with("mqtt.ca_file: mqtts:// needs ca_file"),
+            "{p:?}"
+        );
+        let p = invalid(&both.replace("username = \"gw-line1\"\n", ""));
+        assert!(
+            p[0].starts_with("mqtt.password_file: a password needs a username"),
+            "{p:?}"
+        );
+        let c = Config::parse(
+            &only_mqtt.replace("mqtts://broker.dmz", "mqtts://[fd00::1]:18883"),
+            "a.toml",
+        )
+        .unwrap();
+        let m = c.mqtt.unwrap();
+        assert_eq!((m.host.as_str(), m.port), ("fd00::1", 18883));
+    }
+
+    #[test]
     fn diode_target_must_be_ip_and_port() {
         let p = invalid(&GOOD.replace("192.0.2.10:7000", "diode.local:7000"));
         assert!(
@@ -817,7 +1031,7 @@ count = 1
         );
         assert!(invalid(&GOOD.replace("192.0.2.10:7000", "192.0.2.10:0"))[0].contains("port 0"));
         let c = Config::parse(&GOOD.replace("192.0.2.10:7000", "[::1]:7000"), "a.toml").unwrap();
-        assert_eq!(c.diode.target.port(), 7000);
+        assert_eq!(c.diode.unwrap().target.port(), 7000);
     }
 
     #[test]

@@ -5,13 +5,20 @@
 //! facts, build the [`Summary`], seal it as the envelope after the persisted chain tip, persist
 //! the new tip (fsync + rename), and only then send it. A crash between persisting and sending
 //! loses one envelope — the collector records a gap — but never reuses a sequence number.
+//!
+//! With `[mqtt]` configured the sealed envelope is also written (fsynced) to the spool before
+//! the MQTT task may publish it; when the spool's full-spool policy drops snapshots, the cycle
+//! seals a [`DataLost`] notice naming them, which goes out on every transport like any other
+//! envelope. Damaged spool files found at start are reported the same way.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use outpost_proto::envelope;
-use outpost_proto::model::{AssetObservation, Body, Heartbeat, PollStatus, Summary};
+use std::sync::Mutex;
+
+use outpost_proto::model::{AssetObservation, Body, DataLost, Heartbeat, PollStatus, Summary};
 use outpost_proto::{ChainTip, SigningKey};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -24,6 +31,8 @@ use crate::modbus::poll::{poll_device, unreachable};
 use crate::modbus::read_only::Timing;
 use crate::state::StateDir;
 use crate::transport::diode::DiodeSender;
+use crate::transport::mqtt::MqttLink;
+use crate::transport::spool::{EntryKind, Spool};
 
 /// What one cycle did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,8 +54,17 @@ pub struct Agent {
     key: SigningKey,
     state: StateDir,
     tip: ChainTip,
-    sender: DiodeSender,
+    sender: Option<DiodeSender>,
+    mqtt: Option<MqttOut>,
+    /// Sequence numbers lost and not yet reported, with why.
+    unreported_loss: Vec<(Vec<u64>, &'static str)>,
     last_summary_seq: u64,
+}
+
+/// The MQTT transport and its spool.
+struct MqttOut {
+    spool: Arc<Mutex<Spool>>,
+    link: MqttLink,
 }
 
 impl std::fmt::Debug for Agent {
@@ -68,18 +86,39 @@ fn now_ms() -> u64 {
 
 impl Agent {
     /// Loads the key (refusing loose permissions), locks the state directory, loads the chain
-    /// tip and opens the diode socket.
+    /// tip, opens the diode socket and starts the MQTT transport (which needs a tokio runtime:
+    /// call this inside one when `[mqtt]` is configured).
     pub fn new(config: Config) -> Result<Agent, AgentError> {
         let key = keyfile::load_private(&config.key_file)?;
         let state = StateDir::open(&config.state_dir)?;
         let tip = state.load_tip()?;
-        let sender = DiodeSender::from_config(&config.diode)?;
+        let sender = match &config.diode {
+            Some(d) => Some(DiodeSender::from_config(d)?),
+            None => None,
+        };
+        let mut unreported_loss = Vec::new();
+        let mqtt = match &config.mqtt {
+            Some(m) => {
+                let (spool, recovery) =
+                    Spool::open(config.state_dir.join("spool"), m.spool_max_bytes)?;
+                if !recovery.damaged.is_empty() {
+                    unreported_loss.push((recovery.damaged.clone(), "spool_damaged"));
+                }
+                let spool = Arc::new(Mutex::new(spool));
+                let link = MqttLink::start(m, &config.agent_id, &config.zone, Arc::clone(&spool))?;
+                tracing::info!(broker = %m.url, pending = recovery.pending,
+                    damaged = recovery.damaged.len(), "mqtt transport started");
+                Some(MqttOut { spool, link })
+            }
+            None => None,
+        };
         tracing::info!(
             agent = %config.agent_id,
             zone = %config.zone,
             key_id = %key.key_id(),
             last_seq = tip.seq,
-            diode = %config.diode.target,
+            diode = ?config.diode.map(|d| d.target),
+            mqtt = ?config.mqtt.as_ref().map(|m| &m.url),
             devices = config.devices.len(),
             "agent ready"
         );
@@ -90,8 +129,107 @@ impl Agent {
             state,
             tip,
             sender,
+            mqtt,
+            unreported_loss,
             last_summary_seq: 0,
         })
+    }
+
+    /// The MQTT link, when configured.
+    pub fn mqtt(&self) -> Option<&MqttLink> {
+        self.mqtt.as_ref().map(|m| &m.link)
+    }
+
+    /// Seals `body` as the next envelope, persists the tip, spools it (MQTT) and sends it on
+    /// the diode. Returns the sequence number, wire size and datagrams sent.
+    async fn emit(&mut self, body: &Body) -> Result<(u64, usize, usize), AgentError> {
+        let sealed = envelope::seal(
+            &self.key,
+            &self.config.agent_id,
+            &self.config.zone,
+            &self.tip,
+            now_ms(),
+            body,
+        )?;
+        // Persist before sending: a sequence number must never be used twice.
+        self.state.store_tip(&sealed.tip)?;
+        self.tip = sealed.tip;
+        let seq = sealed.tip.seq;
+        if let Some(m) = &self.mqtt {
+            let kind = match body {
+                Body::Summary(_) => EntryKind::Summary,
+                Body::Heartbeat(_) => EntryKind::Heartbeat,
+                Body::DataLost(_) => EntryKind::DataLost,
+            };
+            let pushed = match m.spool.lock() {
+                Ok(mut spool) => spool.push(seq, kind, &sealed.wire),
+                Err(_) => return Err(AgentError::SpoolPoisoned),
+            };
+            match pushed {
+                Ok(dropped) => {
+                    if !dropped.seqs.is_empty() {
+                        tracing::warn!(
+                            dropped = dropped.seqs.len(),
+                            bytes = dropped.bytes,
+                            "mqtt spool full: dropped the oldest snapshots {:?}; a data-lost notice follows",
+                            dropped.seqs
+                        );
+                        self.unreported_loss.push((dropped.seqs, "spool_full"));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("{e}; envelope {seq} is lost for MQTT and will be reported");
+                    self.unreported_loss.push((vec![seq], "spool_write_failed"));
+                }
+            }
+            m.link.wake();
+        }
+        let mut datagrams = 0;
+        if let Some(sender) = &mut self.sender {
+            match sender.send_message(&sealed.wire).await {
+                Ok(sent) => {
+                    datagrams = sent.sent;
+                    if sent.refused > 0 || sent.failed > 0 {
+                        tracing::warn!(
+                            refused = sent.refused,
+                            failed = sent.failed,
+                            "diode: envelope {seq} partly sent"
+                        );
+                    }
+                }
+                // With MQTT also configured, the diode failing must not stop the spool.
+                Err(e) if self.mqtt.is_some() => tracing::error!("{e}"),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok((seq, sealed.wire.len(), datagrams))
+    }
+
+    /// Seals a data-lost notice for every loss not yet reported.
+    async fn report_losses(&mut self) -> Result<(), AgentError> {
+        while let Some((seqs, reason)) = self.unreported_loss.first().cloned() {
+            let (Some(&from_seq), Some(&to_seq)) = (seqs.iter().min(), seqs.iter().max()) else {
+                self.unreported_loss.remove(0);
+                continue;
+            };
+            let body = Body::DataLost(DataLost {
+                agent: self.config.agent_id.clone(),
+                zone: self.config.zone.clone(),
+                from_seq,
+                to_seq,
+                dropped: seqs.len() as u64,
+                reason: reason.to_owned(),
+            });
+            self.unreported_loss.remove(0);
+            let (seq, _, _) = self.emit(&body).await?;
+            tracing::warn!(
+                from_seq,
+                to_seq,
+                reason,
+                "data-lost notice sent as envelope {seq}"
+            );
+        }
+        Ok(())
     }
 
     /// The last sealed envelope's tip.
@@ -157,33 +295,21 @@ impl Agent {
             gateway,
             assets,
         });
-        let sealed = envelope::seal(
-            &self.key,
-            &self.config.agent_id,
-            &self.config.zone,
-            &self.tip,
-            now_ms(),
-            &body,
-        )?;
-        // Persist before sending: a sequence number must never be used twice.
-        self.state.store_tip(&sealed.tip)?;
-        self.tip = sealed.tip;
-        self.last_summary_seq = sealed.tip.seq;
-        report.seq = sealed.tip.seq;
-        report.envelope_bytes = sealed.wire.len();
-        let sent = self.sender.send_message(&sealed.wire).await?;
-        report.datagrams = sent.sent;
+        let (seq, bytes, datagrams) = self.emit(&body).await?;
+        self.last_summary_seq = seq;
+        report.seq = seq;
+        report.envelope_bytes = bytes;
+        report.datagrams = datagrams;
+        self.report_losses().await?;
         tracing::info!(
-            refused = sent.refused,
-            failed = sent.failed,
-            "cycle {}: {} devices ({} ok, {} partial, {} unreachable), {} bytes in {} datagrams, {} ms",
+            "cycle {}: {} devices ({} ok, {} partial, {} unreachable), {} bytes, {} datagrams, {} ms",
             report.seq,
             report.devices,
             report.ok,
             report.partial,
             report.unreachable,
             report.envelope_bytes,
-            sent.sent,
+            report.datagrams,
             started.elapsed().as_millis()
         );
         Ok(report)
@@ -198,23 +324,15 @@ impl Agent {
             zone: self.config.zone.clone(),
             last_seq: self.tip.seq,
             last_hash: self.tip.hash,
-            interval_ms: u64::try_from(self.config.diode.heartbeat_interval.as_millis())
-                .unwrap_or(u64::MAX),
+            interval_ms: self.config.diode.map_or(0, |d| {
+                u64::try_from(d.heartbeat_interval.as_millis()).unwrap_or(u64::MAX)
+            }),
             last_summary_seq: self.last_summary_seq,
         });
-        let sealed = envelope::seal(
-            &self.key,
-            &self.config.agent_id,
-            &self.config.zone,
-            &self.tip,
-            now_ms(),
-            &body,
-        )?;
-        self.state.store_tip(&sealed.tip)?;
-        self.tip = sealed.tip;
-        let sent = self.sender.send_message(&sealed.wire).await?;
-        tracing::debug!(seq = sealed.tip.seq, datagrams = sent.sent, "heartbeat");
-        Ok(sealed.tip.seq)
+        let (seq, _, datagrams) = self.emit(&body).await?;
+        self.report_losses().await?;
+        tracing::debug!(seq, datagrams, "heartbeat");
+        Ok(seq)
     }
 
     /// Polls every device, at most `max_parallel_devices` at once; results in config order.
@@ -273,21 +391,45 @@ impl Agent {
         results.into_iter().flatten().flatten().collect()
     }
 
+    /// Stops the MQTT transport cleanly (offline status, disconnect); what is unsent stays
+    /// spooled for the next start.
+    pub async fn shutdown(&mut self) {
+        if let Some(m) = self.mqtt.take() {
+            let pending = m.link.pending();
+            m.link.shutdown().await;
+            if pending > 0 {
+                tracing::info!(
+                    pending,
+                    "mqtt: envelopes left in the spool for the next start"
+                );
+            }
+        }
+    }
+
     /// Runs cycles every `poll_interval` until `shutdown` completes, with a heartbeat every
-    /// `diode.heartbeat_interval` in between (none while a cycle runs: its summary says as
+    /// `diode.heartbeat_interval` in between (no heartbeats without `[diode]`: MQTT has its
+    /// status topic) (none while a cycle runs: its summary says as
     /// much). A failed cycle or heartbeat is logged and the next one runs on schedule.
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
         let mut ticks = tokio::time::interval(self.config.poll_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let beat = self.config.diode.heartbeat_interval;
-        let mut beats = tokio::time::interval_at(Instant::now() + beat, beat);
-        beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = self.config.diode.map(|d| {
+            let beat = d.heartbeat_interval;
+            let mut beats = tokio::time::interval_at(Instant::now() + beat, beat);
+            beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            beats
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = ticks.tick() => {}
-                _ = beats.tick() => {
+                _ = async {
+                    match &mut beats {
+                        Some(b) => b.tick().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     if let Err(e) = self.send_heartbeat().await {
                         tracing::error!("heartbeat failed: {e}");
                     }
@@ -304,6 +446,7 @@ impl Agent {
             }
         }
         tracing::info!(last_seq = self.tip.seq, "shutting down");
+        self.shutdown().await;
         Ok(())
     }
 }

@@ -2,14 +2,15 @@
 //!
 //! A pipeline in Vector's shape: *sources* (Modbus TCP devices through the read-only client,
 //! the gateway host) → *summary* (one inventory snapshot per cycle) → *seal* (sign, sequence,
-//! chain; `outpost_proto::envelope`) → *transport* (the send-only UDP diode sender).
+//! chain; `outpost_proto::envelope`) → *transports* (the send-only UDP diode sender, and/or MQTT
+//! through an on-disk spool).
 //!
 //! - [`config`]: the strict TOML config and its validation.
 //! - [`keyfile`]: generating and loading the agent's Ed25519 key (mode 0600).
 //! - [`modbus`]: the read-only client, FC 43 identification, polling one device.
 //! - [`host`]: gateway facts.
 //! - [`state`]: the persisted chain tip and the state directory lock.
-//! - [`transport`]: the diode sender.
+//! - [`transport`]: the diode sender, the MQTT publisher and its spool.
 //! - [`cycle`]: [`Agent`], one cycle and the loop of cycles.
 //!
 //! Invariants: the agent never listens and never reads from its sending socket; it cannot
@@ -37,6 +38,12 @@ pub enum AgentError {
     State(#[from] state::StateError),
     #[error(transparent)]
     Diode(#[from] transport::diode::DiodeError),
+    #[error(transparent)]
+    Spool(#[from] transport::spool::SpoolError),
+    #[error(transparent)]
+    Mqtt(#[from] transport::mqtt::MqttError),
+    #[error("mqtt spool lock poisoned (an internal error); restart the agent")]
+    SpoolPoisoned,
     #[error("cannot seal the summary: {0}")]
     Seal(#[from] outpost_proto::EnvelopeError),
 }

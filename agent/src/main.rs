@@ -2,8 +2,9 @@
 //!
 //! - `keygen --out DIR [--agent ID] [--force]`: write `agent.key` (0600) and `agent.pub`.
 //! - `run --config FILE [--once]`: poll and send every `poll_interval` until SIGTERM/SIGINT, or
-//!   one cycle with `--once` (exit 0 when the envelope was sent; unreachable devices are reported
-//!   inside the summary, not as a failure).
+//!   one cycle with `--once` (exit 0 when the envelope was sent — or, for MQTT, spooled: `--once`
+//!   waits up to 10 s for the broker's acknowledgements; unreachable devices are reported inside
+//!   the summary, not as a failure).
 //! - `check-config --config FILE`: validate and print what would be polled.
 //!
 //! Logs go to stderr (`RUST_LOG` respected, default `info`); the runtime is tokio's
@@ -108,12 +109,22 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
     println!("agent {} in zone {}", c.agent_id, c.zone);
     println!("key file:  {}", c.key_file.display());
     println!("state dir: {}", c.state_dir.display());
-    println!(
-        "every {}, to diode {} at up to {} datagrams/s",
-        humantime::format_duration(c.poll_interval),
-        c.diode.target,
-        c.diode.max_datagrams_per_sec
-    );
+    println!("every {}", humantime::format_duration(c.poll_interval));
+    if let Some(d) = &c.diode {
+        println!(
+            "to diode {} at up to {} datagrams/s",
+            d.target, d.max_datagrams_per_sec
+        );
+    }
+    if let Some(m) = &c.mqtt {
+        println!(
+            "to mqtt broker {} as client {:?}, spool up to {} bytes in {}",
+            m.url,
+            m.client_id,
+            m.spool_max_bytes,
+            c.state_dir.join("spool").display()
+        );
+    }
     let m = &c.modbus;
     println!(
         "modbus: connect timeout {}, request timeout {}, gap {}, {} devices in parallel",
@@ -148,6 +159,9 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long `run --once` waits for the MQTT spool to drain.
+const ONCE_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn run(path: PathBuf, once: bool) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -160,6 +174,16 @@ fn run(path: PathBuf, once: bool) -> anyhow::Result<()> {
         if once {
             let report = agent.run_cycle().await?;
             tracing::debug!(?report, "single cycle done");
+            if let Some(link) = agent.mqtt()
+                && !link.wait_drained(ONCE_FLUSH).await
+            {
+                tracing::warn!(
+                    pending = link.pending(),
+                    "mqtt: not everything was acknowledged within {}s; it stays spooled for the next run",
+                    ONCE_FLUSH.as_secs()
+                );
+            }
+            agent.shutdown().await;
             return Ok(());
         }
         agent.run(shutdown_signal()).await?;

@@ -11,7 +11,7 @@
 use std::fmt;
 
 use outpost_proto::envelope::{self, EnvelopeError, Verified};
-use outpost_proto::model::{Body, Heartbeat, Summary};
+use outpost_proto::model::{Body, DataLost, Heartbeat, Summary};
 use outpost_proto::{AgentId, ZoneId};
 
 use crate::cmdb::Cmdb;
@@ -31,6 +31,10 @@ pub enum Reason {
     BadSignature,
     BadSequence,
     Replay,
+    /// A byte-identical copy of an envelope already stored (QoS 1 redelivery): not an attack,
+    /// not quarantined; counted as `envelopes_duplicate`. Only where redelivery is expected
+    /// ([`crate::ingest::Ingest::recognise_redelivery`], the MQTT path); elsewhere it is `replay`.
+    Duplicate,
     MalformedBody,
     BodyMismatch,
     BadBlockHash,
@@ -52,6 +56,7 @@ impl Reason {
             Reason::BadSignature => "bad_signature",
             Reason::BadSequence => "bad_sequence",
             Reason::Replay => "replay",
+            Reason::Duplicate => "duplicate",
             Reason::MalformedBody => "malformed_body",
             Reason::BodyMismatch => "body_mismatch",
             Reason::BadBlockHash => "bad_block_hash",
@@ -73,6 +78,7 @@ impl Reason {
             Reason::BadSignature => "envelopes_rejected.bad_signature",
             Reason::BadSequence => "envelopes_rejected.bad_sequence",
             Reason::Replay => "envelopes_rejected.replay",
+            Reason::Duplicate => "envelopes_duplicate",
             Reason::MalformedBody => "envelopes_rejected.malformed_body",
             Reason::BodyMismatch => "envelopes_rejected.body_mismatch",
             Reason::BadBlockHash => "envelopes_rejected.bad_block_hash",
@@ -135,6 +141,7 @@ impl Checked {
         match &self.body {
             Body::Summary(summary) => Some(summary),
             Body::Heartbeat(_) => None,
+            Body::DataLost(_) => None,
         }
     }
 
@@ -188,6 +195,7 @@ fn check_inner(db: &Cmdb, wire: &[u8], claimed: &mut Claimed) -> Result<Checked,
         .map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
     match &body {
         Body::Summary(summary) => check_summary(summary, &h.agent, &h.zone)?,
+        Body::DataLost(n) => check_data_lost(n, &h.agent, &h.zone, h.seq)?,
         Body::Heartbeat(beat) => check_heartbeat(beat, h)?,
     }
     Ok(Checked { verified, body })
@@ -237,6 +245,36 @@ pub(crate) fn authorise<'k>(
         ));
     }
     Ok(key)
+}
+
+/// A data-lost notice must describe the header's agent and zone and name an earlier range.
+fn check_data_lost(
+    n: &DataLost,
+    agent: &AgentId,
+    zone: &ZoneId,
+    seq: u64,
+) -> Result<(), (Reason, String)> {
+    if &n.agent != agent || &n.zone != zone {
+        return Err((
+            Reason::BodyMismatch,
+            format!(
+                "envelope header says agent {agent} zone {zone} but its data-lost notice says \
+                 agent {} zone {}",
+                n.agent, n.zone
+            ),
+        ));
+    }
+    if n.from_seq == 0 || n.from_seq > n.to_seq || n.to_seq >= seq {
+        return Err((
+            Reason::BodyMismatch,
+            format!(
+                "data-lost notice {seq} names range {}..={}, which is not a range of earlier \
+                 envelopes",
+                n.from_seq, n.to_seq
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The body must describe the header's agent and zone, and every block hash must be honest.

@@ -11,8 +11,11 @@
 //!    (`body_mismatch`) and every register block's hash must match its values
 //!    (`bad_block_hash`);
 //! 6. judge the sequence number and chain against the agent's stored tip (`replay`; a gap or
-//!    chain break is accepted and recorded as an event);
-//! 7. apply it ([`Cmdb::apply_summary`]); a database failure is `storage`.
+//!    chain break is accepted and recorded as an event; with
+//!    [`Ingest::recognise_redelivery`] a byte-identical copy of a stored envelope is `duplicate`,
+//!    counted but not quarantined);
+//! 7. apply it ([`Cmdb::apply_summary`], or [`Cmdb::apply_data_lost`] for a data-lost notice);
+//!    a database failure is `storage`.
 //!
 //! Steps 1–5 are [`crate::check`] (read-only; [`crate::pipeline`] runs them on another thread);
 //! 6–7 and the key lookup happen in one transaction. [`Ingest::envelope`] does all of it in one
@@ -80,6 +83,8 @@ pub struct Ingest {
     budget: QuarantineBudget,
     /// Counts of refusals past the quarantine budget, not yet written.
     pending_counts: BTreeMap<String, i64>,
+    /// Treat a byte-identical copy of a stored envelope as a duplicate, not a replay.
+    redelivery: bool,
 }
 
 /// Suppressed refusals held in memory before they are written regardless of the timer.
@@ -97,7 +102,16 @@ impl Ingest {
             logs: LogLimiter::default(),
             budget: QuarantineBudget::default(),
             pending_counts: BTreeMap::new(),
+            redelivery: false,
         }
+    }
+
+    /// On a transport that redelivers (MQTT QoS 1), a byte-identical copy of an envelope
+    /// already stored (same agent, sequence number and hash) is [`Reason::Duplicate`]: counted
+    /// as `envelopes_duplicate`, logged at debug level, not quarantined. Off by default: on the
+    /// diode nothing redelivers, so any copy is a `replay`.
+    pub fn recognise_redelivery(&mut self, on: bool) {
+        self.redelivery = on;
     }
 
     /// The CMDB, for queries.
@@ -119,13 +133,14 @@ impl Ingest {
     /// wall clock), or quarantines it. Everything happens in one transaction.
     pub fn envelope(&mut self, wire: &[u8], peer: &str, now_ms: u64) -> Result<Applied, Rejected> {
         let mut claimed = Claimed::default();
+        let dedup = self.redelivery;
         let result = self.cmdb.in_transaction(|db| {
             let checked = check(db, wire).map_err(|r| {
                 claimed = r.claimed;
                 (r.reason, r.detail)
             })?;
             claimed = checked.claimed();
-            apply_in(db, checked, wire, peer, now_ms, false)
+            apply_in(db, checked, wire, peer, now_ms, false, dedup)
         });
         self.finish(result, claimed, wire, peer, now_ms)
     }
@@ -140,9 +155,10 @@ impl Ingest {
         now_ms: u64,
     ) -> Result<Applied, Rejected> {
         let claimed = checked.claimed();
+        let dedup = self.redelivery;
         let result = self
             .cmdb
-            .in_transaction(|db| apply_in(db, checked, wire, peer, now_ms, true));
+            .in_transaction(|db| apply_in(db, checked, wire, peer, now_ms, true, dedup));
         self.finish(result, claimed, wire, peer, now_ms)
     }
 
@@ -168,6 +184,23 @@ impl Ingest {
     ) -> Result<Applied, Rejected> {
         let applied = match result {
             Ok(Ok(applied)) => applied,
+            Ok(Err((Reason::Duplicate, detail))) => {
+                if let Err(e) = self
+                    .cmdb
+                    .bump_counter(Reason::Duplicate.counter(), 1, now_ms)
+                {
+                    tracing::error!(%peer, "could not count a duplicate: {e}");
+                }
+                tracing::debug!(%peer, agent = claimed.agent.as_deref().unwrap_or("-"),
+                    seq = claimed.seq, "duplicate (redelivered) envelope ignored: {detail}");
+                return Err(Rejected {
+                    reason: Reason::Duplicate,
+                    detail,
+                    agent_claimed: claimed.agent,
+                    key_claimed: claimed.key,
+                    seq_claimed: claimed.seq,
+                });
+            }
             Ok(Err((reason, detail))) => {
                 return Err(self.reject(wire, peer, now_ms, claimed, reason, detail));
             }
@@ -422,6 +455,7 @@ fn apply_in(
     peer: &str,
     now_ms: u64,
     recheck_key: bool,
+    dedup: bool,
 ) -> Result<Applied, (Reason, String)> {
     let storage = |e: CmdbError| (Reason::Storage, e.to_string());
     let Checked { verified, body } = checked;
@@ -433,6 +467,19 @@ fn apply_in(
     let previous = db.chain_tip(&h.agent).map_err(storage)?;
     let verdict = chain::judge(previous.as_ref(), h);
     if let SequenceVerdict::Replay { last } = verdict {
+        if dedup
+            && db
+                .envelope_stored(&h.agent, h.seq, &verified.hash)
+                .map_err(storage)?
+        {
+            return Err((
+                Reason::Duplicate,
+                format!(
+                    "envelope {} from agent {} is already stored (same hash {})",
+                    h.seq, h.agent, verified.hash
+                ),
+            ));
+        }
         return Err((
             Reason::Replay,
             format!(
@@ -460,6 +507,13 @@ fn apply_in(
     let outcome = match &body {
         Body::Summary(summary) => db.apply_summary(&meta, summary).map_err(storage)?,
         Body::Heartbeat(_) => db.apply_heartbeat(&meta).map_err(storage)?,
+        Body::DataLost(notice) => {
+            tracing::warn!(%peer, agent = %h.agent, from = notice.from_seq, to = notice.to_seq,
+                reason = %notice.reason,
+                "agent {} reports envelopes {}..={} lost before delivery ({})",
+                h.agent, notice.from_seq, notice.to_seq, notice.reason);
+            db.apply_data_lost(&meta, notice).map_err(storage)?
+        }
     };
     Ok(Applied {
         agent: h.agent.clone(),

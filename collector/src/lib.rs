@@ -1,6 +1,7 @@
 //! The Outpost collector: the IT side of the conduit.
 //!
-//! Datagrams arrive over a one-way UDP diode ([`serve()`]), are reassembled into envelopes
+//! Datagrams arrive over a one-way UDP diode ([`serve()`]) — or envelopes from an MQTT broker
+//! ([`mqtt::serve_mqtt`]) — are reassembled into envelopes
 //! (`outpost_proto::reassembly`), verified and judged ([`ingest`]), and applied to a SQLite CMDB
 //! in one transaction per envelope ([`cmdb`]). Everything refused is counted, logged and kept in
 //! the quarantine table. [`render`] turns the read side ([`cmdb::query`]) into text tables for
@@ -10,6 +11,7 @@
 //! - [`check`] and [`ingest`]: envelope bytes in, applied or quarantined out; no sockets.
 //!   [`pipeline`] runs the read-only checks on a second thread.
 //! - [`mod@serve`]: the UDP listener around the reassembler and a blocking ingest thread.
+//! - [`mqtt`]: the MQTT subscriber (persistent session, manual acks) feeding the same ingest.
 //! - [`render`] and [`table`]: text tables and JSON documents.
 //! - [`liveness`]: conduit silent vs agent silent vs idle, from heartbeats; [`kernel`]: the
 //!   kernel's UDP drop counter for our socket.
@@ -23,6 +25,7 @@ pub mod ingest;
 pub mod kernel;
 pub mod liveness;
 pub mod lograte;
+pub mod mqtt;
 pub mod pipeline;
 pub mod render;
 pub mod serve;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use outpost_collector::mqtt::{MqttServeConfig, serve_mqtt};
 use outpost_collector::render::{self, Format};
 use outpost_collector::time::now_ms;
 use outpost_collector::{Cmdb, ServeConfig, serve};
@@ -23,6 +24,35 @@ use outpost_proto::{AgentId, PublicKey, ZoneId};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// `serve --mqtt …`: subscribe to a broker (can be combined with --diode-listen).
+#[derive(Args, Debug)]
+struct MqttArgs {
+    /// Broker to subscribe to: mqtt://host[:port] or mqtts://host[:port].
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
+    /// PEM CA certificate the broker's certificate must chain to (mqtts://).
+    #[arg(long, value_name = "FILE", requires = "mqtt")]
+    mqtt_ca: Option<PathBuf>,
+    /// PEM client certificate, for brokers that require one (with --mqtt-key).
+    #[arg(long, value_name = "FILE", requires = "mqtt_key")]
+    mqtt_cert: Option<PathBuf>,
+    /// PEM client key (with --mqtt-cert).
+    #[arg(long, value_name = "FILE", requires = "mqtt_cert")]
+    mqtt_key: Option<PathBuf>,
+    /// Broker username.
+    #[arg(long, value_name = "USER", requires = "mqtt")]
+    mqtt_user: Option<String>,
+    /// File whose first line is the broker password.
+    #[arg(long, value_name = "FILE", requires = "mqtt_user")]
+    mqtt_password_file: Option<PathBuf>,
+    /// Subscription; use $share/<group>/outpost/v1/# to split agents between collectors.
+    #[arg(long, value_name = "FILTER", default_value = outpost_collector::mqtt::DEFAULT_TOPIC)]
+    mqtt_topic: String,
+    /// MQTT client id; unique per collector (the broker keeps this collector's queue under it).
+    #[arg(long, value_name = "ID", default_value = "outpost-collector")]
+    mqtt_client_id: String,
 }
 
 #[derive(Subcommand)]
@@ -48,11 +78,13 @@ enum Command {
         #[arg(long)]
         db: PathBuf,
         /// Address to receive diode datagrams on, e.g. 0.0.0.0:7000.
-        #[arg(long)]
-        diode_listen: SocketAddr,
-        /// Write the bound address here once listening.
+        #[arg(long, required_unless_present = "mqtt")]
+        diode_listen: Option<SocketAddr>,
+        /// Write the bound address (or, with only --mqtt, the broker URL once subscribed) here.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        #[command(flatten)]
+        mqtt: MqttArgs,
     },
     /// Field devices (configuration items).
     Assets(Query),
@@ -142,10 +174,28 @@ fn run(cli: Cli) -> Result<()> {
             db,
             diode_listen,
             ready_file,
+            mqtt,
         } => {
-            let mut cfg = ServeConfig::new(db, diode_listen);
-            cfg.ready_file = ready_file;
-            run_serve(cfg)
+            let mqtt_cfg = mqtt.mqtt.map(|url| {
+                let mut m = MqttServeConfig::new(db.clone(), url);
+                m.ca_file = mqtt.mqtt_ca;
+                m.client_cert = mqtt.mqtt_cert;
+                m.client_key = mqtt.mqtt_key;
+                m.username = mqtt.mqtt_user;
+                m.password_file = mqtt.mqtt_password_file;
+                m.topic = mqtt.mqtt_topic;
+                m.client_id = mqtt.mqtt_client_id;
+                if diode_listen.is_none() {
+                    m.ready_file = ready_file.clone();
+                }
+                m
+            });
+            let diode_cfg = diode_listen.map(|listen| {
+                let mut cfg = ServeConfig::new(db, listen);
+                cfg.ready_file = ready_file;
+                cfg
+            });
+            run_serve(diode_cfg, mqtt_cfg)
         }
         Command::Assets(q) => {
             let (cmdb, f) = q.open()?;
@@ -237,14 +287,37 @@ fn enroll(db: &Path, zones: &[ZoneId], key_file: &Path, agent: Option<AgentId>) 
     ))
 }
 
-fn run_serve(cfg: ServeConfig) -> Result<()> {
+fn run_serve(diode: Option<ServeConfig>, mqtt: Option<MqttServeConfig>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         let shutdown = shutdown_signal()?;
-        serve(cfg, shutdown).await?;
+        match (diode, mqtt) {
+            (Some(d), None) => {
+                serve(d, shutdown).await?;
+            }
+            (None, Some(m)) => {
+                serve_mqtt(m, shutdown).await?;
+            }
+            (Some(d), Some(m)) => {
+                // One signal stops both.
+                let (tx, rx) = tokio::sync::watch::channel(false);
+                let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+                    let _ = rx.wait_for(|v| *v).await;
+                };
+                let signal = async move {
+                    shutdown.await;
+                    let _ = tx.send(true);
+                };
+                let (_, a, b) =
+                    tokio::join!(signal, serve(d, stop(rx.clone())), serve_mqtt(m, stop(rx)));
+                a?;
+                b?;
+            }
+            (None, None) => bail!("serve needs --diode-listen ADDR, --mqtt URL, or both"),
+        }
         Ok(())
     })
 }

@@ -564,7 +564,7 @@ fn ingest_loop(
                     Ok(checked) => {
                         let interval = match &checked.body {
                             Body::Heartbeat(b) => Some(b.interval_ms),
-                            Body::Summary(_) => None,
+                            Body::Summary(_) | Body::DataLost(_) => None,
                         };
                         let result = ingest.apply_checked(checked, &wire, &peer, now);
                         if let Ok(applied) = &result {

@@ -1,9 +1,10 @@
 //! What an agent reports.
 //!
 //! A [`Body`] is the payload of one signed envelope: a full inventory [`Summary`] (every cycle,
-//! so the receiver's state converges after any loss) or a [`Heartbeat`] between cycles; change
-//! events and evidence will be further variants. Field names are short but readable: they are
-//! part of the wire format, so renaming one is a protocol change.
+//! so the receiver's state converges after any loss), a [`Heartbeat`] between cycles, or a
+//! [`DataLost`] notice naming envelopes the agent dropped; change events and evidence will be
+//! further variants. Field names are short but readable: they are part of the wire format, so
+//! renaming one is a protocol change.
 
 use std::collections::BTreeMap;
 
@@ -18,9 +19,28 @@ use crate::ids::{AgentId, ZoneId};
 pub enum Body {
     /// A full inventory snapshot of an agent's zone.
     Summary(Summary),
+    /// The agent dropped envelopes `from_seq..=to_seq` before they could be delivered (its
+    /// outbound spool was full); `reason` says why. The notice is itself signed and chained,
+    /// so loss is never silent.
+    DataLost(DataLost),
     /// "Still here": sent between cycles so the receiver learns the chain tip (and so a lost
     /// last message) within one interval, and can tell an idle agent from a silent conduit.
     Heartbeat(Heartbeat),
+}
+
+/// A signed report that envelopes were dropped at the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataLost {
+    pub agent: AgentId,
+    pub zone: ZoneId,
+    /// First dropped sequence number.
+    pub from_seq: u64,
+    /// Last dropped sequence number (inclusive).
+    pub to_seq: u64,
+    /// How many envelopes in the range were dropped (the range may contain kept notices).
+    pub dropped: u64,
+    /// Why, for people (`spool_full`: the outbound spool reached its byte limit).
+    pub reason: String,
 }
 
 impl Body {
@@ -28,6 +48,7 @@ impl Body {
     pub fn kind(&self) -> &'static str {
         match self {
             Body::Summary(_) => "summary",
+            Body::DataLost(_) => "data_lost",
             Body::Heartbeat(_) => "heartbeat",
         }
     }

@@ -221,6 +221,7 @@ fn origin(body: &Body) -> (&AgentId, &ZoneId) {
     match body {
         Body::Summary(s) => (&s.agent, &s.zone),
         Body::Heartbeat(h) => (&h.agent, &h.zone),
+        Body::DataLost(d) => (&d.agent, &d.zone),
     }
 }
 

@@ -13,6 +13,10 @@
 //! - size of the stripped static aarch64 agent, when `.ci/build-aarch64.sh` has built it;
 //! - the diode link with FEC: raw loopback UDP rate, FEC goodput, overhead, CPU per MB,
 //!   delivery at 10 % random loss (`--only fec` runs just this section).
+//!
+//! `outpost-bench --mqtt` measures the MQTT transport instead, against a real mosquitto on
+//! loopback: the fsynced spool's cost, publish throughput (spool → broker, every PUBACK
+//! received), and end-to-end delivery (spool → mosquitto → `serve_mqtt` → the SQLite CMDB).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,6 +49,12 @@ struct Args {
     /// Agent poll cycles to run before reading its peak RSS.
     #[arg(long, default_value_t = 5)]
     cycles: u64,
+    /// Measure the MQTT transport (spool, publish, end to end through mosquitto) only.
+    #[arg(long)]
+    mqtt: bool,
+    /// Envelopes per MQTT measurement.
+    #[arg(long, default_value_t = 1000)]
+    mqtt_envelopes: u64,
     /// Loss patterns per message size in the FEC delivery measurement.
     #[arg(long, default_value_t = 10_000)]
     fec_trials: u64,
@@ -60,6 +70,13 @@ const ASSETS: usize = 50;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     if cfg!(debug_assertions) {
         eprintln!("warning: this is a debug build; figures are only meaningful from --release");
     }
@@ -68,6 +85,14 @@ fn main() -> anyhow::Result<()> {
         num_cpus(),
         load_average()
     );
+    if args.mqtt {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .context("could not start the async runtime")?;
+        return runtime.block_on(mqtt_rates(args.mqtt_envelopes));
+    }
     match args.only.as_deref() {
         Some("fec") => return fec_link::run(args.fec_trials),
         Some("ingest") => return ingest_rates(args.envelopes),
@@ -326,6 +351,148 @@ fn binary_sizes() {
             ),
         }
     }
+}
+
+/// The MQTT transport's figures (see the module docs).
+async fn mqtt_rates(n: u64) -> anyhow::Result<()> {
+    use outpost_agent::config::MqttConfig;
+    use outpost_agent::transport::mqtt::MqttLink;
+    use outpost_agent::transport::spool::{EntryKind, Spool};
+    use outpost_collector::mqtt::{MqttServeConfig, serve_mqtt};
+    use outpost_testbed::mosquitto::{Broker, BrokerSpec};
+    use std::sync::{Arc, Mutex};
+
+    println!("\n== MQTT transport ({ASSETS}-asset summaries, real mosquitto on loopback, QoS 1)");
+    let (key, _) = SigningKey::generate()?;
+    let (agent, zone) = ids()?;
+    let envelopes = chain(&key, n, false)?;
+    let bytes: usize = envelopes.iter().map(|e| e.wire.len()).sum();
+    println!(
+        "envelope size:               {:>10} bytes",
+        bytes / envelopes.len().max(1)
+    );
+    let dir = harness::temp_dir("bench-mqtt")?;
+
+    // 1. The spool alone: write + fsync file + fsync dir per envelope, then remove.
+    let (mut spool, _) = Spool::open(dir.path().join("spool-cost"), u64::MAX)?;
+    let start = Instant::now();
+    for e in &envelopes {
+        spool.push(e.tip.seq, EntryKind::Summary, &e.wire)?;
+    }
+    let push = start.elapsed();
+    let start = Instant::now();
+    for e in &envelopes {
+        spool.remove(e.tip.seq)?;
+    }
+    let remove = start.elapsed();
+    println!(
+        "spool push (write+fsync):    {:>10.0} envelopes/s ({:.2} ms each)",
+        rate(n, push),
+        push.as_secs_f64() * 1000.0 / n as f64
+    );
+    println!(
+        "spool remove after PUBACK:   {:>10.0} envelopes/s",
+        rate(n, remove)
+    );
+
+    let broker = Broker::start_new(&dir.path().join("broker"), &BrokerSpec::default())?;
+    let cfg = |client_id: &str| MqttConfig {
+        url: broker.url(),
+        tls: false,
+        host: "127.0.0.1".into(),
+        port: broker.addr().port(),
+        ca_file: None,
+        client_cert: None,
+        client_key: None,
+        username: None,
+        password_file: None,
+        spool_max_bytes: u64::MAX,
+        client_id: client_id.into(),
+        keep_alive: Duration::from_secs(30),
+    };
+    // Fills a spool, starts a link, waits until `done()`; returns the elapsed time.
+    async fn drain(
+        spool_dir: &Path,
+        cfg: &MqttConfig,
+        agent: &AgentId,
+        zone: &ZoneId,
+        envelopes: &[Sealed],
+        mut done: impl FnMut(&MqttLink) -> bool,
+    ) -> anyhow::Result<Duration> {
+        let (mut spool, _) = Spool::open(spool_dir, u64::MAX)?;
+        for e in envelopes {
+            spool.push(e.tip.seq, EntryKind::Summary, &e.wire)?;
+        }
+        let spool = Arc::new(Mutex::new(spool));
+        let start = Instant::now();
+        let link = MqttLink::start(cfg, agent, zone, spool)?;
+        let deadline = start + Duration::from_secs(120);
+        while !done(&link) {
+            if Instant::now() > deadline {
+                bail!("not done within 120 s ({} still spooled)", link.pending());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let elapsed = start.elapsed();
+        link.shutdown().await;
+        Ok(elapsed)
+    }
+
+    // 2. Publish throughput: spool → broker, until every PUBACK arrived (no subscriber).
+    let took = drain(
+        &dir.path().join("spool-publish"),
+        &cfg("bench-publisher"),
+        &agent,
+        &zone,
+        &envelopes,
+        |l| l.pending() == 0,
+    )
+    .await?;
+    println!(
+        "publish, spool → PUBACK:     {:>10.0} envelopes/s ({:.1} MB/s)",
+        rate(n, took),
+        bytes as f64 / took.as_secs_f64() / 1e6
+    );
+
+    // 3. End to end: spool → mosquitto → serve_mqtt → CMDB (a fresh chain for a fresh CMDB).
+    let db = dir.path().join("cmdb.sqlite");
+    let mut cmdb = Cmdb::open(&db)?;
+    cmdb.enroll(&key.public_key(), &agent, std::slice::from_ref(&zone), 0)?;
+    drop(cmdb);
+    let ready = dir.path().join("collector.ready");
+    let mut scfg = MqttServeConfig::new(&db, broker.url());
+    scfg.client_id = "bench-collector".into();
+    scfg.ready_file = Some(ready.clone());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let collector = tokio::spawn(serve_mqtt(scfg, async move {
+        let _ = stop_rx.await;
+    }));
+    harness::wait_ready_file(&ready, Duration::from_secs(20))?;
+    let reader = rusqlite::Connection::open(&db)?;
+    let took = drain(
+        &dir.path().join("spool-e2e"),
+        &cfg("bench-e2e"),
+        &agent,
+        &zone,
+        &envelopes,
+        |_| {
+            reader
+                .query_row("SELECT COUNT(*) FROM envelopes", [], |r| r.get::<_, i64>(0))
+                .map(|c| c as u64 >= n)
+                .unwrap_or(false)
+        },
+    )
+    .await?;
+    let _ = stop_tx.send(());
+    let stats = collector.await??;
+    println!(
+        "end to end into the CMDB:    {:>10.0} envelopes/s ({} applied, {} duplicates, {} refused)",
+        rate(n, took),
+        stats.envelopes_applied,
+        stats.duplicates,
+        stats.envelopes_rejected
+    );
+    Ok(())
 }
 
 fn rate(n: u64, elapsed: Duration) -> f64 {

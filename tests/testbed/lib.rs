@@ -5,11 +5,13 @@
 //!   identities, volatile process values, misbehaving devices and per-function-code counters.
 //! - [`harness`]: small helpers for end-to-end tests (built binaries, child processes killed
 //!   on drop, bounded waiting, free loopback ports, temp dirs, ready files).
+//! - [`mosquitto`]: a real mosquitto broker with a test-time PKI, password file and ACL.
 //! - [`relay`]: a lossy UDP relay (seeded loss, bursts, reordering, duplication, truncation).
 //! - [`scenario`]: agent configurations for a running simulated plant.
 //! - [`workload`]: synthetic summaries for benchmarks.
 
 pub mod harness;
+pub mod mosquitto;
 pub mod relay;
 pub mod scenario;
 pub mod sim;

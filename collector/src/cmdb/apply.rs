@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use outpost_proto::model::{HostFacts, Summary};
+use outpost_proto::model::{DataLost, HostFacts, Summary};
 use outpost_proto::{AgentId, ChainTip, Digest, KeyId, SequenceVerdict, ZoneId};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
@@ -173,6 +173,54 @@ impl Cmdb {
             });
         }
         Ok(out)
+    }
+}
+
+impl Cmdb {
+    /// Applies a verified, judged data-lost notice: stores the envelope, advances the chain,
+    /// records the chain events and a `data_lost` event, in the caller's transaction (or its own).
+    pub fn apply_data_lost(
+        &mut self,
+        meta: &EnvelopeMeta<'_>,
+        notice: &DataLost,
+    ) -> Result<ApplyOutcome, CmdbError> {
+        if self.conn.is_autocommit() {
+            return self
+                .in_transaction(|db| db.apply_data_lost(meta, notice))
+                .and_then(|inner| inner);
+        }
+        let sqlite = |source| CmdbError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        // The agent's cached asset list stays valid (assets are unchanged) but is keyed by the
+        // tip it follows; drop it and let the next summary reload it.
+        self.known_assets.remove(meta.agent.as_str());
+        let mut w = Writer {
+            db: &self.conn,
+            meta,
+            hash_hex: meta.hash.to_string(),
+            zone_ci: ci_key::zone(meta.zone.as_str()),
+            agent_ci: ci_key::agent(meta.agent.as_str()),
+            now: sql_int(meta.received_at_ms),
+            out: ApplyOutcome::default(),
+            counters: BTreeMap::new(),
+            moved_between_agents: false,
+        };
+        w.envelope().map_err(sqlite)?;
+        w.chain_events().map_err(sqlite)?;
+        w.count("data_lost_notices", 1);
+        w.count("envelopes_lost_at_agent", sql_int(notice.dropped));
+        let detail = json!({
+            "from_seq": notice.from_seq,
+            "to_seq": notice.to_seq,
+            "dropped": notice.dropped,
+            "reason": notice.reason,
+            "notice_seq": meta.seq,
+        });
+        w.event(kind::DATA_LOST, None, detail).map_err(sqlite)?;
+        w.flush_counters().map_err(sqlite)?;
+        Ok(w.out)
     }
 }
 
@@ -417,6 +465,31 @@ impl Writer<'_, '_> {
 }
 
 impl Cmdb {
+    /// True when envelope `seq` of `agent` is stored with exactly this hash.
+    pub fn envelope_stored(
+        &self,
+        agent: &AgentId,
+        seq: u64,
+        hash: &Digest,
+    ) -> Result<bool, CmdbError> {
+        self.conn
+            .prepare_cached(
+                "SELECT 1 FROM envelopes WHERE agent_id = ?1 AND seq = ?2 AND hash = ?3",
+            )
+            .and_then(|mut st| {
+                st.query_row(
+                    params![agent.as_str(), sql_int(seq), hash.to_string()],
+                    |_| Ok(()),
+                )
+                .optional()
+            })
+            .map(|r| r.is_some())
+            .map_err(|source| CmdbError::Sqlite {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
     /// The agent's last accepted envelope (`None` before its first or if it is not enrolled).
     pub fn chain_tip(&self, agent: &AgentId) -> Result<Option<ChainTip>, CmdbError> {
         let row: Option<(Option<i64>, Option<String>)> = self

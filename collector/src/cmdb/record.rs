@@ -24,6 +24,13 @@ pub mod kind {
     pub const ASSET_UNREACHABLE: &str = "asset_unreachable";
     pub const ASSET_RECOVERED: &str = "asset_recovered";
     pub const REASSEMBLY_DROPPED: &str = "reassembly_dropped";
+    /// A signed data-lost notice from an agent (its spool dropped envelopes).
+    pub const DATA_LOST: &str = "data_lost";
+    /// The agent's MQTT status went `online` / `offline` (last will or clean shutdown).
+    pub const AGENT_ONLINE: &str = "agent_online";
+    pub const AGENT_OFFLINE: &str = "agent_offline";
+    /// A QoS 1 redelivery of an envelope already stored (same hash): nothing applied.
+    pub const DUPLICATE: &str = "duplicate";
     pub const CONDUIT_SILENT: &str = "conduit_silent";
     pub const CONDUIT_RESUMED: &str = "conduit_resumed";
     pub const AGENT_SILENT: &str = "agent_silent";
