@@ -10,7 +10,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use outpost_testbed::harness::{self, ChildGuard};
-use outpost_testbed::mosquitto::{Broker, BrokerSpec, Pki};
+use outpost_testbed::mosquitto::{Broker, BrokerSpec, ClientCert, Pki};
 use rusqlite::Connection;
 
 const WAIT: Duration = Duration::from_secs(40);
@@ -45,6 +45,8 @@ struct World {
     pki: Pki,
     broker: Broker,
     db: PathBuf,
+    /// Presented by collectors (for brokers with `require_certificate true`).
+    collector_cert: Option<ClientCert>,
     _tmp: tempfile::TempDir,
 }
 
@@ -63,6 +65,12 @@ fn password(user: &str) -> String {
 impl World {
     /// Agents are (agent id, zone allowed by the ACL).
     fn new(name: &str, agents: &[(&str, &str)]) -> World {
+        World::with_client_certs(name, agents, false)
+    }
+
+    /// As [`World::new`]; with `require_client_cert` the broker demands a client certificate
+    /// signed by the test CA, and collectors present one (CN `collector`).
+    fn with_client_certs(name: &str, agents: &[(&str, &str)], require_client_cert: bool) -> World {
         let tmp = harness::temp_dir(name).expect("temp dir");
         let dir = tmp.path().to_owned();
         let pki = Pki::generate(&dir.join("pki")).expect("test PKI");
@@ -73,7 +81,7 @@ impl World {
         users.push(("collector".into(), COLLECTOR_PASSWORD.into()));
         let spec = BrokerSpec {
             tls: Some(pki.clone()),
-            require_client_cert: false,
+            require_client_cert,
             users,
             agents: agents
                 .iter()
@@ -87,11 +95,14 @@ impl World {
         for (a, _) in agents {
             std::fs::write(dir.join(format!("{a}.pw")), password(a)).unwrap();
         }
+        let collector_cert =
+            require_client_cert.then(|| pki.client("collector").expect("collector certificate"));
         World {
             dir,
             pki,
             broker,
             db,
+            collector_cert,
             _tmp: tmp,
         }
     }
@@ -173,6 +184,9 @@ impl World {
         args.extend(["--mqtt-password-file", path(&pw)]);
         if let Some(t) = topic {
             args.extend(["--mqtt-topic", t]);
+        }
+        if let Some(c) = &self.collector_cert {
+            args.extend(["--mqtt-cert", path(&c.cert), "--mqtt-key", path(&c.key)]);
         }
         let child = ChildGuard::spawn(
             "outpost-collector",
@@ -528,6 +542,79 @@ fn acl_refusal_wrong_password_and_tls_mismatch_are_clear_errors() {
     assert!(seen.is_some(), "{log}");
     assert!(log.contains("ca_file"), "{log}");
     assert_eq!(w.applied("gw-f"), vec![]);
+}
+
+#[test]
+fn broker_requiring_client_certificates_accepts_agent_and_collector_certs_signed_by_the_ca() {
+    let mut w = World::with_client_certs("mqtt-client-cert", &[("gw-k", "cell-k")], true);
+    let cert = w.pki.client("gw-k").expect("agent certificate");
+    let a = w.agent(
+        "gw-k",
+        "cell-k",
+        &format!(
+            "client_cert = {:?}\nclient_key = {:?}",
+            path(&cert.cert),
+            path(&cert.key)
+        ),
+    );
+    w.broker.start().expect("broker");
+    let mut collector = w.start_collector("collector-1", None);
+    let mut agent = w.start_agent(&a, "agent.log");
+    assert!(
+        harness::wait_for(WAIT, || (w.applied("gw-k").len() >= 2).then_some(())).is_some(),
+        "delivered through a broker that requires client certificates: {:?}\nagent log:\n{}\nbroker log:\n{}",
+        w.applied("gw-k"),
+        w.log("agent.log"),
+        w.broker.log()
+    );
+    agent.stop(Duration::from_secs(5)).unwrap();
+    wait_delivered(&w, &a, "after the agent stopped");
+    collector.stop(Duration::from_secs(5)).unwrap();
+    assert_exactly_once_in_order(&w, "gw-k", 2);
+    assert!(
+        !w.log("agent.log").contains("TLS with broker"),
+        "{}",
+        w.log("agent.log")
+    );
+}
+
+#[test]
+fn broker_requiring_client_certificates_refuses_an_agent_without_one_with_a_tls_error() {
+    let mut w = World::with_client_certs("mqtt-no-client-cert", &[("gw-l", "cell-l")], true);
+    let a = w.agent("gw-l", "cell-l", "");
+    w.broker.start().expect("broker");
+    let mut collector = w.start_collector("collector-1", None);
+    let mut agent = w.start_agent(&a, "agent.log");
+    // Under TLS 1.3 the client's handshake completes before the broker checks for a client
+    // certificate; the broker's refusal arrives as a fatal alert on the first read, which the
+    // agent reports (today through rumqttc's state-error wording, not its own TLS hint).
+    let seen = harness::wait_for(WAIT, || {
+        w.log("agent.log")
+            .contains("received fatal alert: CertificateRequired")
+            .then_some(())
+    });
+    let spooling = harness::wait_for(WAIT, || (spooled(&a) >= 2).then_some(()));
+    agent.stop(Duration::from_secs(5)).unwrap();
+    let log = w.log("agent.log");
+    assert!(
+        seen.is_some(),
+        "agent log:\n{log}\nbroker log:\n{}",
+        w.broker.log()
+    );
+    assert!(log.contains("envelopes stay spooled"), "{log}");
+    assert!(spooling.is_some(), "refused envelopes stay spooled: {log}");
+    assert!(
+        !log.contains(&format!("{} unreachable", w.broker.url())),
+        "not misreported as a network problem: {log}"
+    );
+    assert!(
+        w.broker.log().contains("peer did not return a certificate"),
+        "{}",
+        w.broker.log()
+    );
+    collector.stop(Duration::from_secs(5)).unwrap();
+    assert_eq!(w.applied("gw-l"), vec![]);
+    assert_eq!(w.count("SELECT COUNT(*) FROM envelopes"), 0);
 }
 
 #[test]
