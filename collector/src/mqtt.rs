@@ -414,6 +414,11 @@ fn explain(e: &ConnectionError, cfg: &MqttServeConfig) -> String {
             cfg.url
         ),
         ConnectionError::Io(io) => format!("broker {}: {io}", cfg.url),
+        // TLS 1.3: a missing client certificate surfaces as an alert on the first read.
+        other if other.to_string().contains("CertificateRequired") => format!(
+            "broker {} requires a TLS client certificate: pass --mqtt-cert and --mqtt-key ({other})",
+            cfg.url
+        ),
         other => format!("broker {}: {other}", cfg.url),
     }
 }

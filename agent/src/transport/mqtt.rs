@@ -497,6 +497,16 @@ fn explain(e: &ConnectionError, cfg: &MqttConfig) -> String {
             "broker {} unreachable: {io} (is it running, and does the firewall allow this connection?)",
             cfg.url
         ),
+        // Under TLS 1.3 a broker that wants a client certificate says so only after the
+        // handshake, as an alert on the first read: name the fix rather than the alert.
+        other if other.to_string().contains("CertificateRequired") => format!(
+            "broker {} requires a TLS client certificate: set client_cert and client_key in [mqtt] to a certificate its CA accepts ({other})",
+            cfg.url
+        ),
+        other if other.to_string().contains("fatal alert") => format!(
+            "broker {} ended TLS with an alert: {other}; check client_cert/client_key and ca_file",
+            cfg.url
+        ),
         other => format!("broker {}: {other}", cfg.url),
     }
 }
