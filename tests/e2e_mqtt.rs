@@ -53,7 +53,6 @@ struct World {
 /// An agent of the world.
 struct AgentFiles {
     id: String,
-    zone: String,
     config: PathBuf,
     state: PathBuf,
 }
@@ -139,7 +138,6 @@ impl World {
         std::fs::write(&config, text).unwrap();
         AgentFiles {
             id: agent.into(),
-            zone: zone.into(),
             config,
             state,
         }
@@ -631,22 +629,38 @@ fn two_collectors_on_a_shared_subscription_apply_every_envelope_once() {
     let topic = "$share/outpost/outpost/v1/#";
     let mut c1 = w.start_collector("collector-1", Some(topic));
     let mut c2 = w.start_collector("collector-2", Some(topic));
-    let mut running: Vec<ChildGuard> = files
-        .iter()
-        .map(|a| w.start_agent(a, &format!("{}.log", a.id)))
-        .collect();
-    assert!(harness::wait_for(WAIT, || files.iter().all(|a| tip(a) >= 4).then_some(())).is_some());
-    for a in &mut running {
-        a.stop(Duration::from_secs(5)).unwrap();
+    // MQTT shared subscriptions hand one agent's messages to either collector, so two of its
+    // envelopes in flight at once may be applied out of order (the late one is then a replay
+    // and a gap: documented in README). Here each agent publishes in rounds, one `--once` run
+    // at a time, and the next round waits until the envelope is applied: the broker still
+    // splits the stream between the collectors, and ordering is not left to machine load.
+    for round in 1..=4u64 {
+        for a in &files {
+            let out = Command::new(bin("outpost-agent"))
+                .args(["run", "--once", "--config", path(&a.config)])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .output()
+                .expect("agent runs");
+            assert!(
+                out.status.success(),
+                "{} round {round}: {}",
+                a.id,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let applied = harness::wait_for(WAIT, || {
+                (w.applied(&a.id).last().map_or(0, |x| x.0) >= round).then_some(())
+            });
+            assert!(
+                applied.is_some(),
+                "{} round {round}: {:?}",
+                a.id,
+                w.applied(&a.id)
+            );
+        }
     }
     for a in &files {
-        let t = tip(a);
-        let ok = harness::wait_for(WAIT, || {
-            (w.applied(&a.id).last().map_or(0, |x| x.0) >= t - spooled(a) as u64).then_some(())
-        });
-        assert!(ok.is_some(), "{}: {:?}", a.id, w.applied(&a.id));
-        assert_exactly_once_in_order(&w, &a.id, 3);
-        let _ = &a.zone;
+        assert_exactly_once_in_order(&w, &a.id, 4);
     }
     // Both collectors took a share, and together applied each envelope once.
     c1.stop(Duration::from_secs(5)).unwrap();
