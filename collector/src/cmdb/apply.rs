@@ -95,17 +95,7 @@ impl Cmdb {
             Some(k) => (k.gateway, Some(k.assets)),
             None => (None, None),
         };
-        let mut w = Writer {
-            db: &self.conn,
-            meta,
-            hash_hex: meta.hash.to_string(),
-            zone_ci: ci_key::zone(meta.zone.as_str()),
-            agent_ci: ci_key::agent(meta.agent.as_str()),
-            now: sql_int(meta.received_at_ms),
-            out: ApplyOutcome::default(),
-            counters: BTreeMap::new(),
-            moved_between_agents: false,
-        };
+        let mut w = Writer::new(&self.conn, meta);
         w.envelope().map_err(sqlite)?;
         w.chain_events().map_err(sqlite)?;
         let gateway = match &summary.gateway {
@@ -148,17 +138,7 @@ impl Cmdb {
             .known_assets
             .remove(meta.agent.as_str())
             .filter(|k| Some(k.seq) == meta.previous.map(|t| t.seq));
-        let mut w = Writer {
-            db: &self.conn,
-            meta,
-            hash_hex: meta.hash.to_string(),
-            zone_ci: ci_key::zone(meta.zone.as_str()),
-            agent_ci: ci_key::agent(meta.agent.as_str()),
-            now: sql_int(meta.received_at_ms),
-            out: ApplyOutcome::default(),
-            counters: BTreeMap::new(),
-            moved_between_agents: false,
-        };
+        let mut w = Writer::new(&self.conn, meta);
         w.envelope().map_err(sqlite)?;
         w.chain_events().map_err(sqlite)?;
         w.count("heartbeats", 1);
@@ -196,17 +176,7 @@ impl Cmdb {
         // The agent's cached asset list stays valid (assets are unchanged) but is keyed by the
         // tip it follows; drop it and let the next summary reload it.
         self.known_assets.remove(meta.agent.as_str());
-        let mut w = Writer {
-            db: &self.conn,
-            meta,
-            hash_hex: meta.hash.to_string(),
-            zone_ci: ci_key::zone(meta.zone.as_str()),
-            agent_ci: ci_key::agent(meta.agent.as_str()),
-            now: sql_int(meta.received_at_ms),
-            out: ApplyOutcome::default(),
-            counters: BTreeMap::new(),
-            moved_between_agents: false,
-        };
+        let mut w = Writer::new(&self.conn, meta);
         w.envelope().map_err(sqlite)?;
         w.chain_events().map_err(sqlite)?;
         w.count("data_lost_notices", 1);
@@ -264,6 +234,23 @@ pub(super) struct Writer<'t, 'm> {
     pub(super) out: ApplyOutcome,
     counters: BTreeMap<&'static str, i64>,
     pub(super) moved_between_agents: bool,
+}
+
+impl<'t, 'm> Writer<'t, 'm> {
+    /// A writer for one envelope, inside the caller's open transaction.
+    fn new(db: &'t Connection, meta: &'m EnvelopeMeta<'m>) -> Self {
+        Writer {
+            db,
+            meta,
+            hash_hex: meta.hash.to_string(),
+            zone_ci: ci_key::zone(meta.zone.as_str()),
+            agent_ci: ci_key::agent(meta.agent.as_str()),
+            now: sql_int(meta.received_at_ms),
+            out: ApplyOutcome::default(),
+            counters: BTreeMap::new(),
+            moved_between_agents: false,
+        }
+    }
 }
 
 impl Writer<'_, '_> {
