@@ -98,7 +98,7 @@ impl Agent {
                 // (zero prev_hash) starting at the clock, which the collector reports as a
                 // restart, not a replay.
                 let restart = ChainTip::restart_at(now_ms());
-                tracing::warn!(
+                tracing::info!(
                     state = %state.tip_path().display(),
                     first_seq = restart.seq + 1,
                     "no chain tip in the state directory: starting a new chain at sequence {} \
