@@ -30,6 +30,7 @@ use std::path::Path;
 use outpost_proto::envelope::{self, EnvelopeHeader};
 use outpost_proto::model::Body;
 use outpost_proto::{ChainTip, Digest, PublicKey, SequenceVerdict, chain, handover};
+use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
@@ -169,7 +170,12 @@ pub fn verify(path: &Path) -> Result<AuditReport, AuditError> {
                 agent_time_ms: r.get(7)?,
                 kind: r.get(8)?,
                 verdict: r.get(9)?,
-                raw: r.get(10)?,
+                // A blob; text holding the same bytes (what `||` in SQL makes) is read as
+                // bytes too, so the signature check, not a type error, judges it.
+                raw: match r.get_ref(10)? {
+                    ValueRef::Blob(b) | ValueRef::Text(b) => b.to_vec(),
+                    _ => Vec::new(),
+                },
             })
         })
         .map_err(sqlite)?;
