@@ -156,7 +156,7 @@ fn forged_or_conflicting_handovers_are_refused_and_change_nothing() {
 
 #[test]
 fn far_future_timestamps_are_refused_within_a_configurable_skew() {
-    let mut f = Fixture::new();
+    let f = Fixture::new();
     let mut ingest = f.ingest();
     let now = T0 + 1_000;
     // 4 minutes ahead: within the default 5 minutes.

@@ -157,7 +157,9 @@ impl Cmdb {
     pub fn trusted_key(&self, key_id: &KeyId) -> Result<Option<TrustedKey>, CmdbError> {
         let key_hex = key_id.to_string();
         let conn = self.connection();
-        let row: Option<(Vec<u8>, String, String, i64, Option<i64>)> = conn
+        // public key, agent, status, enrolled at, retired at
+        type KeyRow = (Vec<u8>, String, String, i64, Option<i64>);
+        let row: Option<KeyRow> = conn
             .prepare_cached(
                 "SELECT public_key, agent_id, status, enrolled_at_ms, retired_at_ms
                  FROM agent_keys WHERE key_id = ?1",
