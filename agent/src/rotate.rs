@@ -116,3 +116,48 @@ pub fn install(key_file: &Path) -> Result<(), KeyFileError> {
         .unwrap_or(Path::new("."));
     keyfile::sync_dir(dir)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn stage_writes_a_private_key_and_refuses_to_overwrite_it_then_install_replaces_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = AgentId::new("gw-r").unwrap();
+        let current = keyfile::generate(dir.path(), Some(&agent)).unwrap();
+        let key_file = current.private_path.clone();
+        assert!(load_staged(&key_file).unwrap().is_none());
+
+        let staged = stage(&key_file, &agent, false).unwrap();
+        assert_eq!(staged.old_key_id, current.key_id);
+        assert_ne!(staged.new_key_id, current.key_id);
+        let mode = fs::metadata(&staged.private_path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let public = fs::read_to_string(&staged.public_path).unwrap();
+        assert!(public.ends_with("gw-r\n"), "{public}");
+        assert!(matches!(
+            stage(&key_file, &agent, false),
+            Err(KeyFileError::Exists { .. })
+        ));
+
+        // A staged key with loose permissions is refused like the key itself.
+        fs::set_permissions(&staged.private_path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_staged(&key_file).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        fs::set_permissions(&staged.private_path, fs::Permissions::from_mode(0o600)).unwrap();
+
+        let loaded = load_staged(&key_file).unwrap().unwrap();
+        assert_eq!(loaded.key_id(), staged.new_key_id);
+        install(&key_file).unwrap();
+        assert_eq!(
+            keyfile::load_private(&key_file).unwrap().key_id(),
+            staged.new_key_id
+        );
+        assert!(load_staged(&key_file).unwrap().is_none());
+    }
+}

@@ -185,6 +185,24 @@ impl Ingest {
         self.finish(result, claimed, wire, peer, now_ms)
     }
 
+    /// Finishes an envelope that [`check`] refused on another thread. An `unknown_key` is
+    /// checked again here, inside the writer's transaction: the key may have been enrolled
+    /// by a key handover the writer applied after the checker looked (the handover and the
+    /// first envelope under the new key arrive back to back). Anything else is recorded
+    /// ([`Ingest::refuse`]).
+    pub fn finish_refused(
+        &mut self,
+        refusal: Refusal,
+        wire: &[u8],
+        peer: &str,
+        now_ms: u64,
+    ) -> Result<Applied, Rejected> {
+        if refusal.reason == Reason::UnknownKey {
+            return self.envelope(wire, peer, now_ms);
+        }
+        Err(self.refuse(refusal, wire, peer, now_ms))
+    }
+
     /// Records an envelope that [`check`] refused (quarantine, counters, log line).
     pub fn refuse(&mut self, refusal: Refusal, wire: &[u8], peer: &str, now_ms: u64) -> Rejected {
         self.reject(

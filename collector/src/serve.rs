@@ -583,7 +583,7 @@ fn ingest_loop(
                         }
                         result
                     }
-                    Err(refusal) => Err(ingest.refuse(refusal, &wire, &peer, now)),
+                    Err(refusal) => ingest.finish_refused(refusal, &wire, &peer, now),
                 };
                 stats.count(&result);
             }

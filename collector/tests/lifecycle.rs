@@ -294,3 +294,29 @@ fn oversize_truncated_and_deeply_nested_input_is_refused() {
     assert_eq!(err.reason, Reason::MalformedBody, "{err}");
     assert!(err.detail.contains("nested deeper"), "{err}");
 }
+
+#[test]
+fn the_two_stage_pipeline_accepts_the_new_key_right_after_its_handover() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    let first = f.seal(&f.summary(vec![]));
+    let (new, _) = SigningKey::generate().unwrap();
+    let announce = handover::announce(&f.agent, &f.zone, &f.key, &new, f.tip.seq + 1);
+    let handover_wire = seal(&f, &f.key, &f.tip, T0 + 20, &Body::KeyHandover(announce));
+    let mut tip = tip_of(&handover_wire, &f.key);
+    let mut items = vec![
+        (first, "p".to_owned(), T0 + 10),
+        (handover_wire, "p".to_owned(), T0 + 20),
+    ];
+    // Back to back under the new key: the checker thread may look before the handover commits.
+    for i in 0..5 {
+        let w = seal(&f, &new, &tip, T0 + 30 + i, &beat(&f, &tip));
+        tip = tip_of(&w, &new);
+        items.push((w, "p".to_owned(), T0 + 30 + i));
+    }
+    let results = outpost_collector::pipeline::ingest_all(&mut ingest, items).unwrap();
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    assert_eq!(ingest.cmdb().counter("envelopes_rejected").unwrap(), 0);
+}
