@@ -198,9 +198,14 @@ fn load_keys(
     report: &mut AuditReport,
 ) -> rusqlite::Result<HashMap<String, KeyInfo>> {
     let mut keys = HashMap::new();
-    let mut stmt = conn.prepare(
-        "SELECT key_id, public_key, agent_id, handover_seq, superseded_by FROM agent_keys",
-    )?;
+    // Before schema version 3 there were no handovers (and no such columns).
+    let version: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let sql = if version >= 3 {
+        "SELECT key_id, public_key, agent_id, handover_seq, superseded_by FROM agent_keys"
+    } else {
+        "SELECT key_id, public_key, agent_id, NULL, NULL FROM agent_keys"
+    };
+    let mut stmt = conn.prepare(sql)?;
     let rows = stmt.query_map([], |r| {
         Ok((
             r.get::<_, String>(0)?,
