@@ -22,6 +22,7 @@ pub mod audit;
 pub mod budget;
 pub mod check;
 pub mod cmdb;
+pub mod evidence;
 pub mod ingest;
 pub mod kernel;
 pub mod key_cmd;
