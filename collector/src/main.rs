@@ -106,6 +106,22 @@ enum Command {
         #[command(flatten)]
         build: EvidenceBuild,
     },
+    /// Exports for ITSM tools: a ServiceNow IRE payload, CSV, or a CycloneDX 1.6 JSON HBOM
+    /// (field mapping: docs/exports.md).
+    Export {
+        /// The CMDB file.
+        #[arg(long)]
+        db: PathBuf,
+        /// servicenow-ire, csv or cyclonedx.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Where to write; `-` for stdout.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this zone's CIs.
+        #[arg(long)]
+        zone: Option<String>,
+    },
     /// Field devices (configuration items).
     Assets(Query),
     /// Agents, their keys and gateways.
@@ -188,6 +204,13 @@ struct EvidenceBuild {
     /// The collector evidence key (`evidence.key` from `evidence keygen`) that signs the manifest.
     #[arg(long, required = true)]
     key: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    ServicenowIre,
+    Csv,
+    Cyclonedx,
 }
 
 #[derive(Subcommand)]
@@ -367,6 +390,12 @@ fn run(cli: Cli) -> Result<()> {
             print(&key_cmd::render_revoked(&done, &reason))
         }
         Command::Evidence { command, build } => run_evidence(command, build, now),
+        Command::Export {
+            db,
+            format,
+            out,
+            zone,
+        } => run_export(&db, format, &out, zone.as_deref(), now),
         Command::Audit(AuditCommand::Verify(q)) => {
             let format = if q.json { Format::Json } else { Format::Text };
             if !q.db.exists() {
@@ -384,6 +413,45 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
     }
+}
+
+fn run_export(
+    db: &Path,
+    format: ExportFormat,
+    out: &Path,
+    zone: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    use outpost_collector::export::{self, Inventory};
+    let cmdb = Cmdb::open_existing(db)?;
+    let inv = Inventory::read(&cmdb, zone)?;
+    let bytes = match format {
+        ExportFormat::ServicenowIre => {
+            let p = export::servicenow::payload(&inv);
+            export::servicenow::check_shape(&p)
+                .map_err(|e| anyhow::anyhow!("internal error: IRE payload shape: {e}"))?;
+            let mut t = serde_json::to_string_pretty(&p)?;
+            t.push('\n');
+            t.into_bytes()
+        }
+        ExportFormat::Csv => export::csv::render(&inv).context("cannot write CSV")?,
+        ExportFormat::Cyclonedx => {
+            let mut t = serde_json::to_string_pretty(&export::cyclonedx::bom(&inv, now))?;
+            t.push('\n');
+            t.into_bytes()
+        }
+    };
+    if out == Path::new("-") {
+        return print(&String::from_utf8_lossy(&bytes));
+    }
+    std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "wrote {} ({} field devices, {} gateways)",
+        out.display(),
+        inv.assets.len(),
+        inv.gateways.len()
+    );
+    Ok(())
 }
 
 fn run_evidence(command: Option<EvidenceCommand>, b: EvidenceBuild, now: i64) -> Result<()> {
