@@ -144,3 +144,65 @@ fn read_tables(
         .collect::<Result<Vec<_>, _>>()?;
     Ok((baselines, changes))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The drift tables as issue 4 defines them (schema migration of the `drift` branch), the
+    /// columns this module reads; the evidence e2e test covers the real schema once it lands.
+    const DRIFT_TABLES: &str = r#"
+        CREATE TABLE assets (asset_id INTEGER PRIMARY KEY, ci_key TEXT NOT NULL, zone TEXT NOT NULL);
+        CREATE TABLE baselines (asset_id INTEGER PRIMARY KEY, approved_at_ms INTEGER NOT NULL,
+            approved_by TEXT NOT NULL, reason TEXT NOT NULL, ticket TEXT);
+        CREATE TABLE change_records (record_id INTEGER PRIMARY KEY, ticket TEXT NOT NULL,
+            asset TEXT NOT NULL, window_from_ms INTEGER NOT NULL, window_to_ms INTEGER NOT NULL,
+            expect TEXT NOT NULL, auto_confirm INTEGER NOT NULL, state TEXT NOT NULL,
+            description TEXT, source TEXT NOT NULL, created_at_ms INTEGER NOT NULL,
+            implemented_at_ms INTEGER, confirmed_at_ms INTEGER, confirmed_by TEXT);
+        CREATE TABLE detected_changes (change_id INTEGER PRIMARY KEY, asset TEXT NOT NULL,
+            verdict TEXT NOT NULL, record_id INTEGER, alert_id INTEGER,
+            observed_at_ms INTEGER NOT NULL, agent_time_ms INTEGER NOT NULL,
+            agent_id TEXT NOT NULL, zone TEXT NOT NULL, envelope_seq INTEGER NOT NULL,
+            envelope_hash TEXT NOT NULL, changes TEXT NOT NULL);
+        INSERT INTO assets VALUES (1, 'zone/z/modbus/tcp://10.0.0.1:502/unit/1', 'z');
+        INSERT INTO assets VALUES (2, 'zone/other/modbus/tcp://10.0.0.2:502/unit/1', 'other');
+        INSERT INTO baselines VALUES (1, 100, 'alice', 'commissioning', NULL);
+        INSERT INTO baselines VALUES (2, 100, 'bob', 'other zone', NULL);
+        INSERT INTO change_records VALUES (7, 'CHG0031337', 'zone/z/modbus/tcp://10.0.0.1:502/unit/1',
+            1000, 5000, '{}', 1, 'confirmed', 'firmware update', 'cli', 900, 2100, 2200, 'carol');
+        INSERT INTO detected_changes VALUES (1, 'zone/z/modbus/tcp://10.0.0.1:502/unit/1',
+            'authorised', 7, NULL, 2000, 2000, 'gw', 'z', 42, 'aa', '[{"attribute":"revision","before":"1.0","after":"1.1"}]');
+        INSERT INTO detected_changes VALUES (2, 'zone/z/modbus/tcp://10.0.0.1:502/unit/1',
+            'unauthorised', NULL, 3, 3000, 3000, 'gw', 'z', 43, 'bb', '[]');
+        INSERT INTO detected_changes VALUES (3, 'zone/z/modbus/tcp://10.0.0.1:502/unit/1',
+            'unauthorised', NULL, 4, 9000, 9000, 'gw', 'z', 44, 'cc', '[]');
+    "#;
+
+    #[test]
+    fn reads_baselines_and_changes_of_the_zone_and_period_with_their_authorisation() {
+        let conn = Connection::open_in_memory().unwrap();
+        let none = read(&conn, "z", 0, 10);
+        assert!(!none.available);
+        assert!(none.note.unwrap().contains("no baseline"));
+
+        conn.execute_batch(DRIFT_TABLES).unwrap();
+        let c = read(&conn, "z", 0, 5000);
+        assert!(c.available, "{:?}", c.note);
+        assert_eq!(c.baselines.len(), 1);
+        assert_eq!(c.baselines[0].approved_by, "alice");
+        assert_eq!(c.changes.len(), 2, "the third is after the period");
+        assert_eq!(c.changes[0].ticket.as_deref(), Some("CHG0031337"));
+        assert_eq!(c.changes[0].confirmed_by.as_deref(), Some("carol"));
+        assert_eq!(c.changes[0].changes[0]["after"], "1.1");
+        assert_eq!(c.changes[1].ticket, None);
+
+        let html = {
+            let mut o = String::new();
+            super::super::html::render_changes_for_test(&mut o, &c);
+            o
+        };
+        assert!(html.contains("CHG0031337 (confirmed, confirmed by carol): firmware update"));
+        assert!(html.contains("none: investigate"));
+    }
+}

@@ -254,6 +254,11 @@ fn chain(o: &mut String, a: &Analysis) {
     }
 }
 
+#[cfg(test)]
+pub(crate) fn render_changes_for_test(o: &mut String, c: &Changes) {
+    changes_section(o, c);
+}
+
 fn changes_section(o: &mut String, c: &Changes) {
     o.push_str("<h2>Changes and their authorisation (CIP-010 R1.2, R2.1)</h2>\n");
     if !c.available {
