@@ -45,11 +45,6 @@ pub(crate) fn json<T: Serialize>(schema: &str, now_ms: i64, body: T) -> String {
     text
 }
 
-/// A versioned JSON document for other modules' outputs (same shape as every listing).
-pub fn json_document<T: Serialize>(schema: &str, now_ms: i64, body: T) -> String {
-    json(schema, now_ms, body)
-}
-
 fn footer(table: &Table, noun: &str) -> String {
     let n = table.len();
     let plural = if n == 1 { "" } else { "s" };
@@ -252,4 +247,9 @@ pub fn stats(stats: &Stats, format: Format, now_ms: i64) -> String {
             c.render()
         }
     )
+}
+
+/// A versioned JSON document for other modules' outputs (same shape as every listing).
+pub fn json_document<T: Serialize>(schema: &str, now_ms: i64, body: T) -> String {
+    json(schema, now_ms, body)
 }
