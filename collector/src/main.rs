@@ -415,120 +415,6 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn run_export(
-    db: &Path,
-    format: ExportFormat,
-    out: &Path,
-    zone: Option<&str>,
-    now: i64,
-) -> Result<()> {
-    use outpost_collector::export::{self, Inventory};
-    let cmdb = Cmdb::open_existing(db)?;
-    let inv = Inventory::read(&cmdb, zone)?;
-    let bytes = match format {
-        ExportFormat::ServicenowIre => {
-            let p = export::servicenow::payload(&inv);
-            export::servicenow::check_shape(&p)
-                .map_err(|e| anyhow::anyhow!("internal error: IRE payload shape: {e}"))?;
-            let mut t = serde_json::to_string_pretty(&p)?;
-            t.push('\n');
-            t.into_bytes()
-        }
-        ExportFormat::Csv => export::csv::render(&inv).context("cannot write CSV")?,
-        ExportFormat::Cyclonedx => {
-            let mut t = serde_json::to_string_pretty(&export::cyclonedx::bom(&inv, now))?;
-            t.push('\n');
-            t.into_bytes()
-        }
-    };
-    if out == Path::new("-") {
-        return print(&String::from_utf8_lossy(&bytes));
-    }
-    std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    eprintln!(
-        "wrote {} ({} field devices, {} gateways)",
-        out.display(),
-        inv.assets.len(),
-        inv.gateways.len()
-    );
-    Ok(())
-}
-
-fn run_evidence(command: Option<EvidenceCommand>, b: EvidenceBuild, now: i64) -> Result<()> {
-    match command {
-        Some(EvidenceCommand::Keygen { out }) => {
-            let (private, public, key) = evidence::key::generate(&out)?;
-            print(&format!(
-                "wrote {} (keep it secret; mode 0600) and {} (key id {}; give it to auditors)\n",
-                private.display(),
-                public.display(),
-                key.key_id()
-            ))
-        }
-        Some(EvidenceCommand::Verify {
-            dir,
-            collector_key,
-            json,
-        }) => {
-            let pinned = collector_key
-                .as_deref()
-                .map(evidence::key::load_public)
-                .transpose()?;
-            let report = evidence::verify(&dir, pinned.as_ref())?;
-            if json {
-                print(&render::json_document(
-                    "outpost.evidence-verify.v1",
-                    now,
-                    &report,
-                ))?;
-            } else {
-                print(&evidence::verify::render(&report))?;
-            }
-            if report.clean() {
-                Ok(())
-            } else {
-                Err(TamperFound(report.findings.len()).into())
-            }
-        }
-        None => {
-            let (Some(db), Some(zone), Some(from_ms), Some(out), Some(key)) =
-                (b.db, b.zone, b.from, b.out, b.key)
-            else {
-                bail!("evidence needs --db, --zone, --from, --out and --key (see --help)");
-            };
-            let key = evidence::key::load(&key)?;
-            let summary = evidence::build(&evidence::BuildRequest {
-                db: &db,
-                zone: &zone,
-                from_ms,
-                to_ms: b.to.unwrap_or(now),
-                out: &out,
-                key: &key,
-                now_ms: now,
-            })?;
-            print(&format!(
-                "wrote evidence pack {}: {} envelopes from {} agent(s), {} CIs ({} checked at \
-                 least every 35 days), {} gap(s)/break(s), change records {}; manifest signed by \
-                 collector key {}\ncheck it with: outpost-collector evidence verify {} \
-                 --collector-key evidence.pub\n",
-                summary.out.display(),
-                summary.envelopes,
-                summary.agents,
-                summary.cis,
-                summary.cis_within_limit,
-                summary.discontinuities,
-                if summary.changes_available {
-                    "included"
-                } else {
-                    "not available in this CMDB"
-                },
-                summary.collector_key_id,
-                summary.out.display()
-            ))
-        }
-    }
-}
-
 /// `audit verify` found something: exit status 3 (1 is any error, as for every command).
 #[derive(Debug)]
 struct TamperFound(usize);
@@ -644,5 +530,119 @@ fn print(text: &str) -> Result<()> {
             Err(e).context("cannot write to stdout")
         }
         _ => Ok(()),
+    }
+}
+
+fn run_export(
+    db: &Path,
+    format: ExportFormat,
+    out: &Path,
+    zone: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    use outpost_collector::export::{self, Inventory};
+    let cmdb = Cmdb::open_existing(db)?;
+    let inv = Inventory::read(&cmdb, zone)?;
+    let bytes = match format {
+        ExportFormat::ServicenowIre => {
+            let p = export::servicenow::payload(&inv);
+            export::servicenow::check_shape(&p)
+                .map_err(|e| anyhow::anyhow!("internal error: IRE payload shape: {e}"))?;
+            let mut t = serde_json::to_string_pretty(&p)?;
+            t.push('\n');
+            t.into_bytes()
+        }
+        ExportFormat::Csv => export::csv::render(&inv).context("cannot write CSV")?,
+        ExportFormat::Cyclonedx => {
+            let mut t = serde_json::to_string_pretty(&export::cyclonedx::bom(&inv, now))?;
+            t.push('\n');
+            t.into_bytes()
+        }
+    };
+    if out == Path::new("-") {
+        return print(&String::from_utf8_lossy(&bytes));
+    }
+    std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "wrote {} ({} field devices, {} gateways)",
+        out.display(),
+        inv.assets.len(),
+        inv.gateways.len()
+    );
+    Ok(())
+}
+
+fn run_evidence(command: Option<EvidenceCommand>, b: EvidenceBuild, now: i64) -> Result<()> {
+    match command {
+        Some(EvidenceCommand::Keygen { out }) => {
+            let (private, public, key) = evidence::key::generate(&out)?;
+            print(&format!(
+                "wrote {} (keep it secret; mode 0600) and {} (key id {}; give it to auditors)\n",
+                private.display(),
+                public.display(),
+                key.key_id()
+            ))
+        }
+        Some(EvidenceCommand::Verify {
+            dir,
+            collector_key,
+            json,
+        }) => {
+            let pinned = collector_key
+                .as_deref()
+                .map(evidence::key::load_public)
+                .transpose()?;
+            let report = evidence::verify(&dir, pinned.as_ref())?;
+            if json {
+                print(&render::json_document(
+                    "outpost.evidence-verify.v1",
+                    now,
+                    &report,
+                ))?;
+            } else {
+                print(&evidence::verify::render(&report))?;
+            }
+            if report.clean() {
+                Ok(())
+            } else {
+                Err(TamperFound(report.findings.len()).into())
+            }
+        }
+        None => {
+            let (Some(db), Some(zone), Some(from_ms), Some(out), Some(key)) =
+                (b.db, b.zone, b.from, b.out, b.key)
+            else {
+                bail!("evidence needs --db, --zone, --from, --out and --key (see --help)");
+            };
+            let key = evidence::key::load(&key)?;
+            let summary = evidence::build(&evidence::BuildRequest {
+                db: &db,
+                zone: &zone,
+                from_ms,
+                to_ms: b.to.unwrap_or(now),
+                out: &out,
+                key: &key,
+                now_ms: now,
+            })?;
+            print(&format!(
+                "wrote evidence pack {}: {} envelopes from {} agent(s), {} CIs ({} checked at \
+                 least every 35 days), {} gap(s)/break(s), change records {}; manifest signed by \
+                 collector key {}\ncheck it with: outpost-collector evidence verify {} \
+                 --collector-key evidence.pub\n",
+                summary.out.display(),
+                summary.envelopes,
+                summary.agents,
+                summary.cis,
+                summary.cis_within_limit,
+                summary.discontinuities,
+                if summary.changes_available {
+                    "included"
+                } else {
+                    "not available in this CMDB"
+                },
+                summary.collector_key_id,
+                summary.out.display()
+            ))
+        }
     }
 }
