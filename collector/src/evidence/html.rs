@@ -39,7 +39,11 @@ fn opt(v: &Option<String>) -> String {
 }
 
 fn days(ms: i64) -> String {
-    format!("{:.1} d", ms as f64 / 86_400_000.0)
+    if ms < 86_400_000 {
+        format!("{:.1} h", ms as f64 / 3_600_000.0)
+    } else {
+        format!("{:.1} d", ms as f64 / 86_400_000.0)
+    }
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222}\
