@@ -32,7 +32,7 @@ struct Document<'a, T: Serialize> {
     body: T,
 }
 
-fn json<T: Serialize>(schema: &str, now_ms: i64, body: T) -> String {
+pub(crate) fn json<T: Serialize>(schema: &str, now_ms: i64, body: T) -> String {
     let doc = Document {
         schema,
         generated_at: Timestamp(now_ms),
@@ -45,7 +45,7 @@ fn json<T: Serialize>(schema: &str, now_ms: i64, body: T) -> String {
     text
 }
 
-fn footer(table: &Table, noun: &str) -> String {
+pub(crate) fn footer(table: &Table, noun: &str) -> String {
     let n = table.len();
     let plural = if n == 1 { "" } else { "s" };
     format!("{}{n} {noun}{plural}\n", table.render())

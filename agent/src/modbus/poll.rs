@@ -164,7 +164,8 @@ pub async fn poll_unit(
                 block.kind,
                 block.start,
                 values,
-            )),
+            )
+            .with_volatile(block.volatile)),
             Err(e) => problems.push(format!("block {}: {e}", block.name)),
         }
     }

@@ -1,0 +1,258 @@
+//! Judging a detected change, inside the transaction that applies the summary.
+//!
+//! `assets.rs` calls in here once per changed, new or newly unreachable asset. For an asset
+//! with an approved baseline ([`super::baseline`]), a change of judged attributes is:
+//!
+//! - **authorised** when an open (or implemented) change record for the CI covers the time it
+//!   was observed and every expected value matches: the record is marked implemented with the
+//!   evidence, and its baseline moves forward at once if the record says `auto_confirm`;
+//! - **back to baseline** when no record covers it but the CI now matches its baseline again;
+//! - **unauthorised** otherwise: an alert goes to the outbox (see [`super::alerts`]).
+//!
+//! A device appearing in a baselined zone is a `new_device` alert; a baselined device becoming
+//! unreachable is a `device_unreachable` alert. Assets and zones without a baseline raise no
+//! alerts (their changes are still in the history and the event log).
+
+use std::collections::{BTreeMap, HashMap};
+
+use outpost_proto::model::AssetObservation;
+use rusqlite::params;
+use serde_json::{Value, json};
+
+use super::alerts::{self, Category, NewAlert};
+use super::apply::Writer;
+use super::baseline::{self, describe_change, is_identity, is_judged};
+use super::change_record::{self, Candidate};
+use crate::time::sql_int;
+
+/// Event kinds written by the judge.
+pub mod kind {
+    pub const CHANGE_AUTHORISED: &str = "change_authorised";
+    pub const CHANGE_UNAUTHORISED: &str = "change_unauthorised";
+    pub const BACK_TO_BASELINE: &str = "back_to_baseline";
+    pub const NEW_DEVICE: &str = "new_device";
+}
+
+/// One attribute that changed in this envelope: name, before, after.
+pub(super) type Changed = (String, Option<String>, Option<String>);
+
+impl Writer<'_, '_> {
+    /// Judges the changes of one known asset (`current`: all its attributes after them).
+    pub(super) fn judge_change(
+        &mut self,
+        key: &str,
+        asset_id: i64,
+        name: &str,
+        changes: &[Changed],
+        current: &HashMap<String, Option<String>>,
+    ) -> rusqlite::Result<()> {
+        let relevant: Vec<&Changed> = changes
+            .iter()
+            .filter(|(n, _, after)| is_judged(n, after.as_deref()))
+            .collect();
+        if relevant.is_empty() {
+            return Ok(());
+        }
+        let Some(approved) = baseline::approved(self.db, asset_id)? else {
+            self.count("changes_without_baseline", 1);
+            return Ok(());
+        };
+        let judged: BTreeMap<String, Option<String>> = current
+            .iter()
+            .filter(|(n, v)| is_judged(n, v.as_deref()))
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect();
+        let described: Vec<Value> = relevant
+            .iter()
+            .map(|(n, before, after)| describe_change(n, before.as_deref(), after.as_deref()))
+            .collect();
+        let mut near_misses = Vec::new();
+        for candidate in change_record::covering(self.db, key, self.now)? {
+            let mismatches = change_record::mismatches(&candidate.expect, current);
+            if mismatches.is_empty() {
+                return self.authorised(key, asset_id, &candidate, &described);
+            }
+            near_misses.push(json!({ "ticket": candidate.ticket, "mismatches": mismatches }));
+        }
+        let drift = baseline::differences(&approved, &judged);
+        if drift.is_empty() {
+            self.detected(key, "back_to_baseline", None, None, &described)?;
+            self.count("changes_back_to_baseline", 1);
+            return self.event(
+                kind::BACK_TO_BASELINE,
+                Some(key),
+                json!({ "changes": described }),
+            );
+        }
+        let category = if relevant.iter().any(|(n, _, _)| is_identity(n)) {
+            Category::Identity
+        } else {
+            Category::Config
+        };
+        let detail = json!({
+            "name": name,
+            "changes": described,
+            "drift": drift,
+            "near_misses": near_misses,
+        });
+        let alert_id = self.alert(key, name, "unauthorised_change", category, &detail)?;
+        self.detected(key, "unauthorised", None, Some(alert_id), &described)?;
+        self.count("changes_unauthorised", 1);
+        self.event(
+            kind::CHANGE_UNAUTHORISED,
+            Some(key),
+            json!({ "alert_id": alert_id, "category": category.name(), "changes": described,
+                    "near_misses": near_misses }),
+        )
+    }
+
+    fn authorised(
+        &mut self,
+        key: &str,
+        asset_id: i64,
+        record: &Candidate,
+        described: &[Value],
+    ) -> rusqlite::Result<()> {
+        self.detected(key, "authorised", Some(record.record_id), None, described)?;
+        let state = if record.auto_confirm {
+            baseline::write_baseline(
+                self.db,
+                asset_id,
+                self.now,
+                "auto (change record)",
+                &format!("change record {} implemented", record.ticket),
+                Some(&record.ticket),
+            )?;
+            "confirmed"
+        } else {
+            "implemented"
+        };
+        self.db
+            .prepare_cached(
+                "UPDATE change_records SET state = ?2,
+                     implemented_at_ms = COALESCE(implemented_at_ms, ?3),
+                     confirmed_at_ms = CASE WHEN ?2 = 'confirmed' THEN ?3 ELSE NULL END,
+                     confirmed_by = CASE WHEN ?2 = 'confirmed' THEN 'auto' ELSE NULL END
+                 WHERE record_id = ?1",
+            )?
+            .execute(params![record.record_id, state, self.now])?;
+        self.count("changes_authorised", 1);
+        self.event(
+            kind::CHANGE_AUTHORISED,
+            Some(key),
+            json!({ "ticket": record.ticket, "state": state, "changes": described }),
+        )
+    }
+
+    /// A device seen for the first time; an alert if its zone has an approved baseline.
+    pub(super) fn judge_new(&mut self, key: &str, obs: &AssetObservation) -> rusqlite::Result<()> {
+        let baselined = self
+            .db
+            .prepare_cached("SELECT 1 FROM baseline_zones WHERE zone = ?1")?
+            .exists([self.meta.zone.as_str()])?;
+        if !baselined {
+            return Ok(());
+        }
+        let id = &obs.identity;
+        let detail = json!({
+            "name": obs.name,
+            "endpoint": obs.endpoint.to_string(),
+            "unit_id": obs.unit_id,
+            "vendor_name": id.vendor_name,
+            "product_code": id.product_code,
+            "revision": id.revision,
+            "model_name": id.model_name,
+        });
+        let alert_id = self.alert(key, &obs.name, "new_device", Category::NewDevice, &detail)?;
+        self.count("new_devices", 1);
+        self.event(
+            kind::NEW_DEVICE,
+            Some(key),
+            json!({ "alert_id": alert_id, "name": obs.name }),
+        )
+    }
+
+    /// A baselined device stopped answering: a presence alert.
+    pub(super) fn judge_unreachable(
+        &mut self,
+        key: &str,
+        asset_id: i64,
+        name: &str,
+        why: &str,
+    ) -> rusqlite::Result<()> {
+        let baselined = self
+            .db
+            .prepare_cached("SELECT 1 FROM baselines WHERE asset_id = ?1")?
+            .exists([asset_id])?;
+        if baselined {
+            let detail = json!({ "name": name, "reason": why });
+            self.alert(
+                key,
+                name,
+                "device_unreachable",
+                Category::Presence,
+                &detail,
+            )?;
+        }
+        Ok(())
+    }
+
+    fn alert(
+        &mut self,
+        key: &str,
+        name: &str,
+        kind: &str,
+        category: Category,
+        detail: &Value,
+    ) -> rusqlite::Result<i64> {
+        let id = alerts::insert(
+            self.db,
+            &NewAlert {
+                raised_at_ms: self.now,
+                kind,
+                category,
+                asset: key,
+                asset_name: name,
+                zone: self.meta.zone.as_str(),
+                agent: self.meta.agent.as_str(),
+                agent_time_ms: sql_int(self.meta.agent_time_ms),
+                envelope_seq: sql_int(self.meta.seq),
+                envelope_hash: &self.hash_hex,
+                detail,
+            },
+        )?;
+        self.count("alerts_raised", 1);
+        Ok(id)
+    }
+
+    fn detected(
+        &mut self,
+        key: &str,
+        verdict: &str,
+        record: Option<i64>,
+        alert: Option<i64>,
+        changes: &[Value],
+    ) -> rusqlite::Result<()> {
+        self.db
+            .prepare_cached(
+                "INSERT INTO detected_changes (asset, verdict, record_id, alert_id,
+                     observed_at_ms, agent_time_ms, agent_id, zone, envelope_seq, envelope_hash,
+                     changes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                key,
+                verdict,
+                record,
+                alert,
+                self.now,
+                sql_int(self.meta.agent_time_ms),
+                self.meta.agent.as_str(),
+                self.meta.zone.as_str(),
+                sql_int(self.meta.seq),
+                self.hash_hex,
+                Value::Array(changes.to_vec()).to_string(),
+            ])?;
+        Ok(())
+    }
+}
