@@ -162,7 +162,16 @@ pub fn alerts(rows: &[AlertRow], sinks: &[SinkRow], format: Format, now_ms: i64)
         );
     }
     let mut t = Table::new(&[
-        "ID", "RAISED", "SEVERITY", "KIND", "ASSET", "ZONE", "AGENT", "SEQ", "WHAT", "DELIVERED",
+        "ID",
+        "RAISED",
+        "SEVERITY",
+        "KIND",
+        "ASSET",
+        "ZONE",
+        "AGENT",
+        "SEQ",
+        "WHAT",
+        "DELIVERED",
     ]);
     for a in rows {
         let what = match a.detail["changes"].as_array() {

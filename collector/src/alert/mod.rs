@@ -307,7 +307,13 @@ mod tests {
             SinkSpec::syslog("tcp://siem.example:6514").map(|s| s.name()),
             Ok("syslog+tcp://siem.example:6514".into())
         );
-        for bad in ["127.0.0.1:514", "http://x:1", "udp://x", "udp://:514", "udp://x:0"] {
+        for bad in [
+            "127.0.0.1:514",
+            "http://x:1",
+            "udp://x",
+            "udp://:514",
+            "udp://x:0",
+        ] {
             let err = SinkSpec::syslog(bad).unwrap_err();
             assert!(err.contains("udp://HOST:PORT"), "{bad}: {err}");
         }

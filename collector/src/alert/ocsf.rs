@@ -62,7 +62,9 @@ fn device_ip(ci_key: &str) -> Option<String> {
         Some(v6) => v6.split_once(']')?.0,
         None => host_port.rsplit_once(':')?.0,
     };
-    host.parse::<std::net::IpAddr>().ok().map(|ip| ip.to_string())
+    host.parse::<std::net::IpAddr>()
+        .ok()
+        .map(|ip| ip.to_string())
 }
 
 /// The OCSF event for an alert.

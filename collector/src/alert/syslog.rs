@@ -133,7 +133,10 @@ mod tests {
             m.starts_with("<34>1 1970-01-01T00:00:00.000Z collectorhost outpost-collector "),
             "{m}"
         );
-        assert!(m.contains(" unauthorised_change [outpost@32473 alert_id=\"3\""), "{m}");
+        assert!(
+            m.contains(" unauthorised_change [outpost@32473 alert_id=\"3\""),
+            "{m}"
+        );
         assert!(m.contains("name=\"plc \\\"one\\\"\\]\""), "{m}");
         assert!(m.contains("envelope_seq=\"9\""), "{m}");
         assert!(m.ends_with("] {}"), "{m}");

@@ -57,7 +57,9 @@ pub enum DriftError {
         count: usize,
         keys: String,
     },
-    #[error("no zone {0:?} with assets in the CMDB; check the name with `outpost-collector assets`")]
+    #[error(
+        "no zone {0:?} with assets in the CMDB; check the name with `outpost-collector assets`"
+    )]
     UnknownZone(String),
     #[error("nothing to approve: the CMDB has no assets yet; wait for the first summary")]
     NothingToApprove,
@@ -132,8 +134,8 @@ pub(crate) fn current_judged(
     conn: &Connection,
     asset_id: i64,
 ) -> rusqlite::Result<BTreeMap<String, Option<String>>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT attribute, value FROM asset_attributes WHERE asset_id = ?1")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT attribute, value FROM asset_attributes WHERE asset_id = ?1")?;
     let rows = stmt.query_map([asset_id], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
     })?;
@@ -159,9 +161,8 @@ pub(crate) fn approved(
     if exists.is_none() {
         return Ok(None);
     }
-    let mut stmt = conn.prepare_cached(
-        "SELECT attribute, value FROM baseline_attributes WHERE asset_id = ?1",
-    )?;
+    let mut stmt = conn
+        .prepare_cached("SELECT attribute, value FROM baseline_attributes WHERE asset_id = ?1")?;
     let rows = stmt.query_map([asset_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let mut out = BTreeMap::new();
     for row in rows {
@@ -225,7 +226,9 @@ pub(crate) fn resolve_asset(conn: &Connection, given: &str) -> Result<(i64, Stri
     }
     let mut stmt = conn.prepare_cached("SELECT asset_id, ci_key FROM assets WHERE name = ?1")?;
     let found = stmt
-        .query_map([given], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?
+        .query_map([given], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     match found.as_slice() {
         [] => Err(ResolveError::Unknown),
@@ -454,7 +457,10 @@ mod tests {
             json!([{"address": 101, "before": 2, "after": 9}])
         );
         let id = describe_change("revision", Some("1.0"), Some("1.1"));
-        assert_eq!(id, json!({"attribute": "revision", "before": "1.0", "after": "1.1"}));
+        assert_eq!(
+            id,
+            json!({"attribute": "revision", "before": "1.0", "after": "1.1"})
+        );
     }
 
     #[test]

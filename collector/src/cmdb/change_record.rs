@@ -134,7 +134,10 @@ fn observed_value(field: &str, current: &HashMap<String, Option<String>>) -> Opt
             let parsed: Value = serde_json::from_str(value).ok()?;
             let start = parsed["start"].as_u64()?;
             let offset = usize::try_from(u64::from(address).checked_sub(start)?).ok()?;
-            parsed["values"].get(offset)?.as_u64().map(|v| v.to_string())
+            parsed["values"]
+                .get(offset)?
+                .as_u64()
+                .map(|v| v.to_string())
         }
         None => current.get(field).cloned().flatten(),
     }
@@ -200,8 +203,7 @@ fn check(conn: &Connection, input: &ChangeInput) -> Result<Checked, String> {
         };
         let (field, value) = (field.trim(), value.trim());
         let ok_field = if field.starts_with("block.") {
-            parse_register_field(field).is_some()
-                && value.parse::<u16>().is_ok()
+            parse_register_field(field).is_some() && value.parse::<u16>().is_ok()
         } else {
             !field.is_empty() && super::attributes::is_drift(field)
         };
@@ -404,7 +406,12 @@ impl Cmdb {
 
     /// Moves the baseline of every CI the implemented record `ticket` changed to what is
     /// observed now, and marks the record confirmed.
-    pub fn confirm_change(&mut self, ticket: &str, by: &str, now_ms: u64) -> Result<usize, DriftError> {
+    pub fn confirm_change(
+        &mut self,
+        ticket: &str,
+        by: &str,
+        now_ms: u64,
+    ) -> Result<usize, DriftError> {
         let rows: Vec<(i64, String, String)> = self
             .connection()
             .prepare("SELECT record_id, asset, state FROM change_records WHERE ticket = ?1")
@@ -433,9 +440,11 @@ impl Cmdb {
             let c = db.connection();
             for (id, asset, _) in &implemented {
                 let asset_id: Option<i64> = c
-                    .query_row("SELECT asset_id FROM assets WHERE ci_key = ?1", [asset], |r| {
-                        r.get(0)
-                    })
+                    .query_row(
+                        "SELECT asset_id FROM assets WHERE ci_key = ?1",
+                        [asset],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 if let Some(asset_id) = asset_id {
                     let reason = format!("change record {ticket} confirmed");
@@ -592,8 +601,8 @@ mod tests {
             "to":"2026-12-01T11:00:00Z","expect":{"revision":"2.1"}}]}"#;
         let rows = parse_json(text).unwrap();
         assert_eq!(rows[0].1.expect, ["revision=2.1"]);
-        let err = parse_json(r#"[{"ticket":"C","asset":"a","from":"x","to":"y","oops":1}]"#)
-            .unwrap_err();
+        let err =
+            parse_json(r#"[{"ticket":"C","asset":"a","from":"x","to":"y","oops":1}]"#).unwrap_err();
         assert!(err.starts_with("record 1"), "{err}");
     }
 

@@ -186,13 +186,7 @@ impl Writer<'_, '_> {
             .exists([asset_id])?;
         if baselined {
             let detail = json!({ "name": name, "reason": why });
-            self.alert(
-                key,
-                name,
-                "device_unreachable",
-                Category::Presence,
-                &detail,
-            )?;
+            self.alert(key, name, "device_unreachable", Category::Presence, &detail)?;
         }
         Ok(())
     }
