@@ -450,10 +450,25 @@ fn change(cmd: ChangeCommand) -> Result<()> {
         }
         ChangeCommand::Confirm { db, ticket, by } => {
             let mut cmdb = Cmdb::open_existing(&db)?;
-            let n = cmdb.confirm_change(&ticket, &by, now_ms())?;
-            print(&format!(
-                "confirmed {ticket}: the baseline of {n} asset(s) moved to the observed state\n"
-            ))
+            let done = cmdb.confirm_change(&ticket, &by, now_ms())?;
+            let mut text = format!("confirmed {ticket}\n");
+            for c in &done {
+                let moved = if c.moved.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    c.moved.join(", ")
+                };
+                text.push_str(&format!("  {}: baseline moved for {moved}\n", c.asset));
+                if !c.unexplained.is_empty() {
+                    text.push_str(&format!(
+                        "  {}: still drift, not explained by {ticket}: {} (see `alerts`; \
+                         approve explicitly with `baseline approve --asset`)\n",
+                        c.asset,
+                        c.unexplained.join(", ")
+                    ));
+                }
+            }
+            print(&text)
         }
     }
 }

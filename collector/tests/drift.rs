@@ -153,13 +153,13 @@ fn change_inside_an_approved_window_is_authorised_with_evidence_and_no_alert() {
     assert_eq!(drift[0].state, "authorised");
     assert_eq!(drift[0].pending_ticket.as_deref(), Some("CHG0031337"));
 
-    assert_eq!(
-        ingest
-            .cmdb_mut()
-            .confirm_change("CHG0031337", "bob", T0 + 3_000)
-            .unwrap(),
-        1
-    );
+    let confirmed = ingest
+        .cmdb_mut()
+        .confirm_change("CHG0031337", "bob", T0 + 3_000)
+        .unwrap();
+    assert_eq!(confirmed.len(), 1);
+    assert_eq!(confirmed[0].moved, ["block.setpoints"]);
+    assert!(confirmed[0].unexplained.is_empty());
     let drift = ingest.cmdb().drift().unwrap();
     assert_eq!(drift[0].state, "in_baseline");
     assert_eq!(drift[0].baseline_ticket.as_deref(), Some("CHG0031337"));
@@ -215,6 +215,45 @@ fn wrong_value_or_outside_the_window_is_unauthorised_and_names_the_near_miss() {
         .map(|c| c.state)
         .collect();
     assert_eq!(states, ["open", "open"]);
+}
+
+#[test]
+fn an_authorised_change_never_explains_away_an_earlier_unauthorised_one() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    apply(&mut f, &mut ingest, vec![plc(1, vec![10, 20])], T0 + 1_000);
+    approve_all(ingest.cmdb_mut());
+    // Unauthorised: register 100 and the firmware.
+    let mut tampered = plc(1, vec![66, 20]);
+    tampered.identity.revision = Some("6.6".into());
+    apply(&mut f, &mut ingest, vec![tampered.clone()], T0 + 2_000);
+    // Then an authorised change of register 101 in the same block.
+    let rec = change(
+        "CHG7",
+        "plc-1",
+        T0,
+        T0 + MINUTE,
+        &["block.setpoints[101]=25"],
+    );
+    ingest
+        .cmdb_mut()
+        .add_changes(&[("cli".into(), rec)], "cli", T0)
+        .unwrap();
+    let mut next = plc(1, vec![66, 25]);
+    next.identity.revision = Some("6.6".into());
+    apply(&mut f, &mut ingest, vec![next], T0 + 3_000);
+    assert_eq!(ingest.cmdb().alerts(None).unwrap().len(), 1);
+    assert_eq!(ingest.cmdb().changes().unwrap()[0].state, "implemented");
+    let drift = &ingest.cmdb().drift().unwrap()[0];
+    assert_eq!(drift.state, "drift", "{drift:#?}");
+    assert!(drift.differences.iter().all(|d| d["authorised"] == false));
+    let confirmed = ingest
+        .cmdb_mut()
+        .confirm_change("CHG7", "bob", T0 + 4_000)
+        .unwrap();
+    assert!(confirmed[0].moved.is_empty(), "{confirmed:?}");
+    assert_eq!(confirmed[0].unexplained, ["block.setpoints", "revision"]);
+    assert_eq!(ingest.cmdb().drift().unwrap()[0].state, "drift");
 }
 
 #[test]

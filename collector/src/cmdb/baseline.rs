@@ -215,6 +215,103 @@ pub(crate) fn write_baseline(
     Ok(())
 }
 
+/// Which baselined attributes that differ now are fully explained by authorised, not yet
+/// confirmed changes: following the evidence in order from the approved value, each step's
+/// `before` is where the previous left off, and the last `after` is the current value. An
+/// unauthorised change in between breaks the chain, so it is never explained away.
+pub(crate) fn explained(
+    conn: &Connection,
+    asset: &str,
+    baseline: &BTreeMap<String, Option<String>>,
+    current: &BTreeMap<String, Option<String>>,
+) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT d.changes, r.ticket FROM detected_changes d
+         JOIN change_records r ON r.record_id = d.record_id
+         WHERE d.asset = ?1 AND d.verdict = 'authorised' AND r.state = 'implemented'
+         ORDER BY d.change_id",
+    )?;
+    let rows = stmt
+        .query_map([asset], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut reached: BTreeMap<&str, Value> = baseline
+        .iter()
+        .map(|(n, v)| (n.as_str(), attributes::event_value(n, v.as_deref())))
+        .collect();
+    let mut tickets = Vec::new();
+    for (changes, ticket) in &rows {
+        let Ok(Value::Array(changes)) = serde_json::from_str::<Value>(changes) else {
+            continue;
+        };
+        for c in changes {
+            let Some(name) = c["attribute"].as_str() else {
+                continue;
+            };
+            if let Some(at) = reached.get_mut(name)
+                && *at == c["before"]
+            {
+                *at = c["after"].clone();
+                if !tickets.contains(ticket) {
+                    tickets.push(ticket.clone());
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (name, approved) in baseline {
+        let now = current.get(name).cloned().flatten();
+        if now != *approved
+            && reached.get(name.as_str()) == Some(&attributes::event_value(name, now.as_deref()))
+        {
+            out.push(name.clone());
+        }
+    }
+    Ok((out, tickets))
+}
+
+/// Moves the baselined attributes that authorised changes explain ([`explained`]) to their
+/// current values; returns (moved, still differing and unexplained).
+pub(crate) fn advance(
+    conn: &Connection,
+    asset_id: i64,
+    asset: &str,
+    now_ms: i64,
+    by: &str,
+    reason: &str,
+    ticket: &str,
+) -> rusqlite::Result<(Vec<String>, Vec<String>)> {
+    let Some(baseline) = approved(conn, asset_id)? else {
+        return Ok((Vec::new(), Vec::new()));
+    };
+    let current = current_judged(conn, asset_id)?;
+    let (moved, _) = explained(conn, asset, &baseline, &current)?;
+    let mut update = conn.prepare_cached(
+        "UPDATE baseline_attributes SET value = ?3 WHERE asset_id = ?1 AND attribute = ?2",
+    )?;
+    for name in &moved {
+        update.execute(params![
+            asset_id,
+            name,
+            current.get(name).cloned().flatten()
+        ])?;
+    }
+    if !moved.is_empty() {
+        conn.prepare_cached(
+            "UPDATE baselines SET approved_at_ms = ?2, approved_by = ?3, reason = ?4,
+                 ticket = ?5 WHERE asset_id = ?1",
+        )?
+        .execute(params![asset_id, now_ms, by, reason, ticket])?;
+    }
+    let unexplained = baseline
+        .iter()
+        .filter(|(n, v)| !moved.contains(n) && current.get(*n).cloned().flatten() != **v)
+        .map(|(n, _)| n.clone())
+        .collect();
+    Ok((moved, unexplained))
+}
+
 /// Finds an asset by CI key, or by name when that is unique: (asset id, CI key).
 pub(crate) fn resolve_asset(conn: &Connection, given: &str) -> Result<(i64, String), ResolveError> {
     let by_key: Option<i64> = conn
@@ -372,16 +469,18 @@ pub struct DriftRow {
     pub name: String,
     pub zone: String,
     pub agent_id: String,
-    /// `no_baseline`, `in_baseline`, `drift` (unauthorised) or `authorised` (an implemented
-    /// change record awaits `change confirm`).
+    /// `no_baseline`, `in_baseline`, `drift` (a difference no authorised change explains) or
+    /// `authorised` (every difference comes from implemented change records awaiting
+    /// `change confirm`).
     pub state: String,
     pub approved_at: Option<Timestamp>,
     pub approved_by: Option<String>,
     pub reason: Option<String>,
     /// The change record whose confirmation last moved the baseline.
     pub baseline_ticket: Option<String>,
-    /// The implemented, unconfirmed change record explaining the difference.
+    /// The implemented, unconfirmed change record explaining (part of) the differences.
     pub pending_ticket: Option<String>,
+    /// Each with `authorised`: whether an implemented change record explains it.
     pub differences: Vec<Value>,
 }
 
@@ -419,18 +518,20 @@ fn query_drift(conn: &Connection) -> rusqlite::Result<Vec<DriftRow>> {
             Some(baseline) => {
                 let current = current_judged(conn, id)?;
                 row.differences = differences(&baseline, &current);
-                row.pending_ticket = conn
-                    .prepare_cached(
-                        "SELECT ticket FROM change_records
-                         WHERE asset = ?1 AND state = 'implemented'
-                         ORDER BY implemented_at_ms DESC LIMIT 1",
-                    )?
-                    .query_row([&row.ci_key], |r| r.get(0))
-                    .optional()?;
-                row.state = match (row.differences.is_empty(), &row.pending_ticket) {
-                    (true, _) => "in_baseline",
-                    (false, Some(_)) => "authorised",
-                    (false, None) => "drift",
+                let (ok, tickets) = explained(conn, &row.ci_key, &baseline, &current)?;
+                row.pending_ticket = tickets.last().cloned();
+                for d in &mut row.differences {
+                    let authorised = d["attribute"]
+                        .as_str()
+                        .is_some_and(|a| ok.iter().any(|o| o == a));
+                    d["authorised"] = Value::Bool(authorised);
+                }
+                row.state = if row.differences.is_empty() {
+                    "in_baseline"
+                } else if row.differences.len() == ok.len() {
+                    "authorised"
+                } else {
+                    "drift"
                 }
                 .into();
             }

@@ -326,6 +326,16 @@ pub struct ChangeRow {
     pub evidence: Vec<Value>,
 }
 
+/// What confirming did to one CI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Confirmed {
+    pub asset: String,
+    /// Attributes whose baseline moved to the observed value.
+    pub moved: Vec<String>,
+    /// Attributes that still differ from the baseline, not explained by authorised changes.
+    pub unexplained: Vec<String>,
+}
+
 /// Figures over every judged change and alert.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ChangeTotals {
@@ -404,14 +414,15 @@ impl Cmdb {
         Ok(checked.len())
     }
 
-    /// Moves the baseline of every CI the implemented record `ticket` changed to what is
-    /// observed now, and marks the record confirmed.
+    /// Marks the implemented record `ticket` confirmed and moves the baseline of its CIs where
+    /// its authorised evidence explains the difference (see `baseline::advance`); a difference
+    /// it does not explain (an unauthorised change) stays drift and is reported.
     pub fn confirm_change(
         &mut self,
         ticket: &str,
         by: &str,
         now_ms: u64,
-    ) -> Result<usize, DriftError> {
+    ) -> Result<Vec<Confirmed>, DriftError> {
         let rows: Vec<(i64, String, String)> = self
             .connection()
             .prepare("SELECT record_id, asset, state FROM change_records WHERE ticket = ?1")
@@ -436,6 +447,7 @@ impl Cmdb {
             )));
         }
         let now = sql_int(now_ms);
+        let mut outcome = Vec::new();
         let done = self.in_transaction(|db| -> rusqlite::Result<()> {
             let c = db.connection();
             for (id, asset, _) in &implemented {
@@ -448,7 +460,13 @@ impl Cmdb {
                     .optional()?;
                 if let Some(asset_id) = asset_id {
                     let reason = format!("change record {ticket} confirmed");
-                    baseline::write_baseline(c, asset_id, now, by, &reason, Some(ticket))?;
+                    let (moved, unexplained) =
+                        baseline::advance(c, asset_id, asset, now, by, &reason, ticket)?;
+                    outcome.push(Confirmed {
+                        asset: asset.clone(),
+                        moved,
+                        unexplained,
+                    });
                 }
                 c.execute(
                     "UPDATE change_records SET state = 'confirmed', confirmed_at_ms = ?2,
@@ -459,7 +477,7 @@ impl Cmdb {
             record::bump(c, "change_records_confirmed", 1, now_ms)
         })?;
         done.map_err(|e| self.err(e))?;
-        Ok(implemented.len())
+        Ok(outcome)
     }
 
     /// Every change record, oldest window first, with its evidence.

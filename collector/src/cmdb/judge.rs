@@ -115,27 +115,36 @@ impl Writer<'_, '_> {
     ) -> rusqlite::Result<()> {
         self.detected(key, "authorised", Some(record.record_id), None, described)?;
         let state = if record.auto_confirm {
-            baseline::write_baseline(
-                self.db,
-                asset_id,
-                self.now,
-                "auto (change record)",
-                &format!("change record {} implemented", record.ticket),
-                Some(&record.ticket),
-            )?;
             "confirmed"
         } else {
             "implemented"
         };
         self.db
             .prepare_cached(
-                "UPDATE change_records SET state = ?2,
-                     implemented_at_ms = COALESCE(implemented_at_ms, ?3),
-                     confirmed_at_ms = CASE WHEN ?2 = 'confirmed' THEN ?3 ELSE NULL END,
-                     confirmed_by = CASE WHEN ?2 = 'confirmed' THEN 'auto' ELSE NULL END
+                "UPDATE change_records SET state = 'implemented',
+                     implemented_at_ms = COALESCE(implemented_at_ms, ?2),
+                     confirmed_at_ms = NULL, confirmed_by = NULL
                  WHERE record_id = ?1",
             )?
-            .execute(params![record.record_id, state, self.now])?;
+            .execute(params![record.record_id, self.now])?;
+        if record.auto_confirm {
+            // Only what authorised evidence explains moves (never an earlier unauthorised change).
+            baseline::advance(
+                self.db,
+                asset_id,
+                key,
+                self.now,
+                "auto",
+                &format!("change record {} implemented (auto_confirm)", record.ticket),
+                &record.ticket,
+            )?;
+            self.db
+                .prepare_cached(
+                    "UPDATE change_records SET state = 'confirmed', confirmed_at_ms = ?2,
+                         confirmed_by = 'auto' WHERE record_id = ?1",
+                )?
+                .execute(params![record.record_id, self.now])?;
+        }
         self.count("changes_authorised", 1);
         self.event(
             kind::CHANGE_AUTHORISED,
