@@ -390,8 +390,9 @@ fn run(cli: Cli) -> Result<()> {
                 )
             };
             print(&format!(
-                "approved the observed state of {} asset(s) as baseline, by {by}: {reason}{zones}\n",
-                done.assets
+                "approved the observed state of {} asset(s) and {} gateway(s) as baseline, by \
+                 {by}: {reason}{zones}\n",
+                done.assets, done.gateways
             ))
         }
         Command::Drift(q) => {

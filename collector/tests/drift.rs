@@ -7,7 +7,7 @@ mod common;
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use common::{Fixture, T0, count, plc, plc_key};
+use common::{Fixture, T0, count, gateway, plc, plc_key};
 use outpost_collector::alert::{AlertConfig, Dispatcher, SinkSpec};
 use outpost_collector::cmdb::baseline::{DriftError, Scope};
 use outpost_collector::cmdb::change_record::{ChangeInput, parse_csv};
@@ -325,6 +325,94 @@ fn new_device_in_a_baselined_zone_and_unreachable_baselined_device_alert() {
     );
     assert_eq!(alerts[1].asset, plc_key(2));
     assert_eq!(alerts[1].detail["revision"], "1.0");
+}
+
+/// Applies one summary with the gateway's facts.
+fn apply_gw(f: &mut Fixture, ingest: &mut Ingest, g: outpost_proto::model::HostFacts, at: u64) {
+    let mut summary = f.summary(vec![plc(1, vec![1])]);
+    summary.gateway = Some(g);
+    let wire = f.seal(&summary);
+    ingest.envelope(&wire, "127.0.0.1:9", at).expect("applied");
+}
+
+#[test]
+fn gateway_host_changes_are_judged_by_category() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    apply_gw(&mut f, &mut ingest, gateway(), T0 + 1_000);
+    let done = ingest
+        .cmdb_mut()
+        .approve_baseline(&Scope::All, "alice", "initial", T0)
+        .unwrap();
+    assert_eq!((done.assets, done.gateways), (1, 1));
+    // A reboot (boot time) and more memory are not configuration changes.
+    let mut rebooted = gateway();
+    rebooted.boot_time += 3_600;
+    rebooted.memory_bytes *= 2;
+    apply_gw(&mut f, &mut ingest, rebooted, T0 + 2_000);
+    assert!(ingest.cmdb().alerts(None).unwrap().is_empty());
+
+    // A new kernel: identity; a new interface: config.
+    let mut kernel = gateway();
+    kernel.kernel_version = Some("6.13".into());
+    apply_gw(&mut f, &mut ingest, kernel.clone(), T0 + 3_000);
+    let mut nic = kernel.clone();
+    nic.interfaces.push(outpost_proto::model::NetInterface {
+        name: "wlan0".into(),
+        mac: Some("02:00:00:00:00:99".into()),
+        addresses: vec![],
+    });
+    apply_gw(&mut f, &mut ingest, nic.clone(), T0 + 4_000);
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    let got: Vec<(&str, &str, i64)> = alerts
+        .iter()
+        .map(|a| (a.asset.as_str(), a.category.as_str(), a.severity_id))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("gateway/gw-1", "identity", 4),
+            ("gateway/gw-1", "config", 3)
+        ]
+    );
+    assert_eq!(alerts[0].asset_name, "gw-host");
+    assert_eq!(
+        alerts[0].detail["changes"][0],
+        serde_json::json!({"attribute": "kernel_version", "before": "6.12", "after": "6.13"})
+    );
+    let row = ingest
+        .cmdb()
+        .drift()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.ci_key == "gateway/gw-1")
+        .unwrap();
+    assert_eq!(row.state, "drift");
+    assert_eq!(row.differences.len(), 2);
+
+    // An OS upgrade under a change record for the gateway: authorised.
+    let rec = change(
+        "CHG-OS",
+        "gateway/gw-1",
+        T0,
+        T0 + 10 * MINUTE,
+        &["os_version=14"],
+    );
+    ingest
+        .cmdb_mut()
+        .add_changes(&[("cli".into(), rec)], "cli", T0)
+        .unwrap();
+    let mut upgraded = nic;
+    upgraded.os_version = Some("14".into());
+    apply_gw(&mut f, &mut ingest, upgraded, T0 + 5_000);
+    assert_eq!(ingest.cmdb().alerts(None).unwrap().len(), 2);
+    assert_eq!(ingest.cmdb().changes().unwrap()[0].state, "implemented");
+    let confirmed = ingest
+        .cmdb_mut()
+        .confirm_change("CHG-OS", "bob", T0 + 6_000)
+        .unwrap();
+    assert_eq!(confirmed[0].moved, ["os_version"]);
+    assert_eq!(confirmed[0].unexplained, ["interfaces", "kernel_version"]);
 }
 
 #[test]

@@ -76,9 +76,14 @@ pub fn event(alert: &AlertRow) -> Value {
         "Device Config State Change"
     };
     let d = &alert.detail;
+    let (type_id, type_name) = if alert.asset.starts_with("gateway/") {
+        (1, "Server")
+    } else {
+        (99, "Modbus field device")
+    };
     let mut device = json!({
-        "type_id": 99,
-        "type": "Modbus field device",
+        "type_id": type_id,
+        "type": type_name,
         "name": alert.asset_name,
         "uid": alert.asset,
         "zone": alert.zone,

@@ -39,6 +39,7 @@ pub enum Scope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Approved {
     pub assets: usize,
+    pub gateways: usize,
     pub zones: Vec<String>,
 }
 
@@ -378,7 +379,28 @@ impl Cmdb {
                     .into(),
             ));
         }
+        let gateway_err = |e| DriftError::Cmdb(self.err(e));
+        let gateways: Vec<String> = match scope {
+            Scope::Asset(given) if super::gateway_baseline::is_gateway_key(given) => {
+                if !super::gateway_baseline::exists(self.connection(), given)
+                    .map_err(gateway_err)?
+                {
+                    return Err(DriftError::UnknownAsset(given.clone()));
+                }
+                vec![given.clone()]
+            }
+            Scope::Asset(_) => vec![],
+            Scope::Zone(zone) => {
+                super::gateway_baseline::keys(self.connection(), Some(zone)).map_err(gateway_err)?
+            }
+            Scope::All => {
+                super::gateway_baseline::keys(self.connection(), None).map_err(gateway_err)?
+            }
+        };
         let (assets, zones): (Vec<(i64, String, String)>, Vec<String>) = match scope {
+            Scope::Asset(given) if super::gateway_baseline::is_gateway_key(given) => {
+                (vec![], vec![])
+            }
             Scope::Asset(given) => {
                 let (id, key) = self.resolve(given)?;
                 let zone: String = self
@@ -391,14 +413,14 @@ impl Cmdb {
             }
             Scope::Zone(zone) => {
                 let assets = self.assets_where("WHERE zone = ?1", Some(zone))?;
-                if assets.is_empty() {
+                if assets.is_empty() && gateways.is_empty() {
                     return Err(DriftError::UnknownZone(zone.clone()));
                 }
                 (assets, vec![zone.clone()])
             }
             Scope::All => {
                 let assets = self.assets_where("", None)?;
-                if assets.is_empty() {
+                if assets.is_empty() && gateways.is_empty() {
                     return Err(DriftError::NothingToApprove);
                 }
                 let mut zones: Vec<String> = assets.iter().map(|a| a.2.clone()).collect();
@@ -420,6 +442,17 @@ impl Cmdb {
                 let detail = json!({ "by": by, "reason": reason });
                 record::event(conn, now_ms, BASELINE_APPROVED, scope, &detail)?;
             }
+            for key in &gateways {
+                if let Some(facts) = super::gateway_baseline::stored(conn, key)? {
+                    super::gateway_baseline::write(conn, key, &facts, now, by, reason, None)?;
+                    let scope = EventScope {
+                        asset: Some(key),
+                        ..EventScope::default()
+                    };
+                    let detail = json!({ "by": by, "reason": reason });
+                    record::event(conn, now_ms, BASELINE_APPROVED, scope, &detail)?;
+                }
+            }
             for zone in &zones {
                 conn.prepare_cached(
                     "INSERT INTO baseline_zones (zone, approved_at_ms, approved_by, reason)
@@ -435,6 +468,7 @@ impl Cmdb {
         done.map_err(|e| self.err(e))?;
         Ok(Approved {
             assets: assets.len(),
+            gateways: gateways.len(),
             zones,
         })
     }
@@ -517,28 +551,40 @@ fn query_drift(conn: &Connection) -> rusqlite::Result<Vec<DriftRow>> {
             None => row.state = "no_baseline".into(),
             Some(baseline) => {
                 let current = current_judged(conn, id)?;
-                row.differences = differences(&baseline, &current);
-                let (ok, tickets) = explained(conn, &row.ci_key, &baseline, &current)?;
-                row.pending_ticket = tickets.last().cloned();
-                for d in &mut row.differences {
-                    let authorised = d["attribute"]
-                        .as_str()
-                        .is_some_and(|a| ok.iter().any(|o| o == a));
-                    d["authorised"] = Value::Bool(authorised);
-                }
-                row.state = if row.differences.is_empty() {
-                    "in_baseline"
-                } else if row.differences.len() == ok.len() {
-                    "authorised"
-                } else {
-                    "drift"
-                }
-                .into();
+                fill_drift(conn, &mut row, &baseline, &current)?;
             }
         }
         out.push(row);
     }
+    out.extend(super::gateway_baseline::drift_rows(conn)?);
     Ok(out)
+}
+
+/// Fills a row's differences (each marked `authorised` or not), pending ticket and state.
+pub(crate) fn fill_drift(
+    conn: &Connection,
+    row: &mut DriftRow,
+    baseline: &BTreeMap<String, Option<String>>,
+    current: &BTreeMap<String, Option<String>>,
+) -> rusqlite::Result<()> {
+    row.differences = differences(baseline, current);
+    let (ok, tickets) = explained(conn, &row.ci_key, baseline, current)?;
+    row.pending_ticket = tickets.last().cloned();
+    for d in &mut row.differences {
+        let authorised = d["attribute"]
+            .as_str()
+            .is_some_and(|a| ok.iter().any(|o| o == a));
+        d["authorised"] = Value::Bool(authorised);
+    }
+    row.state = if row.differences.is_empty() {
+        "in_baseline"
+    } else if row.differences.len() == ok.len() {
+        "authorised"
+    } else {
+        "drift"
+    }
+    .into();
+    Ok(())
 }
 
 #[cfg(test)]

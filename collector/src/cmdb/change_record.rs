@@ -179,7 +179,15 @@ fn check(conn: &Connection, input: &ChangeInput) -> Result<Checked, String> {
             input.from.trim()
         ));
     }
-    let (_, asset) = baseline::resolve_asset(conn, input.asset.trim()).map_err(|e| match e {
+    let given = input.asset.trim();
+    let gateway = super::gateway_baseline::is_gateway_key(given)
+        && super::gateway_baseline::exists(conn, given).map_err(|e| format!("CMDB: {e}"))?;
+    let resolved = if gateway {
+        Ok((0, given.to_owned()))
+    } else {
+        baseline::resolve_asset(conn, given)
+    };
+    let (_, asset) = resolved.map_err(|e| match e {
         baseline::ResolveError::Sqlite(e) => format!("CMDB: {e}"),
         baseline::ResolveError::Unknown => format!(
             "ticket {ticket}: no asset {:?} in the CMDB; use a CI key or name from \
@@ -458,7 +466,16 @@ impl Cmdb {
                         |r| r.get(0),
                     )
                     .optional()?;
-                if let Some(asset_id) = asset_id {
+                if super::gateway_baseline::is_gateway_key(asset) {
+                    let reason = format!("change record {ticket} confirmed");
+                    let (moved, unexplained) =
+                        super::gateway_baseline::advance(c, asset, now, by, &reason, ticket)?;
+                    outcome.push(Confirmed {
+                        asset: asset.clone(),
+                        moved,
+                        unexplained,
+                    });
+                } else if let Some(asset_id) = asset_id {
                     let reason = format!("change record {ticket} confirmed");
                     let (moved, unexplained) =
                         baseline::advance(c, asset_id, asset, now, by, &reason, ticket)?;

@@ -23,6 +23,7 @@ use super::alerts::{self, Category, NewAlert};
 use super::apply::Writer;
 use super::baseline::{self, describe_change, is_identity, is_judged};
 use super::change_record::{self, Candidate};
+use super::gateway_baseline;
 use crate::time::sql_int;
 
 /// Event kinds written by the judge.
@@ -31,6 +32,15 @@ pub mod kind {
     pub const CHANGE_UNAUTHORISED: &str = "change_unauthorised";
     pub const BACK_TO_BASELINE: &str = "back_to_baseline";
     pub const NEW_DEVICE: &str = "new_device";
+}
+
+/// What a judged CI is, for moving its baseline.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Target {
+    /// A field device (its asset id).
+    Asset(i64),
+    /// The gateway host of the envelope's agent.
+    Gateway,
 }
 
 /// One attribute that changed in this envelope: name, before, after.
@@ -66,17 +76,46 @@ impl Writer<'_, '_> {
             .iter()
             .map(|(n, before, after)| describe_change(n, before.as_deref(), after.as_deref()))
             .collect();
+        let drift = baseline::differences(&approved, &judged);
+        let category = if relevant.iter().any(|(n, _, _)| is_identity(n)) {
+            Category::Identity
+        } else {
+            Category::Config
+        };
+        self.judged(
+            key,
+            name,
+            &described,
+            current,
+            drift,
+            category,
+            Target::Asset(asset_id),
+        )
+    }
+
+    /// The verdict on a change of a baselined CI (field device or gateway): authorised by a
+    /// covering change record, back to baseline, or an unauthorised-change alert.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn judged(
+        &mut self,
+        key: &str,
+        name: &str,
+        described: &[Value],
+        current: &HashMap<String, Option<String>>,
+        drift: Vec<Value>,
+        category: Category,
+        target: Target,
+    ) -> rusqlite::Result<()> {
         let mut near_misses = Vec::new();
         for candidate in change_record::covering(self.db, key, self.now)? {
             let mismatches = change_record::mismatches(&candidate.expect, current);
             if mismatches.is_empty() {
-                return self.authorised(key, asset_id, &candidate, &described);
+                return self.authorised(key, target, &candidate, described);
             }
             near_misses.push(json!({ "ticket": candidate.ticket, "mismatches": mismatches }));
         }
-        let drift = baseline::differences(&approved, &judged);
         if drift.is_empty() {
-            self.detected(key, "back_to_baseline", None, None, &described)?;
+            self.detected(key, "back_to_baseline", None, None, described)?;
             self.count("changes_back_to_baseline", 1);
             return self.event(
                 kind::BACK_TO_BASELINE,
@@ -84,11 +123,6 @@ impl Writer<'_, '_> {
                 json!({ "changes": described }),
             );
         }
-        let category = if relevant.iter().any(|(n, _, _)| is_identity(n)) {
-            Category::Identity
-        } else {
-            Category::Config
-        };
         let detail = json!({
             "name": name,
             "changes": described,
@@ -96,7 +130,7 @@ impl Writer<'_, '_> {
             "near_misses": near_misses,
         });
         let alert_id = self.alert(key, name, "unauthorised_change", category, &detail)?;
-        self.detected(key, "unauthorised", None, Some(alert_id), &described)?;
+        self.detected(key, "unauthorised", None, Some(alert_id), described)?;
         self.count("changes_unauthorised", 1);
         self.event(
             kind::CHANGE_UNAUTHORISED,
@@ -109,7 +143,7 @@ impl Writer<'_, '_> {
     fn authorised(
         &mut self,
         key: &str,
-        asset_id: i64,
+        target: Target,
         record: &Candidate,
         described: &[Value],
     ) -> rusqlite::Result<()> {
@@ -129,15 +163,26 @@ impl Writer<'_, '_> {
             .execute(params![record.record_id, self.now])?;
         if record.auto_confirm {
             // Only what authorised evidence explains moves (never an earlier unauthorised change).
-            baseline::advance(
-                self.db,
-                asset_id,
-                key,
-                self.now,
-                "auto",
-                &format!("change record {} implemented (auto_confirm)", record.ticket),
-                &record.ticket,
-            )?;
+            let reason = format!("change record {} implemented (auto_confirm)", record.ticket);
+            match target {
+                Target::Asset(asset_id) => baseline::advance(
+                    self.db,
+                    asset_id,
+                    key,
+                    self.now,
+                    "auto",
+                    &reason,
+                    &record.ticket,
+                )?,
+                Target::Gateway => gateway_baseline::advance(
+                    self.db,
+                    key,
+                    self.now,
+                    "auto",
+                    &reason,
+                    &record.ticket,
+                )?,
+            };
             self.db
                 .prepare_cached(
                     "UPDATE change_records SET state = 'confirmed', confirmed_at_ms = ?2,

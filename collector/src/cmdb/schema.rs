@@ -213,6 +213,17 @@ CREATE TABLE baseline_attributes (
     PRIMARY KEY (asset_id, attribute)
 ) WITHOUT ROWID;
 
+-- A gateway host's approved facts (JSON object: hostname, os_name, os_version,
+-- kernel_version, cpu_arch, interfaces).
+CREATE TABLE baseline_gateways (
+    ci_key          TEXT PRIMARY KEY,
+    facts           TEXT NOT NULL,
+    approved_at_ms  INTEGER NOT NULL,
+    approved_by     TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    ticket          TEXT
+);
+
 -- A zone with an approved baseline: a device appearing in it afterwards is a new device.
 CREATE TABLE baseline_zones (
     zone            TEXT PRIMARY KEY REFERENCES zones(zone),
