@@ -257,6 +257,43 @@ fn an_authorised_change_never_explains_away_an_earlier_unauthorised_one() {
 }
 
 #[test]
+fn a_config_value_changing_every_poll_is_reported_once_as_unstable() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    apply(&mut f, &mut ingest, vec![plc(1, vec![0])], T0 + 1_000);
+    approve_all(ingest.cmdb_mut());
+    // A counter in a block nobody marked volatile: changes on every one of 20 polls.
+    for i in 1..=20u16 {
+        apply(
+            &mut f,
+            &mut ingest,
+            vec![plc(1, vec![i])],
+            T0 + 1_000 + u64::from(i) * 1_000,
+        );
+    }
+    let kinds: Vec<String> = ingest
+        .cmdb()
+        .alerts(None)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.kind)
+        .collect();
+    assert_eq!(kinds, ["unauthorised_change", "unstable_value"]);
+    assert_eq!(
+        count(ingest.cmdb(), "detected_changes", "verdict = 'unstable'"),
+        19
+    );
+    // It settles for a poll, then changes again: a new unauthorised change.
+    apply(&mut f, &mut ingest, vec![plc(1, vec![20])], T0 + 30_000);
+    apply(&mut f, &mut ingest, vec![plc(1, vec![77])], T0 + 31_000);
+    assert_eq!(ingest.cmdb().alerts(None).unwrap().len(), 3);
+    // An operator reverting it at the next poll is not "unstable": back to baseline.
+    apply(&mut f, &mut ingest, vec![plc(1, vec![0])], T0 + 32_000);
+    assert_eq!(ingest.cmdb().alerts(None).unwrap().len(), 3);
+    assert_eq!(ingest.cmdb().drift().unwrap()[0].state, "in_baseline");
+}
+
+#[test]
 fn auto_confirm_moves_the_baseline_at_once() {
     let mut f = Fixture::new();
     let mut ingest = f.ingest();

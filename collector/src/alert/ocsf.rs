@@ -45,6 +45,7 @@ pub fn message(alert: &AlertRow) -> String {
             )
         }
         "new_device" => "new device".to_owned(),
+        "unstable_value" => "value changing every poll (unauthorised, reported once) on".to_owned(),
         "device_unreachable" => "baselined device unreachable:".to_owned(),
         other => other.to_owned(),
     };

@@ -7,7 +7,10 @@
 //!   was observed and every expected value matches: the record is marked implemented with the
 //!   evidence, and its baseline moves forward at once if the record says `auto_confirm`;
 //! - **back to baseline** when no record covers it but the CI now matches its baseline again;
-//! - **unauthorised** otherwise: an alert goes to the outbox (see [`super::alerts`]).
+//! - **unauthorised** otherwise: an alert goes to the outbox (see [`super::alerts`]); when the
+//!   same attribute changed without authorisation in the agent's previous summary too, one
+//!   `unstable_value` alert is raised instead and further consecutive changes only recorded
+//!   (noise control for values that change every poll but are not marked volatile).
 //!
 //! A device appearing in a baselined zone is a `new_device` alert; a baselined device becoming
 //! unreachable is a `device_unreachable` alert. Assets and zones without a baseline raise no
@@ -16,7 +19,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use outpost_proto::model::AssetObservation;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
 
 use super::alerts::{self, Category, NewAlert};
@@ -41,6 +44,15 @@ pub(super) enum Target {
     Asset(i64),
     /// The gateway host of the envelope's agent.
     Gateway,
+}
+
+/// Whether a change repeats one from the previous poll.
+enum Flapping {
+    No,
+    /// The second change in consecutive polls: one `unstable_value` alert.
+    Started,
+    /// Third and later: recorded, no alert.
+    Again,
 }
 
 /// One attribute that changed in this envelope: name, before, after.
@@ -114,7 +126,12 @@ impl Writer<'_, '_> {
             }
             near_misses.push(json!({ "ticket": candidate.ticket, "mismatches": mismatches }));
         }
-        if drift.is_empty() {
+        let attributes: Vec<&str> = described
+            .iter()
+            .filter_map(|c| c["attribute"].as_str())
+            .collect();
+        let flapping = self.flapping(key, &attributes)?;
+        if drift.is_empty() && !matches!(flapping, Flapping::Again) {
             self.detected(key, "back_to_baseline", None, None, described)?;
             self.count("changes_back_to_baseline", 1);
             return self.event(
@@ -122,6 +139,30 @@ impl Writer<'_, '_> {
                 Some(key),
                 json!({ "changes": described }),
             );
+        }
+        match flapping {
+            Flapping::No => {}
+            Flapping::Again => {
+                // Already reported as unstable: recorded and counted, no new alert.
+                self.detected(key, "unstable", None, None, described)?;
+                self.count("changes_unstable", 1);
+                return Ok(());
+            }
+            Flapping::Started => {
+                let detail = json!({
+                    "name": name,
+                    "changes": described,
+                    "drift": drift,
+                    "unstable": true,
+                    "note": "changed in consecutive polls: reported once; further changes in \
+                             consecutive polls raise no alert until it settles (mark the block \
+                             volatile if it holds process values)",
+                });
+                let alert_id = self.alert(key, name, "unstable_value", category, &detail)?;
+                self.detected(key, "unstable", None, Some(alert_id), described)?;
+                self.count("changes_unstable", 1);
+                return Ok(());
+            }
         }
         let detail = json!({
             "name": name,
@@ -138,6 +179,56 @@ impl Writer<'_, '_> {
             json!({ "alert_id": alert_id, "category": category.name(), "changes": described,
                     "near_misses": near_misses }),
         )
+    }
+
+    /// Whether this CI's previous judged change came from the agent's previous summary and
+    /// touched one of the same attributes without authorisation (a value changing every poll).
+    fn flapping(&mut self, key: &str, attributes: &[&str]) -> rusqlite::Result<Flapping> {
+        let last: Option<(String, i64, String, String)> = self
+            .db
+            .prepare_cached(
+                "SELECT verdict, envelope_seq, agent_id, changes FROM detected_changes
+                 WHERE asset = ?1 ORDER BY change_id DESC LIMIT 1",
+            )?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .optional()?;
+        let Some((verdict, seq, agent, changes)) = last else {
+            return Ok(Flapping::No);
+        };
+        if agent != self.meta.agent.as_str()
+            || !matches!(
+                verdict.as_str(),
+                "unauthorised" | "unstable" | "back_to_baseline"
+            )
+        {
+            return Ok(Flapping::No);
+        }
+        let previous_summary: Option<i64> = self
+            .db
+            .prepare_cached(
+                "SELECT MAX(seq) FROM envelopes WHERE agent_id = ?1 AND seq < ?2
+                     AND kind = 'summary'",
+            )?
+            .query_row(
+                params![self.meta.agent.as_str(), sql_int(self.meta.seq)],
+                |r| r.get(0),
+            )?;
+        let same = serde_json::from_str::<Value>(&changes)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|prev| {
+                prev.iter()
+                    .filter_map(|c| c["attribute"].as_str())
+                    .any(|a| attributes.contains(&a))
+            });
+        if previous_summary != Some(seq) || !same {
+            return Ok(Flapping::No);
+        }
+        Ok(if verdict == "unstable" {
+            Flapping::Again
+        } else {
+            Flapping::Started
+        })
     }
 
     fn authorised(

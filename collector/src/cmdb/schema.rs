@@ -256,7 +256,7 @@ CREATE TABLE detected_changes (
     change_id       INTEGER PRIMARY KEY,
     asset           TEXT NOT NULL,            -- CI key
     verdict         TEXT NOT NULL CHECK (verdict IN ('authorised', 'unauthorised',
-                                                     'back_to_baseline')),
+                                                     'back_to_baseline', 'unstable')),
     record_id       INTEGER REFERENCES change_records(record_id),
     alert_id        INTEGER,
     observed_at_ms  INTEGER NOT NULL,         -- collector clock (applied)
@@ -268,12 +268,14 @@ CREATE TABLE detected_changes (
     changes         TEXT NOT NULL             -- JSON array: attribute, before, after
 );
 CREATE INDEX detected_changes_by_record ON detected_changes(record_id);
+CREATE INDEX detected_changes_by_asset ON detected_changes(asset, change_id);
 
 -- The alert outbox: written in the transaction that judged the change, delivered later.
 CREATE TABLE alerts (
     alert_id        INTEGER PRIMARY KEY,
     raised_at_ms    INTEGER NOT NULL,
-    kind            TEXT NOT NULL,            -- unauthorised_change | new_device | device_unreachable
+    kind            TEXT NOT NULL,            -- unauthorised_change | unstable_value | new_device |
+                                              -- device_unreachable
     category        TEXT NOT NULL,            -- identity | new_device | config | presence
     severity_id     INTEGER NOT NULL,         -- OCSF: 2 low, 3 medium, 4 high
     asset           TEXT NOT NULL,
