@@ -600,3 +600,68 @@ fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> Option<T> {
     }
     None
 }
+
+#[test]
+fn a_syslog_tcp_sink_that_comes_back_gets_the_pending_alert_octet_counted() {
+    use std::io::Read as _;
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    apply(&mut f, &mut ingest, vec![plc(1, vec![1])], T0 + 1_000);
+    approve_all(ingest.cmdb_mut());
+    let mut flashed = plc(1, vec![1]);
+    flashed.identity.revision = Some("9.9".into());
+    apply(&mut f, &mut ingest, vec![flashed], T0 + 2_000);
+
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let sink = SinkSpec::syslog(&format!("tcp://{addr}")).unwrap();
+    let name = sink.name();
+    let dispatcher = Dispatcher::start(AlertConfig {
+        db: f.db.clone(),
+        sinks: vec![sink],
+    })
+    .unwrap();
+    // Down first: failures are counted, the alert stays pending.
+    let failed = wait_for(|| {
+        let c = Cmdb::open_existing(&f.db).unwrap();
+        let s = c.alert_sinks().unwrap();
+        (s[0].failures >= 1).then_some(())
+    });
+    assert!(failed.is_some());
+    // The SIEM comes up on the same address; the retry delivers.
+    let listener = std::net::TcpListener::bind(addr).expect("rebind the SIEM port");
+    let (mut conn, _) = listener.accept().expect("the collector reconnects");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let frame = loop {
+        let n = conn.read(&mut buf).expect("read");
+        assert!(n > 0, "connection closed early");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((len, rest)) = text.split_once(' ')
+            && let Ok(len) = len.parse::<usize>()
+            && rest.len() >= len
+        {
+            break rest[..len].to_owned();
+        }
+    };
+    // identity change: auth facility (4), severity 2 (high) → <34>
+    assert!(frame.starts_with("<34>1 "), "{frame}");
+    assert!(frame.contains("category=\"identity\""), "{frame}");
+    let delivered = wait_for(|| {
+        let c = Cmdb::open_existing(&f.db).unwrap();
+        c.pending_alerts(&name, 10).unwrap().is_empty().then_some(c)
+    })
+    .expect("marked delivered");
+    dispatcher.stop();
+    let attempts: i64 = delivered
+        .connection()
+        .query_row("SELECT attempts FROM alert_deliveries", [], |r| r.get(0))
+        .unwrap();
+    assert!(attempts >= 2, "{attempts}");
+    assert_eq!(delivered.alerts(None).unwrap()[0].delivered_to, [name]);
+}
