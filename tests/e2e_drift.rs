@@ -345,3 +345,191 @@ fn register_write_alerts_once_authorised_change_and_volatile_values_and_restart_
     assert!(status.success(), "collector exit: {status}");
     sim.stop(Duration::from_secs(10)).expect("simulator stops");
 }
+
+/// Firmware change, a new device and a vanished one, each with its category, through real
+/// agent and collector processes (the plant runs in this test so its firmware can change).
+#[test]
+fn firmware_new_device_and_vanished_device_get_their_categories() {
+    use outpost_testbed::scenario::PlantDevice;
+    use outpost_testbed::sim::{Plant, default_plant};
+
+    let dir = harness::temp_dir("e2e-drift-kinds").expect("temp dir");
+    let dir = dir.path();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let specs = default_plant();
+    let main_specs: Vec<_> = specs
+        .iter()
+        .filter(|s| s.name == "mixer-plc" || s.name == "io-coupler")
+        .cloned()
+        .collect();
+    let extra_specs: Vec<_> = specs
+        .iter()
+        .filter(|s| s.name == "pump-vfd")
+        .cloned()
+        .collect();
+    let plant = runtime
+        .block_on(Plant::start_local(main_specs))
+        .expect("plant");
+    let extra = runtime
+        .block_on(Plant::start_local(extra_specs))
+        .expect("extra device");
+    let main_devices: Vec<PlantDevice> = plant.devices().iter().map(PlantDevice::from).collect();
+    let extra_devices: Vec<PlantDevice> = extra.devices().iter().map(PlantDevice::from).collect();
+
+    let keys = dir.join("keys");
+    run_ok(
+        "outpost-agent",
+        &["keygen", "--out", path(&keys), "--agent", "gw-kinds"],
+    );
+    let db = dir.join("cmdb.sqlite");
+    run_ok(
+        "outpost-collector",
+        &[
+            "enroll",
+            "--db",
+            path(&db),
+            "--zone",
+            "cell-k",
+            "--key",
+            path(&keys.join("agent.pub")),
+        ],
+    );
+    let ocsf = dir.join("alerts.ocsf.jsonl");
+    let ready = dir.join("collector.ready");
+    let mut collector = ChildGuard::spawn(
+        "outpost-collector",
+        Command::new(bin("outpost-collector"))
+            .args([
+                "serve",
+                "--db",
+                path(&db),
+                "--diode-listen",
+                "127.0.0.1:0",
+                "--ready-file",
+                path(&ready),
+                "--alert-file",
+                path(&ocsf),
+            ])
+            .stdin(Stdio::null()),
+    )
+    .expect("collector starts");
+    let listen: SocketAddr = harness::wait_ready_file(&ready, WAIT)
+        .expect("collector ready")
+        .trim()
+        .parse()
+        .expect("address");
+    let state = dir.join("state");
+    let key_file = keys.join("agent.key");
+    let setup = AgentSetup::new("gw-kinds", "cell-k", &state, &key_file, listen);
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, agent_config(&setup, &main_devices)).expect("config");
+    let mut agent = start_agent(&config);
+    harness::wait_for(WAIT, || {
+        (collector_json("assets", &db)["assets"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 2)
+            .then_some(())
+    })
+    .expect("both devices in the CMDB");
+    run_ok(
+        "outpost-collector",
+        &[
+            "baseline",
+            "approve",
+            "--db",
+            path(&db),
+            "--all",
+            "--by",
+            "e2e",
+            "--reason",
+            "initial",
+        ],
+    );
+
+    // Firmware: identity, high.
+    plant.set_revision(0, "V1.12.0.0").expect("new firmware");
+    let a = harness::wait_for(WAIT, || alerts(&db).into_iter().next()).expect("firmware alert");
+    assert_eq!(
+        (
+            a["kind"].as_str(),
+            a["category"].as_str(),
+            a["severity_id"].as_i64()
+        ),
+        (Some("unauthorised_change"), Some("identity"), Some(4)),
+        "{a:#}"
+    );
+    assert_eq!(a["asset_name"], "mixer-plc");
+    assert_eq!(a["detail"]["changes"][0]["after"], "V1.12.0.0");
+
+    // A device appears in the baselined zone: new device, high, OCSF 5001.
+    agent.stop(Duration::from_secs(10)).expect("agent stops");
+    let all: Vec<PlantDevice> = main_devices.iter().chain(&extra_devices).cloned().collect();
+    std::fs::write(&config, agent_config(&setup, &all)).expect("config");
+    let mut agent = start_agent(&config);
+    let a = harness::wait_for(WAIT, || alerts(&db).into_iter().nth(1)).expect("new-device alert");
+    assert_eq!(
+        (
+            a["kind"].as_str(),
+            a["category"].as_str(),
+            a["severity_id"].as_i64()
+        ),
+        (Some("new_device"), Some("new_device"), Some(4)),
+        "{a:#}"
+    );
+    assert_eq!(a["asset_name"], "pump-vfd");
+
+    // Approved, then it vanishes: presence, low.
+    run_ok(
+        "outpost-collector",
+        &[
+            "baseline",
+            "approve",
+            "--db",
+            path(&db),
+            "--asset",
+            "pump-vfd",
+            "--by",
+            "e2e",
+            "--reason",
+            "commissioned",
+        ],
+    );
+    runtime.block_on(extra.stop());
+    let a = harness::wait_for(WAIT, || alerts(&db).into_iter().nth(2)).expect("presence alert");
+    assert_eq!(
+        (
+            a["kind"].as_str(),
+            a["category"].as_str(),
+            a["severity_id"].as_i64()
+        ),
+        (Some("device_unreachable"), Some("presence"), Some(2)),
+        "{a:#}"
+    );
+    assert_eq!(a["asset_name"], "pump-vfd");
+
+    // Nothing else, and every alert in the OCSF file with its class.
+    wait_envelopes(&db, last_seq(&db), 2);
+    assert_eq!(alerts(&db).len(), 3, "{:#?}", alerts(&db));
+    let classes = harness::wait_for(WAIT, || {
+        let lines = ocsf_lines(&ocsf);
+        (lines.len() == 3).then(|| {
+            lines
+                .iter()
+                .map(|l| l["class_uid"].as_i64().unwrap_or(0))
+                .collect::<Vec<_>>()
+        })
+    })
+    .expect("three OCSF lines");
+    assert_eq!(classes, [5019, 5001, 5019]);
+
+    agent.stop(Duration::from_secs(10)).expect("agent stops");
+    collector
+        .stop(Duration::from_secs(10))
+        .expect("collector stops");
+    runtime.block_on(plant.stop());
+}
