@@ -154,6 +154,9 @@ struct AlertArgs {
     /// Send alerts as RFC 5424 syslog to udp://HOST:PORT or tcp://HOST:PORT (repeatable).
     #[arg(long, value_name = "URL")]
     alert_syslog: Vec<String>,
+    /// POST each alert's OCSF event as JSON to this http:// or https:// URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    alert_webhook: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -293,6 +296,9 @@ fn run(cli: Cli) -> Result<()> {
             }
             for url in &alerts.alert_syslog {
                 sinks.push(SinkSpec::syslog(url).map_err(anyhow::Error::msg)?);
+            }
+            for url in &alerts.alert_webhook {
+                sinks.push(SinkSpec::webhook(url).map_err(anyhow::Error::msg)?);
             }
             let alert_cfg = AlertConfig {
                 db: db.clone(),

@@ -665,3 +665,77 @@ fn a_syslog_tcp_sink_that_comes_back_gets_the_pending_alert_octet_counted() {
     assert!(attempts >= 2, "{attempts}");
     assert_eq!(delivered.alerts(None).unwrap()[0].delivered_to, [name]);
 }
+
+/// Reads one HTTP request (headers and a Content-Length body) and answers with `status`.
+fn http_exchange(listener: &std::net::TcpListener, status: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let (mut conn, _) = listener.accept().expect("a webhook request");
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let request = loop {
+        let n = conn.read(&mut buf).expect("read");
+        assert!(n > 0, "connection closed early");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())
+                        .flatten()
+                })
+                .unwrap_or(0);
+            if body.len() >= len {
+                break text;
+            }
+        }
+    };
+    let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    conn.write_all(reply.as_bytes()).unwrap();
+    request
+}
+
+#[test]
+fn a_webhook_gets_the_ocsf_event_and_an_error_answer_is_retried() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    apply(&mut f, &mut ingest, vec![plc(1, vec![1])], T0 + 1_000);
+    approve_all(ingest.cmdb_mut());
+    apply(&mut f, &mut ingest, vec![plc(1, vec![2])], T0 + 2_000);
+
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let sink = SinkSpec::webhook(&url).unwrap();
+    assert!(SinkSpec::webhook("ftp://x/y").is_err());
+    assert!(SinkSpec::webhook("not a url").is_err());
+    let name = sink.name();
+    let dispatcher = Dispatcher::start(AlertConfig {
+        db: f.db.clone(),
+        sinks: vec![sink],
+    })
+    .unwrap();
+    // The SIEM's endpoint fails once, then accepts.
+    let first = http_exchange(&listener, "503 Service Unavailable");
+    assert!(first.starts_with("POST /hook HTTP/1.1"), "{first}");
+    let second = http_exchange(&listener, "200 OK");
+    let body = &second[second.find("\r\n\r\n").unwrap() + 4..];
+    let event: Value = serde_json::from_str(body).expect("OCSF JSON body");
+    assert_eq!(event["class_uid"], 5019);
+    assert_eq!(event["unmapped"]["outpost"]["evidence"]["envelope_seq"], 2);
+    let c = wait_for(|| {
+        let c = Cmdb::open_existing(&f.db).unwrap();
+        c.pending_alerts(&name, 10).unwrap().is_empty().then_some(c)
+    })
+    .expect("marked delivered");
+    dispatcher.stop();
+    let sink = &c.alert_sinks().unwrap()[0];
+    assert_eq!((sink.delivered, sink.failures), (1, 1));
+    assert!(
+        sink.last_error.as_deref().unwrap_or("").contains("503"),
+        "{sink:?}"
+    );
+}

@@ -2,7 +2,7 @@
 //! team's tools.
 //!
 //! Sinks (configured on `serve`): an OCSF JSON-lines file ([`ocsf`]), RFC 5424 syslog over UDP
-//! or TCP ([`syslog`]). The [`Dispatcher`] is a thread with its own CMDB connection: every
+//! or TCP ([`syslog`]), and a webhook (the OCSF event POSTed as JSON; a 2xx answer delivers). The [`Dispatcher`] is a thread with its own CMDB connection: every
 //! [`SCAN_INTERVAL`] it delivers each sink's pending alerts in order, marking each delivered in
 //! the CMDB. A failure counts (`alert_delivery_failures`, the sink's `failures` and
 //! `last_error`), is logged, and leaves the alert pending; the sink is retried with exponential
@@ -31,6 +31,8 @@ pub const SCAN_INTERVAL: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Connect and write timeout for syslog over TCP.
 pub const TCP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Whole-request timeout for a webhook POST.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a stopping dispatcher keeps delivering what is pending.
 pub const DRAIN_ON_STOP: Duration = Duration::from_secs(2);
 /// Alerts read per sink per scan.
@@ -45,6 +47,8 @@ pub enum SinkSpec {
     SyslogUdp(String),
     /// RFC 5424 over TCP (octet counting) to `host:port`.
     SyslogTcp(String),
+    /// The OCSF event POSTed as JSON to an `http://` or `https://` URL; any 2xx is delivered.
+    Webhook(String),
 }
 
 impl SinkSpec {
@@ -70,12 +74,30 @@ impl SinkSpec {
         }
     }
 
+    /// Parses an `http://` or `https://` URL (a `--alert-webhook` value).
+    pub fn webhook(url: &str) -> Result<SinkSpec, String> {
+        let parsed: Result<ureq::http::Uri, _> = url.parse();
+        match parsed {
+            Ok(uri)
+                if matches!(uri.scheme_str(), Some("http" | "https"))
+                    && uri.host().is_some_and(|h| !h.is_empty()) =>
+            {
+                Ok(SinkSpec::Webhook(url.to_owned()))
+            }
+            _ => Err(format!(
+                "--alert-webhook {url:?}: use an http:// or https:// URL (e.g. \
+                 https://siem.example/outpost)"
+            )),
+        }
+    }
+
     /// The sink's name in the CMDB (`alert_sinks.sink`).
     pub fn name(&self) -> String {
         match self {
             SinkSpec::OcsfFile(p) => format!("ocsf-file:{}", p.display()),
             SinkSpec::SyslogUdp(t) => format!("syslog+udp://{t}"),
             SinkSpec::SyslogTcp(t) => format!("syslog+tcp://{t}"),
+            SinkSpec::Webhook(u) => format!("webhook:{u}"),
         }
     }
 }
@@ -94,6 +116,7 @@ struct Sink {
     file: Option<File>,
     udp: Option<UdpSocket>,
     tcp: Option<TcpStream>,
+    http: Option<ureq::Agent>,
     failures_in_row: u32,
     next_try: Instant,
 }
@@ -106,6 +129,7 @@ impl Sink {
             file: None,
             udp: None,
             tcp: None,
+            http: None,
             failures_in_row: 0,
             next_try: Instant::now(),
         }
@@ -166,6 +190,19 @@ impl Sink {
                     self.tcp = None;
                     return Err(format!("cannot send to {target}: {e}"));
                 }
+            }
+            SinkSpec::Webhook(url) => {
+                let agent = self.http.get_or_insert_with(|| {
+                    ureq::Agent::config_builder()
+                        .timeout_global(Some(HTTP_TIMEOUT))
+                        .build()
+                        .into()
+                });
+                agent
+                    .post(url.as_str())
+                    .header("Content-Type", "application/json")
+                    .send(ocsf.as_str())
+                    .map_err(|e| format!("POST {url}: {e}"))?;
             }
         }
         Ok(())
