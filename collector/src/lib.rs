@@ -22,11 +22,13 @@
 //!   log lines); counters always count.
 
 pub mod alert;
+pub mod audit;
 pub mod budget;
 pub mod check;
 pub mod cmdb;
 pub mod ingest;
 pub mod kernel;
+pub mod key_cmd;
 pub mod liveness;
 pub mod lograte;
 pub mod mqtt;
