@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use outpost_collector::evidence::manifest::{self, Manifest};
 use outpost_proto::{Digest, SigningKey};
+use outpost_testbed::ews::write_register_blocking;
 use outpost_testbed::harness::{self, ChildGuard};
 use outpost_testbed::scenario::{AgentSetup, agent_config, devices_from_sim_json};
 use outpost_testbed::sim::default_plant;
@@ -194,6 +195,28 @@ fn evidence_pack_from_a_real_run_verifies_offline_and_every_tampering_fails() {
     let first_seq = collector_json("agents", &db)["agents"][0]["last_seq"]
         .as_u64()
         .expect("last_seq");
+    // The zone's state approved as the baseline, then an engineering workstation changes the
+    // mixer's setpoint without a change record: the next summary is judged unauthorised.
+    run_ok(
+        "outpost-collector",
+        &[
+            "baseline",
+            "approve",
+            "--db",
+            path(&db),
+            "--zone",
+            "cell-ev",
+            "--by",
+            "auditor",
+            "--reason",
+            "commissioning",
+        ],
+    );
+    let mixer = devices
+        .iter()
+        .find(|d| d.name == "mixer-plc")
+        .expect("mixer-plc");
+    write_register_blocking(mixer.addr, 1, 100, 1350).expect("FC 6 write");
     run_ok(
         "outpost-agent",
         &["run", "--config", path(&config), "--once"],
@@ -298,9 +321,23 @@ fn evidence_pack_from_a_real_run_verifies_offline_and_every_tampering_fails() {
     let html = std::fs::read_to_string(pack.join("report.html")).expect("html");
     assert!(html.contains("data-envelopes=\"2\""), "{html}");
     assert!(html.contains("CIP-010 R1.1"));
-    if changes["available"] == false {
-        assert!(html.contains("id=\"changes-unavailable\""));
-    }
+    // The drift records: the approved baselines and the unauthorised change, naming the
+    // envelope (in the pack) it was observed in.
+    assert_eq!(changes["available"], true, "{changes:#}");
+    assert_eq!(
+        changes["baselines"].as_array().map(Vec::len),
+        Some(units),
+        "{changes:#}"
+    );
+    let change = &changes["changes"][0];
+    assert_eq!(change["verdict"], "unauthorised", "{changes:#}");
+    assert!(
+        change["ci_key"]
+            .as_str()
+            .is_some_and(|k| k.contains(&mixer.addr.to_string()))
+    );
+    assert_eq!(change["envelope_seq"], first_seq + 1);
+    assert!(html.contains("none: investigate"), "{html}");
     let envelope_files: Vec<PathBuf> = std::fs::read_dir(pack.join("envelopes/gw-ev"))
         .expect("envelopes dir")
         .map(|e| e.expect("entry").path())
@@ -404,7 +441,22 @@ fn evidence_pack_from_a_real_run_verifies_offline_and_every_tampering_fails() {
         &["collector_key_not_pinned", "manifest_signature"],
     );
 
-    // 6. An added file.
+    // 6. A change record pointing at an envelope that is not in the pack (re-signed by a
+    // stranger: the pin is what catches the signature; the cross-check names the change).
+    let t = dir.join("t-change");
+    copy_dir(&pack, &t);
+    let mut ch = changes.clone();
+    ch["changes"][0]["envelope_seq"] = Value::from(first_seq + 7);
+    std::fs::write(
+        t.join("changes.json"),
+        serde_json::to_vec_pretty(&ch).expect("json"),
+    )
+    .expect("write");
+    std::fs::write(t.join("collector.pub"), mallory.public_key().to_line(None)).expect("w");
+    reseal(&t, &mallory);
+    assert_tampered(&t, None, &["change_without_envelope: change"]);
+
+    // 7. An added file.
     let t = dir.join("t-added");
     copy_dir(&pack, &t);
     std::fs::write(t.join("envelopes/gw-ev/extra.cbor"), b"x").expect("write");
@@ -414,7 +466,7 @@ fn evidence_pack_from_a_real_run_verifies_offline_and_every_tampering_fails() {
         &["unlisted_file: envelopes/gw-ev/extra.cbor"],
     );
 
-    // 7. An envelope dropped from the pack together with its index row, everything re-hashed
+    // 8. An envelope dropped from the pack together with its index row, everything re-hashed
     // and re-signed (by a key that is not the pin): without the pin the report recomputation
     // still names it.
     let t = dir.join("t-dropped");

@@ -68,8 +68,8 @@ pub fn read(conn: &Connection, zone: &str, from_ms: i64, to_ms: i64) -> Changes 
             schema: SCHEMA.to_owned(),
             available: false,
             note: Some(
-                "this CMDB has no baseline or change-record tables (drift judgement not \
-                 enabled in this collector version)"
+                "this CMDB has no baseline or change-record tables (it was made by a \
+                 collector before schema version 4; any current collector command migrates it)"
                     .to_owned(),
             ),
             ..Changes::default()
@@ -149,8 +149,8 @@ fn read_tables(
 mod tests {
     use super::*;
 
-    /// The drift tables as issue 4 defines them (schema migration of the `drift` branch), the
-    /// columns this module reads; the evidence e2e test covers the real schema once it lands.
+    /// The drift tables' columns this module reads (schema migration 4); `tests/e2e_evidence.rs`
+    /// covers the real schema through real processes.
     const DRIFT_TABLES: &str = r#"
         CREATE TABLE assets (asset_id INTEGER PRIMARY KEY, ci_key TEXT NOT NULL, zone TEXT NOT NULL);
         CREATE TABLE baselines (asset_id INTEGER PRIMARY KEY, approved_at_ms INTEGER NOT NULL,
