@@ -224,7 +224,7 @@ async fn delivers_every_message_through_bursts_of_twenty() {
     let profile = LossProfile::bursts(20, (150, 300), 0x5eed_0020);
     let (c, relay) = delivers_all(profile, 100, 100).await;
     let r = relay.stop();
-    assert!(r.dropped_burst >= 20 * 40, "bursts really happened: {r:?}");
+    assert!(r.dropped_burst >= 20 * 25, "bursts really happened: {r:?}");
     let stats = c.stop().await;
     assert_eq!(stats.envelopes_applied, 200);
 }
