@@ -181,7 +181,10 @@ async fn delivers_all(profile: LossProfile, windowed: u64, alone: u64) -> (Colle
         windows += usize::from(tx.queue(&s.summary_of(20)).await.unwrap().is_some());
     }
     windows += usize::from(tx.flush().await.unwrap().is_some());
-    assert!(windows >= 4, "the stream really went in windows ({windows})");
+    assert!(
+        windows >= 4,
+        "the stream really went in windows ({windows})"
+    );
     for _ in 0..alone {
         let r = tx.send_message(&s.summary()).await.unwrap();
         assert_eq!(r.envelopes, 1);
@@ -558,7 +561,10 @@ async fn a_repeat_round_rebuilds_a_window_whose_first_round_was_lost() {
     let stats = c.stop().await;
     assert_eq!(stats.envelopes_applied, 11);
     assert_eq!(stats.envelopes_rejected, 0, "{stats:?}");
-    assert!(stats.fec_surplus >= 10 * 20, "repeat rounds are surplus: {stats:?}");
+    assert!(
+        stats.fec_surplus >= 10 * 20,
+        "repeat rounds are surplus: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,13 +574,17 @@ async fn an_exact_duplicate_is_counted_and_a_different_replay_is_quarantined() {
     let mut tx = sender(c.addr);
     let one = s.summary();
     tx.send_message(&one).await.unwrap();
-    c.wait("the first", |c| c.int("SELECT count(*) FROM envelopes") == 1)
-        .await;
+    c.wait("the first", |c| {
+        c.int("SELECT count(*) FROM envelopes") == 1
+    })
+    .await;
     // The same envelope again, in a block of its own (a new block id: the reassembler cannot
     // recognise it), as a repeat round rebuilt after its id was forgotten would deliver it.
     tx.send_message(&one).await.unwrap();
-    c.wait("the duplicate counted", |c| c.counter("envelopes_duplicate") == 1)
-        .await;
+    c.wait("the duplicate counted", |c| {
+        c.counter("envelopes_duplicate") == 1
+    })
+    .await;
     // A different envelope with the same sequence number: a replay, quarantined.
     s.tip = ChainTip::GENESIS;
     s.round = 40;

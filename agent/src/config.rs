@@ -646,8 +646,7 @@ impl Config {
                 if !d.fec {
                     problem(
                         "diode.fec_repeat_after".into(),
-                        "needs fec = true (the repeat round is made of FEC repair symbols)"
-                            .into(),
+                        "needs fec = true (the repeat round is made of FEC repair symbols)".into(),
                     );
                 }
             }
@@ -1109,8 +1108,16 @@ count = 1
              fec_repeat_after = \"10s\"\nfec = false\n",
         );
         let p = invalid(&bad);
-        assert!(p.iter().any(|x| x.starts_with("diode.fec_window_bytes: 5000000 is outside")), "{p:?}");
-        assert!(p.iter().any(|x| x.starts_with("diode.fec_repeat_after: 10s is outside")), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("diode.fec_window_bytes: 5000000 is outside")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("diode.fec_repeat_after: 10s is outside")),
+            "{p:?}"
+        );
         assert!(p.iter().any(|x| x.contains("needs fec = true")), "{p:?}");
     }
 

@@ -335,9 +335,8 @@ pub fn encode(
 /// Splits a rebuilt block into its envelopes; the entries must be exactly `envelopes`, each
 /// non-empty and at most [`MAX_ENVELOPE_BYTES`], and fill the block exactly.
 pub fn split(content: &[u8], envelopes: u16) -> Result<Vec<Vec<u8>>, FrameError> {
-    let bad = || {
-        FrameError::Inconsistent("FEC window entries do not add up to its length and count")
-    };
+    let bad =
+        || FrameError::Inconsistent("FEC window entries do not add up to its length and count");
     let mut out = Vec::with_capacity(usize::from(envelopes));
     let mut rest = content;
     while !rest.is_empty() {
@@ -522,7 +521,10 @@ mod tests {
     fn symbol_sizes_keep_k_out_of_the_weak_range() {
         for len in (1..400_000).step_by(97).chain([MAX_BLOCK_BYTES]) {
             let t = symbol_size_for(len);
-            assert!(t >= MIN_SYMBOL && t <= MAX_SYMBOL && t % ALIGNMENT == 0, "{len}");
+            assert!(
+                t >= MIN_SYMBOL && t <= MAX_SYMBOL && t % ALIGNMENT == 0,
+                "{len}"
+            );
             let k = len.div_ceil(usize::from(t));
             assert!(
                 k <= SMALL_K || k >= LARGE_K || t == MAX_SYMBOL && k >= LARGE_K,
@@ -595,11 +597,7 @@ mod tests {
         assert_eq!(p.repair_for(904), 226);
         assert_eq!(p.repair_total(904), 226);
         assert_eq!(
-            FecParams {
-                repeat: true,
-                ..p
-            }
-            .repair_total(MAX_SOURCE_SYMBOLS),
+            FecParams { repeat: true, ..p }.repair_total(MAX_SOURCE_SYMBOLS),
             256 + 1024 + 256
         );
         assert!(MAX_ENVELOPE_BYTES + ENTRY_PREFIX <= MAX_BLOCK_BYTES);

@@ -718,7 +718,10 @@ mod tests {
         let mut big = Window::new();
         big.push(&message(150_000)).unwrap();
         // One real 150 kB block's first symbol, re-labelled with new block ids (CRC redone).
-        let huge = encode_window(100, &big, FecParams::default()).unwrap().first[0].clone();
+        let huge = encode_window(100, &big, FecParams::default())
+            .unwrap()
+            .first[0]
+            .clone();
         for id in 0..40u64 {
             let mut d = huge.clone();
             d[4..12].copy_from_slice(&(100 + id).to_be_bytes());

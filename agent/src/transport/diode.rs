@@ -255,8 +255,7 @@ impl DiodeSender {
         let frame_err = |target, source| DiodeError::Frame { target, source };
         if self.fec.is_none() {
             let id = self.take_id();
-            let datagrams =
-                frame::fragment(id, message).map_err(|e| frame_err(self.target, e))?;
+            let datagrams = frame::fragment(id, message).map_err(|e| frame_err(self.target, e))?;
             return self.send_all(id, 1, &datagrams, &[]).await.map(Some);
         }
         if message.is_empty() {

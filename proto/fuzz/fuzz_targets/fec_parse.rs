@@ -49,14 +49,22 @@ fuzz_target!(|data: &[u8]| {
         && let Ok(envelopes) = fec::split(content, u16::from(n))
     {
         assert_eq!(envelopes.len(), usize::from(n));
-        assert!(envelopes.iter().all(|e| !e.is_empty() && e.len() <= MAX_ENVELOPE_BYTES));
+        assert!(
+            envelopes
+                .iter()
+                .all(|e| !e.is_empty() && e.len() <= MAX_ENVELOPE_BYTES)
+        );
     }
     let mut r = Reassembler::new(ReassemblyLimits::default());
     // The same datagram twice, and from two sources: duplicates and tables exercised.
     for (source, now) in [(0u8, 0u64), (0, 1), (1, 2)] {
         if let Ok(messages) = r.push(source, &d, now) {
             // A single valid symbol can complete a one-symbol block; what it holds must split.
-            assert!(messages.iter().all(|m| !m.is_empty() && m.len() <= MAX_ENVELOPE_BYTES));
+            assert!(
+                messages
+                    .iter()
+                    .all(|m| !m.is_empty() && m.len() <= MAX_ENVELOPE_BYTES)
+            );
         }
     }
     let _ = r.poll_dropped(u64::MAX);
