@@ -10,7 +10,7 @@
 //! in bytes and in time by the sender, and encodes the window as one block of `K` source
 //! symbols and `R` repair symbols: the `K` source symbols in order, then the repairs.
 //!
-//! `R = max(⌈K × overhead_percent / 100⌉, min_repair)`. The percentage covers random loss on
+//! `R = max(⌊K × overhead_percent / 100⌋, min_repair)`. The percentage covers random loss on
 //! full windows; `min_repair` covers a *burst*: a run of consecutive lost datagrams hitting one
 //! block, which survives any burst of up to `min_repair − 4` datagrams with 4 symbols to spare
 //! (defaults: 25 %, 24 repairs, bursts of 20). With [`FecParams::repeat`] the block is sent a
@@ -112,7 +112,8 @@ impl Default for FecParams {
 impl FecParams {
     /// Repair symbols of the first round for a block of `k` source symbols.
     pub fn repair_for(&self, k: u16) -> u16 {
-        let pct = (u32::from(k) * u32::from(self.overhead_percent)).div_ceil(100);
+        // Rounded down: the repair share never exceeds the percentage (the floor covers small K).
+        let pct = u32::from(k) * u32::from(self.overhead_percent) / 100;
         let r = pct.max(u32::from(self.min_repair));
         u16::try_from(r.min(u32::from(MAX_SOURCE_SYMBOLS))).unwrap_or(MAX_SOURCE_SYMBOLS)
     }

@@ -264,17 +264,19 @@ impl DiodeSender {
         let waited = self
             .window_started
             .is_some_and(|t| t.elapsed() >= self.window_delay);
-        let mut report = None;
-        if !self.window.is_empty()
+        let flushed = if !self.window.is_empty()
             && (waited || !self.window.has_room(message.len(), self.window_bytes))
         {
-            report = self.flush().await?;
-        }
+            self.flush().await
+        } else {
+            Ok(None)
+        };
+        // Queued even when sending the previous window failed: it goes with the next flush.
         self.window
             .push(message)
             .map_err(|e| frame_err(self.target, e))?;
         self.window_started.get_or_insert_with(Instant::now);
-        Ok(report)
+        flushed
     }
 
     /// Sends the FEC window as one block (both rounds with a repeat), if anything is queued.

@@ -73,17 +73,26 @@ pub fn run(trials: u64, messages: usize) -> anyhow::Result<()> {
         100.0 * g.repair_share,
         100.0 * g.wire_overhead
     );
-    for (label, params) in [
-        ("default 25 % repair", p),
+    for (label, params, window) in [
+        ("default 256 KiB windows, 25 % repair", p, WINDOW),
         (
-            "20 % repair",
+            "256 KiB windows, 20 % repair",
             FecParams {
                 overhead_percent: 20,
                 ..p
             },
+            WINDOW,
+        ),
+        (
+            "1 MiB windows, 20 % repair",
+            FecParams {
+                overhead_percent: 20,
+                ..p
+            },
+            1024 * 1024,
         ),
     ] {
-        let s = stream_delivery(messages, STREAM_PATTERNS, 0.10, params)?;
+        let s = stream_delivery(messages, STREAM_PATTERNS, 0.10, params, window)?;
         let ratio = s.delivered as f64 / s.total as f64;
         let verdict = if ratio >= 0.9999 && s.repair <= 0.25 {
             "meets the ≥ 99.99 % at ≤ 25 % overhead target"
@@ -91,7 +100,7 @@ pub fn run(trials: u64, messages: usize) -> anyhow::Result<()> {
             "MISSES ≥ 99.99 % at ≤ 25 %"
         };
         println!(
-            "10 % random loss, {messages} small envelopes (300 B–5 kB) in {} windows, {STREAM_PATTERNS} loss patterns, {label}: {}/{} delivered ({:.5} %), {} of {} windows lost; repair {:.1} %, all wire bytes +{:.1} % — {verdict}",
+            "10 % random loss, {messages} small envelopes (300 B–5 kB), {label} ({} windows), {STREAM_PATTERNS} loss patterns: {}/{} delivered ({:.5} %), {} of {} windows lost; repair {:.1} %, all wire bytes +{:.1} % — {verdict}",
             s.windows,
             s.delivered,
             s.total,
@@ -102,11 +111,20 @@ pub fn run(trials: u64, messages: usize) -> anyhow::Result<()> {
             100.0 * s.wire
         );
     }
-    let b = stream_bursts(messages, p)?;
-    println!(
-        "bursts of 20 consecutive datagrams lost (one every 40–120), same stream, default repair: {}/{} delivered",
-        b.0, b.1
-    );
+    let repeat = FecParams { repeat: true, ..p };
+    for (gap, params, label) in [
+        ((150, 300), p, "default (25 %, no repeat)"),
+        ((40, 120), p, "default (25 %, no repeat)"),
+        ((40, 120), repeat, "with the repeat round"),
+    ] {
+        let (ok, n, lost_share) = stream_bursts(messages, params, gap)?;
+        println!(
+            "bursts of 20 consecutive datagrams lost every {}–{} datagrams ({:.0} % of datagrams), same stream, {label}: {ok}/{n} delivered",
+            gap.0,
+            gap.1,
+            100.0 * lost_share
+        );
+    }
     for (label, len) in [
         ("a 3 kB summary alone", 3000),
         ("a heartbeat alone (~350 B)", 350),
@@ -131,7 +149,11 @@ const STREAM_PATTERNS: u64 = 20;
 
 /// `n` envelopes of 300..=5000 bytes (seeded), packed into `WINDOW`-byte windows and encoded.
 /// Returns (envelopes per window, datagrams per window, envelope bytes).
-fn small_stream(n: usize, params: FecParams) -> anyhow::Result<(Vec<Vec<Vec<u8>>>, usize)> {
+fn small_stream(
+    n: usize,
+    params: FecParams,
+    window: usize,
+) -> anyhow::Result<(Vec<Vec<Vec<u8>>>, usize)> {
     let mut rng = Rng::new(0x5_3A11);
     let mut blocks = Vec::new();
     let mut w = Window::new();
@@ -141,17 +163,25 @@ fn small_stream(n: usize, params: FecParams) -> anyhow::Result<(Vec<Vec<Vec<u8>>
         let len = rng.range(300, 5000) as usize;
         let m: Vec<u8> = (0..len).map(|j| (i * 7 + j * 31) as u8).collect();
         bytes += len;
-        if !w.has_room(len, WINDOW) {
-            blocks.push(fec::encode_window(id, &w, params)?.first);
+        if !w.has_room(len, window) {
+            blocks.push(both_rounds(id, &w, params)?);
             id += 1;
             w.clear();
         }
         w.push(&m)?;
     }
     if !w.is_empty() {
-        blocks.push(fec::encode_window(id, &w, params)?.first);
+        blocks.push(both_rounds(id, &w, params)?);
     }
     Ok((blocks, bytes))
+}
+
+/// A window's datagrams as sent: the first round, then the repeat round (if any).
+fn both_rounds(id: u64, w: &Window, params: FecParams) -> anyhow::Result<Vec<Vec<u8>>> {
+    let e = fec::encode_window(id, w, params)?;
+    let mut all = e.first;
+    all.extend(e.repeat);
+    Ok(all)
 }
 
 struct StreamDelivery {
@@ -170,8 +200,9 @@ fn stream_delivery(
     patterns: u64,
     loss: f64,
     params: FecParams,
+    window: usize,
 ) -> anyhow::Result<StreamDelivery> {
-    let (blocks, bytes) = small_stream(n, params)?;
+    let (blocks, bytes) = small_stream(n, params, window)?;
     let (mut k, mut r, mut wire) = (0u64, 0u64, 0usize);
     for b in &blocks {
         let (h, _) = fec::parse(&b[0], fec::MAX_BLOCK_BYTES)?;
@@ -209,25 +240,33 @@ fn stream_delivery(
     })
 }
 
-/// The same stream through bursts of 20 consecutive lost datagrams, one burst every 40–120
-/// datagrams (seeded). Returns (delivered, sent).
-fn stream_bursts(n: usize, params: FecParams) -> anyhow::Result<(u64, u64)> {
-    let (blocks, _) = small_stream(n, params)?;
+/// The same stream through bursts of 20 consecutive lost datagrams, `gap` datagrams apart
+/// (seeded). Returns (delivered, sent, share of datagrams lost).
+fn stream_bursts(
+    n: usize,
+    params: FecParams,
+    gap: (u32, u32),
+) -> anyhow::Result<(u64, u64, f64)> {
+    let (blocks, _) = small_stream(n, params, WINDOW)?;
     let mut rng = Rng::new(0xB0_0057);
-    let mut until_burst = rng.range(40, 120);
+    let mut until_burst = rng.range(gap.0, gap.1);
+    let (mut total, mut lost) = (0u64, 0u64);
     let mut in_burst = 0;
     let mut reasm = Reassembler::new(ReassemblyLimits::default());
     let mut delivered = 0;
     for (t, b) in blocks.iter().enumerate() {
         for d in b {
+            total += 1;
             if in_burst > 0 {
                 in_burst -= 1;
+                lost += 1;
                 continue;
             }
             until_burst -= 1;
             if until_burst == 0 {
                 in_burst = 19;
-                until_burst = rng.range(40, 120);
+                lost += 1;
+                until_burst = rng.range(gap.0, gap.1);
                 continue;
             }
             if let Ok(m) = reasm.push(0u8, d, t as u64) {
@@ -235,7 +274,7 @@ fn stream_bursts(n: usize, params: FecParams) -> anyhow::Result<(u64, u64)> {
             }
         }
     }
-    Ok((delivered, n as u64))
+    Ok((delivered, n as u64, lost as f64 / total as f64))
 }
 
 /// Bytes per second a receiver gets when a sender blasts 1200-byte datagrams on loopback.
