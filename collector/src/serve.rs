@@ -60,6 +60,8 @@ pub struct ServeConfig {
     pub recv_buffer_bytes: usize,
     pub queue_capacity: usize,
     pub reassembly: ReassemblyLimits,
+    /// How far ahead of our clock an envelope's agent time may be (`--max-clock-skew`).
+    pub max_clock_skew: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -72,6 +74,9 @@ impl ServeConfig {
             recv_buffer_bytes: DEFAULT_RECV_BUFFER,
             queue_capacity: DEFAULT_QUEUE,
             reassembly: ReassemblyLimits::default(),
+            max_clock_skew: std::time::Duration::from_millis(
+                crate::ingest::DEFAULT_MAX_CLOCK_SKEW_MS,
+            ),
         }
     }
 }
@@ -208,6 +213,7 @@ impl Server {
             .spawn(move || check_loop(checker, rx, &checked_tx))
             .map_err(ServeError::Thread)?;
         let backpressure = Arc::new(AtomicU64::new(0));
+        let skew = cfg.max_clock_skew;
         let worker_bp = Arc::clone(&backpressure);
         let worker = std::thread::Builder::new()
             .name("outpost-ingest".into())
@@ -217,6 +223,7 @@ impl Server {
                 // reassembler's memory, can deliver an envelope twice: a byte-identical copy of
                 // a stored envelope is a counted `envelopes_duplicate`, not a replay.
                 ingest.recognise_redelivery(true);
+                ingest.set_max_clock_skew(skew);
                 ingest_loop(ingest, &checked_rx, &worker_bp)
             })
             .map_err(ServeError::Thread)?;
@@ -579,7 +586,7 @@ fn ingest_loop(
                     Ok(checked) => {
                         let interval = match &checked.body {
                             Body::Heartbeat(b) => Some(b.interval_ms),
-                            Body::Summary(_) | Body::DataLost(_) => None,
+                            _ => None,
                         };
                         let result = ingest.apply_checked(checked, &wire, &peer, now);
                         if let Ok(applied) = &result {
@@ -588,7 +595,7 @@ fn ingest_loop(
                         }
                         result
                     }
-                    Err(refusal) => Err(ingest.refuse(refusal, &wire, &peer, now)),
+                    Err(refusal) => ingest.finish_refused(refusal, &wire, &peer, now),
                 };
                 stats.count(&result);
             }

@@ -242,11 +242,7 @@ fn stream_delivery(
 
 /// The same stream through bursts of 20 consecutive lost datagrams, `gap` datagrams apart
 /// (seeded). Returns (delivered, sent, share of datagrams lost).
-fn stream_bursts(
-    n: usize,
-    params: FecParams,
-    gap: (u32, u32),
-) -> anyhow::Result<(u64, u64, f64)> {
+fn stream_bursts(n: usize, params: FecParams, gap: (u32, u32)) -> anyhow::Result<(u64, u64, f64)> {
     let (blocks, _) = small_stream(n, params, WINDOW)?;
     let mut rng = Rng::new(0xB0_0057);
     let mut until_burst = rng.range(gap.0, gap.1);
