@@ -347,10 +347,11 @@ impl DiodeSender {
         };
         let mut last_error = None;
         for (round, datagrams) in [first, repeat].into_iter().enumerate() {
-            if round == 1 && !datagrams.is_empty() {
-                if let Some(after) = self.repeat_after {
-                    tokio::time::sleep(after).await;
-                }
+            if round == 1
+                && !datagrams.is_empty()
+                && let Some(after) = self.repeat_after
+            {
+                tokio::time::sleep(after).await;
             }
             for d in datagrams {
                 if let Some(e) = self.send_one(d, message_id, &mut report).await {
