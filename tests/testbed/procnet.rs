@@ -49,13 +49,36 @@ impl SocketRow {
     }
 }
 
+/// One row of `/proc/net/unix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnixRow {
+    pub inode: u64,
+    /// `__SO_ACCEPTCON`: the socket listens for connections.
+    pub listening: bool,
+    /// The bound path (`@…` for the abstract namespace); `None` for an unnamed socket such as
+    /// one end of a `socketpair` (tokio's signal handling holds one).
+    pub path: Option<String>,
+}
+
 /// What `/proc/<pid>/fd` and the process's socket tables say about its sockets.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessSockets {
     /// Sockets found in the TCP/UDP tables.
     pub inet: Vec<SocketRow>,
-    /// Socket inodes held by the process that are in none of those tables (unix, netlink, …).
+    /// Unix-domain sockets (never reachable from a network).
+    pub unix: Vec<UnixRow>,
+    /// Socket inodes held by the process that are in none of those tables (netlink, packet, …).
     pub other_inodes: Vec<u64>,
+}
+
+impl ProcessSockets {
+    /// Unix sockets that could take input from another process: listening or bound to a name.
+    pub fn named_or_listening_unix(&self) -> Vec<&UnixRow> {
+        self.unix
+            .iter()
+            .filter(|u| u.listening || u.path.is_some())
+            .collect()
+    }
 }
 
 fn proc_err(path: &Path, e: io::Error) -> io::Error {
@@ -115,15 +138,51 @@ pub fn socket_tables(pid: u32) -> io::Result<Vec<SocketRow>> {
     Ok(rows)
 }
 
-/// The sockets `pid` holds, split into TCP/UDP rows and others.
+/// Every row of `/proc/<pid>/net/unix`.
+pub fn unix_table(pid: u32) -> io::Result<Vec<UnixRow>> {
+    let path = PathBuf::from(format!("/proc/{pid}/net/unix"));
+    let text = std::fs::read_to_string(&path).map_err(|e| proc_err(&path, e))?;
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            parse_unix_row(line).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: cannot parse line {line:?}", path.display()),
+                )
+            })
+        })
+        .collect()
+}
+
+/// `Num RefCount Protocol Flags Type St Inode [Path]`.
+fn parse_unix_row(line: &str) -> Option<UnixRow> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    if f.len() < 7 {
+        return None;
+    }
+    const SO_ACCEPTCON: u32 = 0x0001_0000;
+    let flags = u32::from_str_radix(f[3], 16).ok()?;
+    Some(UnixRow {
+        inode: f[6].parse().ok()?,
+        listening: flags & SO_ACCEPTCON != 0,
+        path: f.get(7).map(|p| (*p).to_owned()),
+    })
+}
+
+/// The sockets `pid` holds, split into TCP/UDP rows, unix sockets and others.
 pub fn process_sockets(pid: u32) -> io::Result<ProcessSockets> {
     let inodes = socket_inodes(pid)?;
     let tables = socket_tables(pid)?;
+    let unix = unix_table(pid)?;
     let mut out = ProcessSockets::default();
     for inode in inodes {
-        match tables.iter().find(|r| r.inode == inode) {
-            Some(row) => out.inet.push(row.clone()),
-            None => out.other_inodes.push(inode),
+        if let Some(row) = tables.iter().find(|r| r.inode == inode) {
+            out.inet.push(row.clone());
+        } else if let Some(row) = unix.iter().find(|r| r.inode == inode) {
+            out.unix.push(row.clone());
+        } else {
+            out.other_inodes.push(inode);
         }
     }
     Ok(out)
@@ -214,6 +273,30 @@ mod tests {
         assert_eq!(u.remote, peer.local_addr().unwrap());
         // The datagram waits in the receive queue because nobody read it.
         assert!(u.rx_queue > 0, "{u:?}");
+
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let unix_listener = std::os::unix::net::UnixListener::bind(
+            tempfile::tempdir().unwrap().path().join("sock"),
+        )
+        .unwrap();
+        let mine = process_sockets(pid).unwrap();
+        let inode = |fd: &dyn std::os::fd::AsRawFd| {
+            let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+            let link = link.to_string_lossy().into_owned();
+            link.trim_start_matches("socket:[")
+                .trim_end_matches(']')
+                .parse::<u64>()
+                .unwrap()
+        };
+        let pair = mine.unix.iter().find(|u| u.inode == inode(&a)).unwrap();
+        assert!(!pair.listening && pair.path.is_none(), "{pair:?}");
+        let named = mine.named_or_listening_unix();
+        assert!(
+            named
+                .iter()
+                .any(|u| u.inode == inode(&unix_listener) && u.listening),
+            "{mine:#?}"
+        );
     }
 
     #[test]
