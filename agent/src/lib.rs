@@ -21,6 +21,7 @@ pub mod cycle;
 pub mod host;
 pub mod keyfile;
 pub mod modbus;
+pub mod rotate;
 pub mod state;
 pub mod transport;
 
