@@ -16,6 +16,7 @@ use outpost_proto::model::{Body, DataLost, Heartbeat, KeyHandover, Summary};
 use outpost_proto::{AgentId, ZoneId};
 
 use crate::cmdb::Cmdb;
+use crate::cmdb::apply::Prepared;
 use crate::cmdb::trust::{KeyStatus, TrustedKey};
 
 /// Why an envelope was refused: the stable names used for counters and the quarantine table.
@@ -144,6 +145,8 @@ pub struct Refusal {
 pub struct Checked {
     pub(crate) verified: Verified,
     pub(crate) body: Body,
+    /// A summary's CI keys and hashes, when worked out already ([`Checked::prepare`]).
+    pub(crate) prepared: Option<Prepared>,
 }
 
 impl Checked {
@@ -157,6 +160,14 @@ impl Checked {
         match &self.body {
             Body::Summary(summary) => Some(summary),
             Body::Heartbeat(_) | Body::DataLost(_) | Body::KeyHandover(_) => None,
+        }
+    }
+
+    /// Works out a summary's CI keys and hashes now (see [`Prepared`]), so that applying it
+    /// has less to do; the checking thread of [`crate::pipeline`] calls this.
+    pub fn prepare(&mut self) {
+        if let Body::Summary(summary) = &self.body {
+            self.prepared = Some(Prepared::of(&self.verified.header.zone, summary));
         }
     }
 
@@ -214,7 +225,11 @@ fn check_inner(db: &Cmdb, wire: &[u8], claimed: &mut Claimed) -> Result<Checked,
         Body::Heartbeat(beat) => check_heartbeat(beat, h)?,
         Body::KeyHandover(handover) => check_handover(handover, h)?,
     }
-    Ok(Checked { verified, body })
+    Ok(Checked {
+        verified,
+        body,
+        prepared: None,
+    })
 }
 
 /// The key must exist, be active, and be enrolled for this agent and zone.

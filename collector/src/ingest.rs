@@ -551,7 +551,11 @@ fn apply_in(
     max_skew_ms: u64,
 ) -> Result<Applied, (Reason, String)> {
     let storage = |e: CmdbError| (Reason::Storage, e.to_string());
-    let Checked { verified, body } = checked;
+    let Checked {
+        verified,
+        body,
+        prepared,
+    } = checked;
     let h = &verified.header;
     if recheck_key {
         let key = db.trusted_key(&h.key_id).map_err(storage)?;
@@ -625,7 +629,9 @@ fn apply_in(
         raw: wire,
     };
     let outcome = match &body {
-        Body::Summary(summary) => db.apply_summary(&meta, summary).map_err(storage)?,
+        Body::Summary(summary) => db
+            .apply_summary_prepared(&meta, summary, prepared.as_ref())
+            .map_err(storage)?,
         Body::Heartbeat(_) => db.apply_heartbeat(&meta).map_err(storage)?,
         Body::DataLost(notice) => {
             tracing::warn!(%peer, agent = %h.agent, from = notice.from_seq, to = notice.to_seq,
