@@ -43,7 +43,8 @@ pub enum Reason {
     Replay,
     /// A byte-identical copy of an envelope already stored (QoS 1 redelivery): not an attack,
     /// not quarantined; counted as `envelopes_duplicate`. Only where redelivery is expected
-    /// ([`crate::ingest::Ingest::recognise_redelivery`], the MQTT path); elsewhere it is `replay`.
+    /// ([`crate::ingest::Ingest::recognise_redelivery`]: MQTT, and the diode since FEC repeat
+    /// rounds); elsewhere it is `replay`.
     Duplicate,
     MalformedBody,
     BodyMismatch,

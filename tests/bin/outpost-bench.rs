@@ -61,9 +61,12 @@ struct Args {
     /// Envelopes per MQTT measurement.
     #[arg(long, default_value_t = 1000)]
     mqtt_envelopes: u64,
-    /// Loss patterns per message size in the FEC delivery measurement.
+    /// Loss patterns for one envelope alone in the FEC delivery measurement.
     #[arg(long, default_value_t = 10_000)]
     fec_trials: u64,
+    /// Small envelopes in the windowed FEC delivery measurement (× 20 loss patterns).
+    #[arg(long, default_value_t = 20_000)]
+    fec_messages: usize,
     /// Run only this section: `fec`, `ingest`, `envelope` or `drift`.
     #[arg(long)]
     only: Option<String>,
@@ -105,7 +108,7 @@ fn main() -> anyhow::Result<()> {
         return runtime.block_on(mqtt_rates(args.mqtt_envelopes));
     }
     match args.only.as_deref() {
-        Some("fec") => return fec_link::run(args.fec_trials),
+        Some("fec") => return fec_link::run(args.fec_trials, args.fec_messages),
         Some("ingest") => return ingest_rates(args.envelopes),
         Some("envelope") => return envelope_rates(args.envelopes),
         Some("drift") => {
@@ -129,7 +132,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(agent_memory(args.devices, args.cycles))?;
     runtime.block_on(drift_mttd::run(args.drift_changes))?;
     binary_sizes();
-    fec_link::run(args.fec_trials)?;
+    fec_link::run(args.fec_trials, args.fec_messages)?;
     Ok(())
 }
 
