@@ -312,12 +312,18 @@ fn collector_process_refuses_hostile_datagrams_and_counts_each() {
         .expect("seal")
         .wire,
     );
-    // 7. the genuine envelope, then 8. its replay.
+    // 7. the genuine envelope, then 8. an exact copy of it (a duplicate, as a FEC repeat round
+    // can deliver: counted, not quarantined), then 9. a different envelope at the same
+    // sequence number (a replay).
     send(&good.wire);
     wait_db("the genuine envelope applied", || {
         collector_json("agents", &db)["agents"][0]["last_seq"] == 1
     });
     send(&good.wire);
+    let other_body = summary_body(&agent, &zone, 3, 2);
+    let replay = seal(&key, &agent, &zone, &ChainTip::GENESIS, 1, &other_body).expect("seal");
+    assert_ne!(replay.wire, good.wire);
+    send(&replay.wire);
 
     let counter = |stats: &Value, name: &str| stats["counters"][name].as_i64().unwrap_or(0);
     let mut stats = Value::Null;
@@ -332,6 +338,7 @@ fn collector_process_refuses_hostile_datagrams_and_counts_each() {
         ("envelopes_rejected.bad_signature", 1),
         ("envelopes_rejected.zone_not_authorised", 1),
         ("envelopes_rejected.replay", 1),
+        ("envelopes_duplicate", 1),
     ] {
         assert_eq!(counter(&stats, name), want, "{name}: {stats:#}");
     }

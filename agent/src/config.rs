@@ -9,8 +9,8 @@
 //! Decisions worth knowing:
 //! - `poll_interval` defaults to 60 s, `diode.max_datagrams_per_sec` to 2000,
 //!   `diode.link_bytes_per_sec` to 1 MB/s, `diode.fec` to on (25 % repair, at least 24 repair
-//!   symbols per message), `diode.heartbeat_interval` to 10 s, `[modbus]` to the values in
-//!   [`ModbusConfig::default`].
+//!   symbols per window; windows of up to 256 KiB or 50 ms, no repeat round),
+//!   `diode.heartbeat_interval` to 10 s, `[modbus]` to the values in [`ModbusConfig::default`].
 //! - A config with no `[[devices]]` at all is refused (it is almost always a mistake); a
 //!   gateway-only agent (host facts only) says so explicitly with `devices = []` (a top-level
 //!   key, so it goes before the first `[table]`).
@@ -109,6 +109,13 @@ pub struct DiodeConfig {
     pub fec: bool,
     pub fec_overhead_percent: u16,
     pub fec_min_repair: u16,
+    /// A FEC window (one RaptorQ block) holds at most this many bytes of envelopes.
+    pub fec_window_bytes: usize,
+    /// A window is sent once its first envelope has waited this long (the agent also sends
+    /// it at the end of every cycle and heartbeat).
+    pub fec_window_delay: Duration,
+    /// Send every window a second time (fresh repair symbols) this long after the first.
+    pub fec_repeat_after: Option<Duration>,
     /// A signed heartbeat carrying the chain tip goes out this often between cycles.
     pub heartbeat_interval: Duration,
 }
@@ -329,6 +336,12 @@ struct RawDiode {
     fec_overhead_percent: u16,
     #[serde(default = "default_min_repair")]
     fec_min_repair: u16,
+    #[serde(default = "default_window_bytes")]
+    fec_window_bytes: usize,
+    #[serde(default = "default_window_delay", with = "humantime_serde")]
+    fec_window_delay: Duration,
+    #[serde(default, with = "humantime_serde")]
+    fec_repeat_after: Option<Duration>,
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     heartbeat_interval: Duration,
 }
@@ -349,6 +362,19 @@ fn default_overhead() -> u16 {
 fn default_min_repair() -> u16 {
     outpost_proto::fec::FecParams::default().min_repair
 }
+
+/// 256 KiB: about 226 source symbols, where 25 % repair fails less than once in 10⁶ blocks at
+/// 10 % random loss; 0.26 s of a 1 MB/s link.
+fn default_window_bytes() -> usize {
+    256 * 1024
+}
+
+fn default_window_delay() -> Duration {
+    Duration::from_millis(50)
+}
+
+/// Most `fec_repeat_after`: the collector gives up a block after 5 s without symbols.
+const MAX_REPEAT_AFTER: Duration = Duration::from_secs(2);
 
 fn default_heartbeat() -> Duration {
     Duration::from_secs(10)
@@ -479,6 +505,9 @@ impl Config {
                         fec: d.fec,
                         fec_overhead_percent: d.fec_overhead_percent,
                         fec_min_repair: d.fec_min_repair,
+                        fec_window_bytes: d.fec_window_bytes,
+                        fec_window_delay: d.fec_window_delay,
+                        fec_repeat_after: d.fec_repeat_after,
                         heartbeat_interval: d.heartbeat_interval,
                     }),
                     Err(_) => {
@@ -589,6 +618,40 @@ impl Config {
                     "diode.fec_min_repair".into(),
                     format!("{} is above 1024", d.fec_min_repair),
                 );
+            }
+            let max_window = outpost_proto::fec::MAX_BLOCK_BYTES;
+            if d.fec_window_bytes < 1024 || d.fec_window_bytes > max_window {
+                problem(
+                    "diode.fec_window_bytes".into(),
+                    format!(
+                        "{} is outside 1024..={max_window} (one RaptorQ block)",
+                        d.fec_window_bytes
+                    ),
+                );
+            }
+            if d.fec_window_delay > Duration::from_secs(10) {
+                problem(
+                    "diode.fec_window_delay".into(),
+                    "is above 10s (it delays every envelope by up to that much)".into(),
+                );
+            }
+            if let Some(after) = d.fec_repeat_after {
+                if after.is_zero() || after > MAX_REPEAT_AFTER {
+                    problem(
+                        "diode.fec_repeat_after".into(),
+                        format!(
+                            "{} is outside 1ms..=2s (the collector gives up an unfinished \
+                             block after 5s)",
+                            humantime::format_duration(after)
+                        ),
+                    );
+                }
+                if !d.fec {
+                    problem(
+                        "diode.fec_repeat_after".into(),
+                        "needs fec = true (the repeat round is made of FEC repair symbols)".into(),
+                    );
+                }
             }
             if d.heartbeat_interval < Duration::from_secs(1) {
                 problem(
@@ -1021,6 +1084,44 @@ count = 1
         .unwrap();
         let m = c.mqtt.unwrap();
         assert_eq!((m.host.as_str(), m.port), ("fd00::1", 18883));
+    }
+
+    #[test]
+    fn fec_window_and_repeat_settings() {
+        let c = Config::parse(GOOD, "/etc/outpost/agent.toml").unwrap();
+        let d = c.diode.unwrap();
+        assert_eq!(d.fec_window_bytes, 256 * 1024);
+        assert_eq!(d.fec_window_delay, Duration::from_millis(50));
+        assert_eq!(d.fec_repeat_after, None);
+        let set = GOOD.replace(
+            "target = \"192.0.2.10:7000\"\n",
+            "target = \"192.0.2.10:7000\"\nfec_window_bytes = 65536\n\
+             fec_window_delay = \"20ms\"\nfec_repeat_after = \"300ms\"\n",
+        );
+        let d = Config::parse(&set, "/etc/outpost/agent.toml")
+            .unwrap()
+            .diode
+            .unwrap();
+        assert_eq!(d.fec_window_bytes, 65536);
+        assert_eq!(d.fec_window_delay, Duration::from_millis(20));
+        assert_eq!(d.fec_repeat_after, Some(Duration::from_millis(300)));
+        let bad = GOOD.replace(
+            "target = \"192.0.2.10:7000\"\n",
+            "target = \"192.0.2.10:7000\"\nfec_window_bytes = 5000000\n\
+             fec_repeat_after = \"10s\"\nfec = false\n",
+        );
+        let p = invalid(&bad);
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("diode.fec_window_bytes: 5000000 is outside")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("diode.fec_repeat_after: 10s is outside")),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|x| x.contains("needs fec = true")), "{p:?}");
     }
 
     #[test]

@@ -30,7 +30,7 @@ use crate::keyfile;
 use crate::modbus::poll::{poll_device, unreachable};
 use crate::modbus::read_only::Timing;
 use crate::state::StateDir;
-use crate::transport::diode::DiodeSender;
+use crate::transport::diode::{DiodeError, DiodeSender, SendReport};
 use crate::transport::mqtt::MqttLink;
 use crate::transport::spool::{EntryKind, Spool};
 
@@ -158,8 +158,9 @@ impl Agent {
         self.mqtt.as_ref().map(|m| &m.link)
     }
 
-    /// Seals `body` as the next envelope, persists the tip, spools it (MQTT) and sends it on
-    /// the diode. Returns the sequence number, wire size and datagrams sent.
+    /// Seals `body` as the next envelope, persists the tip, spools it (MQTT) and queues it on
+    /// the diode (sent now when FEC is off or the window is full; otherwise by
+    /// [`Agent::flush_diode`]). Returns the sequence number, wire size and datagrams sent.
     async fn emit(&mut self, body: &Body) -> Result<(u64, usize, usize), AgentError> {
         let sealed = envelope::seal(
             &self.key,
@@ -205,23 +206,47 @@ impl Agent {
         }
         let mut datagrams = 0;
         if let Some(sender) = &mut self.sender {
-            match sender.send_message(&sealed.wire).await {
-                Ok(sent) => {
-                    datagrams = sent.sent;
-                    if sent.refused > 0 || sent.failed > 0 {
-                        tracing::warn!(
-                            refused = sent.refused,
-                            failed = sent.failed,
-                            "diode: envelope {seq} partly sent"
-                        );
-                    }
-                }
-                // With MQTT also configured, the diode failing must not stop the spool.
-                Err(e) if self.mqtt.is_some() => tracing::error!("{e}"),
-                Err(e) => return Err(e.into()),
-            }
+            let queued = sender.queue(&sealed.wire).await;
+            datagrams = self.diode_outcome(queued)?;
         }
         Ok((seq, sealed.wire.len(), datagrams))
+    }
+
+    /// Sends what waits in the diode's FEC window. Returns the datagrams sent.
+    async fn flush_diode(&mut self) -> Result<usize, AgentError> {
+        let Some(sender) = &mut self.sender else {
+            return Ok(0);
+        };
+        let flushed = sender.flush().await;
+        self.diode_outcome(flushed)
+    }
+
+    /// Logs a partly sent window; an error is fatal only without MQTT (the diode failing must
+    /// not stop the spool).
+    fn diode_outcome(
+        &self,
+        outcome: Result<Option<SendReport>, DiodeError>,
+    ) -> Result<usize, AgentError> {
+        match outcome {
+            Ok(None) => Ok(0),
+            Ok(Some(sent)) => {
+                if sent.refused > 0 || sent.failed > 0 {
+                    tracing::warn!(
+                        refused = sent.refused,
+                        failed = sent.failed,
+                        envelopes = sent.envelopes,
+                        "diode: window {} partly sent",
+                        sent.message_id
+                    );
+                }
+                Ok(sent.sent)
+            }
+            Err(e) if self.mqtt.is_some() => {
+                tracing::error!("{e}");
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// If a new key is staged (`outpost-agent rotate-key`), announces it in a `KeyHandover`
@@ -347,6 +372,8 @@ impl Agent {
         report.envelope_bytes = bytes;
         report.datagrams = datagrams;
         self.report_losses().await?;
+        // The summary and any data-lost notices go out together, now.
+        report.datagrams += self.flush_diode().await?;
         tracing::info!(
             "cycle {}: {} devices ({} ok, {} partial, {} unreachable), {} bytes, {} datagrams, {} ms",
             report.seq,
@@ -375,8 +402,9 @@ impl Agent {
             }),
             last_summary_seq: self.last_summary_seq,
         });
-        let (seq, _, datagrams) = self.emit(&body).await?;
+        let (seq, _, queued) = self.emit(&body).await?;
         self.report_losses().await?;
+        let datagrams = queued + self.flush_diode().await?;
         tracing::debug!(seq, datagrams, "heartbeat");
         Ok(seq)
     }

@@ -88,7 +88,7 @@ fn keygen_then_run_once_sends_a_verifiable_envelope() {
     let mut buf = [0u8; 2048];
     let wire = loop {
         let (n, from) = rx.recv_from(&mut buf).unwrap();
-        if let Some(m) = r.push(from, &buf[..n], 0).unwrap() {
+        if let Some(m) = r.push(from, &buf[..n], 0).unwrap().pop() {
             break m;
         }
     };

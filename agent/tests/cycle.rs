@@ -75,7 +75,7 @@ fn receive(rx: &UdpSocket, datagrams: usize, key: &PublicKey) -> (Verified, Summ
     let mut message = None;
     for _ in 0..datagrams {
         let (n, from) = rx.recv_from(&mut buf).unwrap();
-        if let Some(m) = r.push(from, &buf[..n], 0).unwrap() {
+        if let Some(m) = r.push(from, &buf[..n], 0).unwrap().pop() {
             message = Some(m);
         }
     }

@@ -16,6 +16,7 @@ use outpost_proto::model::{Body, DataLost, Heartbeat, KeyHandover, Summary};
 use outpost_proto::{AgentId, ZoneId};
 
 use crate::cmdb::Cmdb;
+use crate::cmdb::apply::Prepared;
 use crate::cmdb::trust::{KeyStatus, TrustedKey};
 
 /// Why an envelope was refused: the stable names used for counters and the quarantine table.
@@ -42,7 +43,8 @@ pub enum Reason {
     Replay,
     /// A byte-identical copy of an envelope already stored (QoS 1 redelivery): not an attack,
     /// not quarantined; counted as `envelopes_duplicate`. Only where redelivery is expected
-    /// ([`crate::ingest::Ingest::recognise_redelivery`], the MQTT path); elsewhere it is `replay`.
+    /// ([`crate::ingest::Ingest::recognise_redelivery`]: MQTT, and the diode since FEC repeat
+    /// rounds); elsewhere it is `replay`.
     Duplicate,
     MalformedBody,
     BodyMismatch,
@@ -143,6 +145,8 @@ pub struct Refusal {
 pub struct Checked {
     pub(crate) verified: Verified,
     pub(crate) body: Body,
+    /// A summary's CI keys and hashes, when worked out already ([`Checked::prepare`]).
+    pub(crate) prepared: Option<Prepared>,
 }
 
 impl Checked {
@@ -156,6 +160,14 @@ impl Checked {
         match &self.body {
             Body::Summary(summary) => Some(summary),
             Body::Heartbeat(_) | Body::DataLost(_) | Body::KeyHandover(_) => None,
+        }
+    }
+
+    /// Works out a summary's CI keys and hashes now (see [`Prepared`]), so that applying it
+    /// has less to do; the checking thread of [`crate::pipeline`] calls this.
+    pub fn prepare(&mut self) {
+        if let Body::Summary(summary) = &self.body {
+            self.prepared = Some(Prepared::of(&self.verified.header.zone, summary));
         }
     }
 
@@ -213,7 +225,11 @@ fn check_inner(db: &Cmdb, wire: &[u8], claimed: &mut Claimed) -> Result<Checked,
         Body::Heartbeat(beat) => check_heartbeat(beat, h)?,
         Body::KeyHandover(handover) => check_handover(handover, h)?,
     }
-    Ok(Checked { verified, body })
+    Ok(Checked {
+        verified,
+        body,
+        prepared: None,
+    })
 }
 
 /// The key must exist, be active, and be enrolled for this agent and zone.

@@ -130,7 +130,7 @@ impl Ingest {
     /// On a transport that redelivers (MQTT QoS 1), a byte-identical copy of an envelope
     /// already stored (same agent, sequence number and hash) is [`Reason::Duplicate`]: counted
     /// as `envelopes_duplicate`, logged at debug level, not quarantined. Off by default: on the
-    /// diode nothing redelivers, so any copy is a `replay`.
+    /// diode, `serve` turns it on too (a FEC repeat round can deliver an envelope twice).
     pub fn recognise_redelivery(&mut self, on: bool) {
         self.redelivery = on;
     }
@@ -492,6 +492,7 @@ impl Ingest {
             "message_id": dropped.message_id,
             "fragments_received": dropped.received,
             "fragments_total": dropped.count,
+            "envelopes": dropped.envelopes,
             "reason": why,
         });
         let result = self.cmdb.event_and_count(
@@ -509,7 +510,10 @@ impl Ingest {
                 received = dropped.received,
                 count = dropped.count,
                 suppressed,
-                "gave up reassembling a message: {} of {} fragments arrived ({why}){}",
+                "gave up reassembling a message or FEC window of {} envelope(s): {} of {} \
+                 fragments/symbols needed arrived ({why}); the collector reports the lost \
+                 sequence numbers as a gap when the agent's next envelope arrives{}",
+                dropped.envelopes,
                 dropped.received,
                 dropped.count,
                 suppressed_note(suppressed)
@@ -547,7 +551,11 @@ fn apply_in(
     max_skew_ms: u64,
 ) -> Result<Applied, (Reason, String)> {
     let storage = |e: CmdbError| (Reason::Storage, e.to_string());
-    let Checked { verified, body } = checked;
+    let Checked {
+        verified,
+        body,
+        prepared,
+    } = checked;
     let h = &verified.header;
     if recheck_key {
         let key = db.trusted_key(&h.key_id).map_err(storage)?;
@@ -621,7 +629,9 @@ fn apply_in(
         raw: wire,
     };
     let outcome = match &body {
-        Body::Summary(summary) => db.apply_summary(&meta, summary).map_err(storage)?,
+        Body::Summary(summary) => db
+            .apply_summary_prepared(&meta, summary, prepared.as_ref())
+            .map_err(storage)?,
         Body::Heartbeat(_) => db.apply_heartbeat(&meta).map_err(storage)?,
         Body::DataLost(notice) => {
             tracing::warn!(%peer, agent = %h.agent, from = notice.from_seq, to = notice.to_seq,

@@ -29,9 +29,13 @@ impl Checker {
         })
     }
 
-    /// Checks one envelope (see [`crate::check::check`]).
+    /// Checks one envelope (see [`crate::check::check`]) and works out what applying it can
+    /// use ([`Checked::prepare`]).
     pub fn check(&self, wire: &[u8]) -> Result<Checked, Refusal> {
-        check(&self.cmdb, wire)
+        check(&self.cmdb, wire).map(|mut checked| {
+            checked.prepare();
+            checked
+        })
     }
 }
 

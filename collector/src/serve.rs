@@ -6,6 +6,11 @@
 //! loop counts `ingest_backpressure` and waits (nothing is dropped here; the kernel's receive
 //! buffer absorbs the burst, which is why the socket asks for a large `SO_RCVBUF`).
 //!
+//! A rebuilt FEC block (a window of envelopes) yields all its envelopes at once, in order;
+//! each is a job of its own. An exact duplicate of a stored envelope (a repeat round) is
+//! counted as `envelopes_duplicate`; a different envelope reusing an applied sequence number is
+//! still a quarantined `replay`.
+//!
 //! Reassembly uses a monotonic clock (time since start); the CMDB uses the wall clock. Every
 //! refused datagram and every message given up by the reassembler reaches the ingest thread to
 //! be counted. On shutdown the loop reads what is already queued in the socket, reports
@@ -90,10 +95,10 @@ pub struct ServeStats {
     pub backpressure_waits: u64,
     pub receive_errors: u64,
     pub storage_errors: u64,
-    /// Messages rebuilt from FEC symbols, and of those the ones that needed repair symbols.
+    /// FEC blocks rebuilt, and of those the ones that needed repair symbols.
     pub fec_decoded: u64,
     pub fec_repaired: u64,
-    /// FEC symbols after their message was rebuilt (unused repair).
+    /// FEC symbols after their block was rebuilt (unused repair, repeat rounds).
     pub fec_surplus: u64,
     /// Datagrams for messages already given up.
     pub late_datagrams: u64,
@@ -214,6 +219,10 @@ impl Server {
             .name("outpost-ingest".into())
             .spawn(move || {
                 let mut ingest = Ingest::new(cmdb);
+                // A FEC repeat round, or a block rebuilt again after its id left the
+                // reassembler's memory, can deliver an envelope twice: a byte-identical copy of
+                // a stored envelope is a counted `envelopes_duplicate`, not a replay.
+                ingest.recognise_redelivery(true);
                 ingest.set_max_clock_skew(skew);
                 ingest_loop(ingest, &checked_rx, &worker_bp)
             })
@@ -424,8 +433,11 @@ impl ReceiveLoop {
         self.stats.datagram_bytes += datagram.len() as u64;
         let now = self.mono_ms();
         match self.reassembler.push(peer, datagram, now) {
-            Ok(Some(wire)) => self.submit(Job::Envelope { peer, wire }).await?,
-            Ok(None) => {}
+            Ok(envelopes) => {
+                for wire in envelopes {
+                    self.submit(Job::Envelope { peer, wire }).await?;
+                }
+            }
             Err(error) => {
                 self.stats.datagrams_rejected += 1;
                 let copy = datagram[..datagram.len().min(MAX_DATAGRAM_COPY)].to_vec();

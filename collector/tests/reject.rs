@@ -292,6 +292,7 @@ fn refused_datagrams_and_drops_are_counted() {
         message_id: 77,
         received: 1,
         count: 3,
+        envelopes: 1,
         reason: DropReason::Expired,
     };
     ingest

@@ -6,7 +6,7 @@
 //! |-------:|-----:|-------------------------------------------------------------|
 //! | 0      | 2    | magic `OD`                                                  |
 //! | 2      | 1    | framing version (1)                                         |
-//! | 3      | 1    | kind: 0 = data fragment (FEC symbols are version 2, kind 1)  |
+//! | 3      | 1    | kind: 0 = data fragment (FEC symbols are version 3, kind 1)  |
 //! | 4      | 8    | message id (chosen by the sender, unique per message)       |
 //! | 12     | 2    | fragment index                                              |
 //! | 14     | 2    | fragment count                                              |
@@ -16,8 +16,9 @@
 //! Fragments are the message cut into [`MAX_PAYLOAD`]-byte pieces in order; only the last may
 //! be shorter. The CRC catches corruption, not forgery: the envelope's signature does that.
 //!
-//! Version 2 datagrams are RaptorQ symbols with their own header (see [`crate::fec`]);
-//! [`parse_any`] reads both.
+//! Version 3 datagrams are RaptorQ symbols of a window of envelopes, with their own header
+//! (see [`crate::fec`]); [`parse_any`] reads both. Version 2 (one envelope per RaptorQ block)
+//! is no longer read: it is refused as an unsupported version.
 
 use crate::envelope::MAX_ENVELOPE_BYTES;
 
@@ -38,7 +39,7 @@ pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - HEADER_LEN;
 pub enum FrameKind {
     /// A plain fragment of the message (framing version 1).
     Data = 0,
-    /// A RaptorQ symbol (framing version 2, see [`crate::fec`]).
+    /// A RaptorQ symbol of a window (framing version 3, see [`crate::fec`]).
     Fec = 1,
 }
 
@@ -51,7 +52,9 @@ pub enum Datagram<'a> {
     Fec(crate::fec::FecHeader, &'a [u8]),
 }
 
-/// Parses and checks a datagram of any kind this build reads.
+/// Parses and checks a datagram of any kind this build reads. `max_message` bounds the length
+/// a header may claim: a plain message is also capped at [`MAX_ENVELOPE_BYTES`], a FEC block
+/// at [`crate::fec::MAX_BLOCK_BYTES`].
 pub fn parse_any(datagram: &[u8], max_message: usize) -> Result<Datagram<'_>, FrameError> {
     if datagram.len() >= 3 && datagram[..2] == MAGIC && datagram[2] == crate::fec::FEC_VERSION {
         let (h, p) = crate::fec::parse(datagram, max_message)?;
@@ -81,7 +84,8 @@ pub enum FrameError {
     #[error("bad magic {0:02x?}: not an Outpost diode datagram")]
     BadMagic([u8; 2]),
     #[error(
-        "framing version {0} is not supported (this build reads versions {FRAME_VERSION} and 2)"
+        "framing version {0} is not supported (this build reads versions {FRAME_VERSION} and 3; \
+         agent and collector must run matching releases)"
     )]
     UnsupportedVersion(u8),
     #[error("unknown datagram kind {0}")]

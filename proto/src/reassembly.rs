@@ -7,11 +7,17 @@
 //! pending message makes room. Every such drop is reported through [`Reassembler::poll_dropped`]
 //! so the caller can count and log it. Time is passed in, never read.
 //!
-//! FEC datagrams (see [`crate::fec`]) go to a RaptorQ decoder per message, charged against the
-//! same budget before it exists: `(K + FEC_EXTRA_SYMBOLS) × symbol` plus the message, all from
-//! a header that was checked first. One source holds at most [`MAX_PENDING_PER_SOURCE`]
-//! messages. Datagrams for a message already rebuilt are counted as surplus (unused repair);
-//! for a message already given up as `late`; neither starts it afresh.
+//! FEC datagrams (see [`crate::fec`]) go to a RaptorQ decoder per block (a window of
+//! envelopes), charged against the same budget before it is allocated: `(K +
+//! FEC_EXTRA_SYMBOLS) × symbol` plus the block, all from a header that was checked first (a
+//! header claiming more than [`ReassemblyLimits::max_message_bytes`] or
+//! [`crate::fec::MAX_BLOCK_BYTES`] is refused). A rebuilt block is split into its envelopes
+//! ([`crate::fec::split`]), all returned at once, in order. One source holds at most
+//! [`MAX_PENDING_PER_SOURCE`] messages or blocks, and when the byte budget is short the source
+//! holding the most bytes gives up its oldest first, so a flood of forged block headers from
+//! one address evicts its own blocks, not another agent's. Datagrams for a block already
+//! rebuilt are counted as surplus (unused repair, or a repeat round); for a block already given
+//! up as `late`; neither starts it afresh.
 
 use heapless::{Deque, Vec as HVec};
 use raptorq::Decoder;
@@ -33,6 +39,8 @@ pub const FEC_EXTRA_SYMBOLS: usize = 16;
 /// Bounds on reassembly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReassemblyLimits {
+    /// Largest message (plain fragments: also capped at [`MAX_ENVELOPE_BYTES`]) or FEC block
+    /// (also capped at [`fec::MAX_BLOCK_BYTES`]) a header may claim.
     pub max_message_bytes: usize,
     pub max_pending_bytes: usize,
     pub timeout_ms: u64,
@@ -41,7 +49,7 @@ pub struct ReassemblyLimits {
 impl Default for ReassemblyLimits {
     fn default() -> Self {
         Self {
-            max_message_bytes: MAX_ENVELOPE_BYTES,
+            max_message_bytes: fec::MAX_BLOCK_BYTES,
             max_pending_bytes: 16 * MAX_ENVELOPE_BYTES,
             timeout_ms: 5_000,
         }
@@ -66,23 +74,27 @@ pub struct Dropped<K> {
     pub received: u16,
     /// Fragments in the message (or FEC source symbols needed).
     pub count: u16,
+    /// Envelopes lost with it (1 for plain fragments, the window's count for a FEC block).
+    pub envelopes: u16,
     pub reason: DropReason,
 }
 
 /// Running totals, for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReassemblyStats {
+    /// Messages (envelopes) completed, from fragments or from rebuilt FEC blocks.
     pub completed: u64,
     pub duplicate_fragments: u64,
     pub expired: u64,
     pub evicted: u64,
-    /// Messages rebuilt from FEC symbols (also counted in `completed`).
+    /// FEC blocks rebuilt (their envelopes are counted in `completed`).
     pub fec_decoded: u64,
-    /// Of those, messages that needed at least one repair symbol.
+    /// Of those, blocks that needed at least one repair symbol.
     pub fec_repaired: u64,
     /// FEC symbols taken in.
     pub fec_symbols: u64,
-    /// FEC symbols arriving after their message was rebuilt (the unused repair: normal).
+    /// FEC symbols arriving after their block was rebuilt (unused repair, repeat rounds:
+    /// normal).
     pub fec_surplus: u64,
     /// Fragments or symbols arriving for a message already given up (expired or evicted).
     pub late: u64,
@@ -115,14 +127,15 @@ struct Pending<K> {
 }
 
 impl<K> Pending<K> {
-    fn progress(&self) -> (u16, u16) {
+    /// (received, needed, envelopes)
+    fn progress(&self) -> (u16, u16, u16) {
         match &self.state {
             State::Fragments {
                 received, count, ..
-            } => (*received, *count),
+            } => (*received, *count, 1),
             State::Fec {
                 received, header, ..
-            } => (*received, header.source_symbols),
+            } => (*received, header.source_symbols, header.envelopes),
         }
     }
 }
@@ -167,14 +180,15 @@ impl<K: Clone + PartialEq> Reassembler<K> {
         self.pending_bytes
     }
 
-    /// Takes one datagram (plain fragment or FEC symbol). Returns the whole message when this
-    /// datagram completed it.
+    /// Takes one datagram (plain fragment or FEC symbol). Returns the messages this datagram
+    /// completed, in order: none, the message of a plain fragment, or every envelope of a
+    /// rebuilt FEC block.
     pub fn push(
         &mut self,
         source: K,
         datagram: &[u8],
         now_ms: u64,
-    ) -> Result<Option<std::vec::Vec<u8>>, FrameError> {
+    ) -> Result<std::vec::Vec<std::vec::Vec<u8>>, FrameError> {
         match frame::parse_any(datagram, self.limits.max_message_bytes)? {
             Datagram::Data(h, payload) => self.push_fragment(source, h, payload, now_ms),
             Datagram::Fec(h, packet) => self.push_symbol(source, h, packet, now_ms),
@@ -195,15 +209,15 @@ impl<K: Clone + PartialEq> Reassembler<K> {
         h: FrameHeader,
         payload: &[u8],
         now_ms: u64,
-    ) -> Result<Option<std::vec::Vec<u8>>, FrameError> {
+    ) -> Result<std::vec::Vec<std::vec::Vec<u8>>, FrameError> {
         match self.finished(&source, h.message_id) {
             Some(true) => {
                 self.stats.late += 1;
-                return Ok(None);
+                return Ok(vec![]);
             }
             Some(false) => {
                 self.stats.duplicate_fragments += 1;
-                return Ok(None);
+                return Ok(vec![]);
             }
             None => {}
         }
@@ -229,10 +243,10 @@ impl<K: Clone + PartialEq> Reassembler<K> {
                     // A one-datagram message needs no buffering.
                     self.remember(source, h.message_id, false);
                     self.stats.completed += 1;
-                    return Ok(Some(payload.to_vec()));
+                    return Ok(vec![payload.to_vec()]);
                 }
                 let total = h.total_len as usize;
-                let state = State::Fragments {
+                let state = || State::Fragments {
                     count: h.count,
                     total_len: h.total_len,
                     received: 0,
@@ -257,21 +271,21 @@ impl<K: Clone + PartialEq> Reassembler<K> {
         let index = usize::from(h.index);
         if have[index] {
             self.stats.duplicate_fragments += 1;
-            return Ok(None);
+            return Ok(vec![]);
         }
         let at = index * MAX_PAYLOAD;
         buf[at..at + payload.len()].copy_from_slice(payload);
         have[index] = true;
         *received += 1;
         if *received < *count {
-            return Ok(None);
+            return Ok(vec![]);
         }
         let done = self.pending.swap_remove(slot);
         self.pending_bytes -= done.charge;
         self.remember(source, h.message_id, false);
         self.stats.completed += 1;
         match done.state {
-            State::Fragments { buf, .. } => Ok(Some(buf)),
+            State::Fragments { buf, .. } => Ok(vec![buf]),
             State::Fec { .. } => Err(FrameError::Inconsistent("reassembly state mismatch")),
         }
     }
@@ -282,19 +296,19 @@ impl<K: Clone + PartialEq> Reassembler<K> {
         h: FecHeader,
         packet: &[u8],
         now_ms: u64,
-    ) -> Result<Option<std::vec::Vec<u8>>, FrameError> {
-        match self.finished(&source, h.message_id) {
+    ) -> Result<std::vec::Vec<std::vec::Vec<u8>>, FrameError> {
+        match self.finished(&source, h.block_id) {
             Some(true) => {
                 self.stats.late += 1;
-                return Ok(None);
+                return Ok(vec![]);
             }
             Some(false) => {
                 self.stats.fec_surplus += 1;
-                return Ok(None);
+                return Ok(vec![]);
             }
             None => {}
         }
-        let slot = match self.find(&source, h.message_id) {
+        let slot = match self.find(&source, h.block_id) {
             Some(i) => {
                 let State::Fec { header, .. } = &self.pending[i].state else {
                     return Err(FrameError::Inconsistent(
@@ -303,24 +317,24 @@ impl<K: Clone + PartialEq> Reassembler<K> {
                 };
                 if !header.same_params(&h) {
                     return Err(FrameError::Inconsistent(
-                        "FEC symbols of one message disagree on its parameters",
+                        "FEC symbols of one block disagree on its parameters",
                     ));
                 }
                 i
             }
             None => {
-                // Charged up front: the decoder keeps at most K + FEC_EXTRA_SYMBOLS symbols,
-                // and the rebuilt message.
+                // Charged before the decoder exists: it keeps at most K + FEC_EXTRA_SYMBOLS
+                // symbols, then the rebuilt block and its envelopes.
                 let charge = (usize::from(h.source_symbols) + FEC_EXTRA_SYMBOLS)
                     * (usize::from(h.symbol_size) + 8)
-                    + h.transfer_len as usize;
-                let state = State::Fec {
+                    + 2 * h.transfer_len as usize;
+                let state = || State::Fec {
                     header: h,
                     decoder: Box::new(Decoder::new(h.oti())),
                     received: 0,
                     source_received: 0,
                 };
-                self.start(source.clone(), h.message_id, state, charge, now_ms)?
+                self.start(source.clone(), h.block_id, state, charge, now_ms)?
             }
         };
         self.stats.fec_symbols += 1;
@@ -337,25 +351,28 @@ impl<K: Clone + PartialEq> Reassembler<K> {
         };
         if usize::from(*received) >= usize::from(header.source_symbols) + FEC_EXTRA_SYMBOLS {
             self.stats.fec_surplus += 1;
-            return Ok(None);
+            return Ok(vec![]);
         }
         *received += 1;
         if h.esi < u32::from(header.source_symbols) {
             *source_received += 1;
         }
         let repaired = *source_received < header.source_symbols;
-        let Some(message) = decoder.decode(fec::packet(packet)) else {
-            return Ok(None);
+        let envelopes = header.envelopes;
+        let Some(block) = decoder.decode(fec::packet(packet)) else {
+            return Ok(vec![]);
         };
         let done = self.pending.swap_remove(slot);
         self.pending_bytes -= done.charge;
-        self.remember(source, h.message_id, false);
-        self.stats.completed += 1;
+        self.remember(source, h.block_id, false);
         self.stats.fec_decoded += 1;
         if repaired {
             self.stats.fec_repaired += 1;
         }
-        Ok(Some(message))
+        // Only a sender that computed a valid CRC over a bad window gets here; refused whole.
+        let messages = fec::split(&block, envelopes)?;
+        self.stats.completed += messages.len() as u64;
+        Ok(messages)
     }
 
     fn find(&self, source: &K, message_id: u64) -> Option<usize> {
@@ -364,11 +381,12 @@ impl<K: Clone + PartialEq> Reassembler<K> {
             .position(|p| p.message_id == message_id && p.source == *source)
     }
 
+    /// Makes room for `charge` bytes, then (only then) allocates the state.
     fn start(
         &mut self,
         source: K,
         message_id: u64,
-        state: State,
+        state: impl FnOnce() -> State,
         charge: usize,
         now_ms: u64,
     ) -> Result<usize, FrameError> {
@@ -376,7 +394,7 @@ impl<K: Clone + PartialEq> Reassembler<K> {
         let pending = Pending {
             source,
             message_id,
-            state,
+            state: state(),
             charge,
             started_ms: now_ms,
             last_ms: now_ms,
@@ -427,14 +445,36 @@ impl<K: Clone + PartialEq> Reassembler<K> {
             || (!self.pending.is_empty()
                 && self.pending_bytes + incoming > self.limits.max_pending_bytes)
         {
-            let oldest = self
+            // The source holding the most bytes (the incoming charge counts for its sender)
+            // gives up its oldest; if that is the sender with nothing pending, the oldest of
+            // all goes.
+            let held = |s: &K| -> usize {
+                let own: usize = self
+                    .pending
+                    .iter()
+                    .filter(|p| p.source == *s)
+                    .map(|p| p.charge)
+                    .sum();
+                if s == source { own + incoming } else { own }
+            };
+            let heaviest = self
                 .pending
                 .iter()
-                .enumerate()
-                .min_by_key(|(_, p)| p.started_ms)
-                .map(|(i, _)| i);
-            let Some(oldest) = oldest else { break };
-            let p = self.pending.swap_remove(oldest);
+                .map(|p| (held(&p.source), &p.source))
+                .chain(std::iter::once((held(source), source)))
+                .max_by_key(|(bytes, _)| *bytes)
+                .map(|(_, s)| s.clone());
+            let oldest_of = |only: Option<&K>| {
+                self.pending
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| only.is_none_or(|s| p.source == *s))
+                    .min_by_key(|(_, p)| p.started_ms)
+                    .map(|(i, _)| i)
+            };
+            let victim = oldest_of(heaviest.as_ref()).or_else(|| oldest_of(None));
+            let Some(victim) = victim else { break };
+            let p = self.pending.swap_remove(victim);
             self.drop_pending(p, DropReason::Evicted);
         }
     }
@@ -445,7 +485,7 @@ impl<K: Clone + PartialEq> Reassembler<K> {
             DropReason::Expired => self.stats.expired += 1,
             DropReason::Evicted => self.stats.evicted += 1,
         }
-        let (received, count) = p.progress();
+        let (received, count, envelopes) = p.progress();
         self.remember(p.source.clone(), p.message_id, true);
         // Bounded: at most MAX_PENDING drops can happen per push, and callers drain regularly;
         // cap anyway so a caller that never drains cannot grow this without limit.
@@ -455,6 +495,7 @@ impl<K: Clone + PartialEq> Reassembler<K> {
                 message_id: p.message_id,
                 received,
                 count,
+                envelopes,
                 reason,
             });
         }
@@ -488,16 +529,16 @@ mod tests {
         let mut out = None;
         for (i, p) in parts.iter().enumerate() {
             if i == 2 {
-                assert_eq!(r.push("a", &dup, 0).unwrap(), None);
+                assert!(r.push("a", &dup, 0).unwrap().is_empty());
             }
-            if let Some(m) = r.push("a", p, 0).unwrap() {
+            if let Some(m) = r.push("a", p, 0).unwrap().pop() {
                 out = Some(m);
             }
         }
         assert_eq!(out, Some(msg));
         assert_eq!(r.stats().duplicate_fragments, 1);
         // A late duplicate of a completed message is recognised, not started afresh.
-        assert_eq!(r.push("a", &dup, 1).unwrap(), None);
+        assert!(r.push("a", &dup, 1).unwrap().is_empty());
         assert_eq!(r.pending(), 0);
     }
 
@@ -508,10 +549,10 @@ mod tests {
         let pa = fragment(1, &a).unwrap();
         let pb = fragment(1, &b).unwrap();
         let mut r = Reassembler::new(ReassemblyLimits::default());
-        assert_eq!(r.push(1, &pa[0], 0).unwrap(), None);
-        assert_eq!(r.push(2, &pb[0], 0).unwrap(), None);
-        assert_eq!(r.push(2, &pb[1], 0).unwrap(), Some(b));
-        assert_eq!(r.push(1, &pa[1], 0).unwrap(), Some(a));
+        assert!(r.push(1, &pa[0], 0).unwrap().is_empty());
+        assert!(r.push(2, &pb[0], 0).unwrap().is_empty());
+        assert_eq!(r.push(2, &pb[1], 0).unwrap(), vec![b]);
+        assert_eq!(r.push(1, &pa[1], 0).unwrap(), vec![a]);
     }
 
     #[test]
@@ -523,7 +564,10 @@ mod tests {
         let dropped = r.poll_dropped(10_000);
         assert_eq!(dropped.len(), 1);
         assert_eq!(dropped[0].reason, DropReason::Expired);
-        assert_eq!((dropped[0].received, dropped[0].count), (1, 3));
+        assert_eq!(
+            (dropped[0].received, dropped[0].count, dropped[0].envelopes),
+            (1, 3, 1)
+        );
         assert_eq!(r.pending(), 0);
     }
 
@@ -566,7 +610,7 @@ mod tests {
         }
         assert_eq!(r.pending(), MAX_PENDING_PER_SOURCE + 1);
         // The other source's message survived the flood.
-        assert_eq!(r.push(1u8, &other[1], 200).unwrap(), Some(message(2000)));
+        assert_eq!(r.push(1u8, &other[1], 200).unwrap(), vec![message(2000)]);
     }
 
     #[test]
@@ -578,7 +622,7 @@ mod tests {
         let mut out = None;
         // Lose the first 20 datagrams (a burst), feed the rest reversed with a duplicate.
         for (i, x) in d[20..].iter().rev().enumerate() {
-            if let Some(m) = r.push("a", x, i as u64).unwrap() {
+            for m in r.push("a", x, i as u64).unwrap() {
                 assert!(out.is_none());
                 out = Some(m);
             }
@@ -609,6 +653,7 @@ mod tests {
             FecParams {
                 overhead_percent: 50,
                 min_repair: 30,
+                repeat: false,
             },
         )
         .unwrap();
@@ -618,5 +663,79 @@ mod tests {
             r.push("a", &b[1], 0),
             Err(FrameError::Inconsistent(_))
         ));
+    }
+
+    #[test]
+    fn a_window_comes_out_as_its_envelopes_in_order() {
+        use crate::fec::{FecParams, Window, encode_window};
+        let msgs: std::vec::Vec<_> = (1..=20).map(|i| message(i * 150)).collect();
+        let mut w = Window::new();
+        for m in &msgs {
+            w.push(m).unwrap();
+        }
+        let enc = encode_window(77, &w, FecParams::default()).unwrap();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let mut out = std::vec::Vec::new();
+        // A burst of 20 lost at the start.
+        for (t, d) in enc.first[20..].iter().enumerate() {
+            out.extend(r.push(9u8, d, t as u64).unwrap());
+        }
+        assert_eq!(out, msgs);
+        assert_eq!(r.stats().completed, 20);
+        assert_eq!(r.stats().fec_decoded, 1);
+    }
+
+    #[test]
+    fn an_incomplete_window_is_reported_with_its_envelope_count() {
+        use crate::fec::{FecParams, Window, encode_window};
+        let mut w = Window::new();
+        for i in 0..7 {
+            w.push(&message(100 + i)).unwrap();
+        }
+        let enc = encode_window(5, &w, FecParams::default()).unwrap();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        for d in &enc.first[..3] {
+            assert!(r.push(1u8, d, 0).unwrap().is_empty());
+        }
+        let dropped = r.poll_dropped(60_000);
+        assert_eq!(dropped.len(), 1);
+        assert_eq!((dropped[0].received, dropped[0].envelopes), (3, 7));
+        assert_eq!(r.pending_bytes(), 0);
+    }
+
+    #[test]
+    fn a_flood_of_huge_blocks_evicts_its_own_not_another_source() {
+        use crate::fec::{FecParams, Window, encode_window};
+        let limits = ReassemblyLimits {
+            max_pending_bytes: 2 * 1024 * 1024,
+            ..ReassemblyLimits::default()
+        };
+        let mut r = Reassembler::new(limits);
+        let mut small = Window::new();
+        small.push(&message(3000)).unwrap();
+        let legit = encode_window(1, &small, FecParams::default()).unwrap();
+        r.push("agent", &legit.first[0], 0).unwrap();
+        let mut big = Window::new();
+        big.push(&message(150_000)).unwrap();
+        // One real 150 kB block's first symbol, re-labelled with new block ids (CRC redone).
+        let huge = encode_window(100, &big, FecParams::default())
+            .unwrap()
+            .first[0]
+            .clone();
+        for id in 0..40u64 {
+            let mut d = huge.clone();
+            d[4..12].copy_from_slice(&(100 + id).to_be_bytes());
+            d[32..36].fill(0);
+            let crc = crc32fast::hash(&d);
+            d[32..36].copy_from_slice(&crc.to_be_bytes());
+            r.push("flood", &d, id).unwrap();
+            assert!(r.pending_bytes() <= 2 * 1024 * 1024 + 500_000);
+        }
+        let mut got = std::vec::Vec::new();
+        for d in &legit.first[1..] {
+            got.extend(r.push("agent", d, 50).unwrap());
+        }
+        assert_eq!(got, vec![message(3000)]);
+        assert!(r.stats().evicted >= 30);
     }
 }

@@ -335,9 +335,7 @@ proptest! {
         let mut r = Reassembler::new(ReassemblyLimits::default());
         let mut done = Vec::new();
         for (t, d) in sent.iter().enumerate() {
-            if let Some(m) = r.push("peer", d, t as u64).unwrap() {
-                done.push(m);
-            }
+            done.extend(r.push("peer", d, t as u64).unwrap());
         }
         prop_assert_eq!(done.len(), 1, "exactly one completion");
         prop_assert_eq!(&done[0], &message);
@@ -358,10 +356,11 @@ proptest! {
                     d
                 }),
                 // The same for FEC symbols, with sane OTI fields.
-                vec(any::<u8>(), 36..1200).prop_map(|mut d| {
-                    d[..4].copy_from_slice(&[b'O', b'D', 2, 1]);
+                vec(any::<u8>(), 40..1200).prop_map(|mut d| {
+                    d[..4].copy_from_slice(&[b'O', b'D', 3, 1]);
                     d[17] = 0;
                     d[20..24].copy_from_slice(&[1, 0, 1, 8]);
+                    d[30..32].fill(0);
                     d
                 }),
             ],
@@ -372,7 +371,7 @@ proptest! {
         let mut r = Reassembler::new(ReassemblyLimits::default());
         for (d, now) in datagrams.iter().zip(&times) {
             let out = r.push(0u32, d, *now);
-            prop_assert!(!matches!(out, Ok(Some(_))), "garbage completed a message");
+            prop_assert!(out.is_err() || out.is_ok_and(|m| m.is_empty()), "garbage completed a message");
             let _ = r.poll_dropped(*now);
         }
     }
@@ -483,7 +482,7 @@ proptest! {
         use outpost_proto::fec::{self, FecParams};
         let message: Vec<u8> = (0..len).map(|i| (i as u64).wrapping_mul(seed | 1) as u8).collect();
         let mut d = fec::encode(3, &message, FecParams::default()).unwrap();
-        let (h, _) = fec::parse(&d[0], MAX_ENVELOPE_BYTES).unwrap();
+        let (h, _) = fec::parse(&d[0], fec::MAX_BLOCK_BYTES).unwrap();
         // Deterministic shuffle from the seed, then keep K + 2.
         let mut x = seed;
         for i in (1..d.len()).rev() {
@@ -494,12 +493,50 @@ proptest! {
         let mut r = Reassembler::new(ReassemblyLimits::default());
         let mut done = Vec::new();
         for (t, dg) in d.iter().enumerate() {
-            if let Some(m) = r.push(1u8, dg, t as u64).unwrap() {
-                done.push(m);
-            }
+            done.extend(r.push(1u8, dg, t as u64).unwrap());
         }
         prop_assert_eq!(done.len(), 1);
         prop_assert_eq!(&done[0], &message);
+        prop_assert_eq!(r.pending_bytes(), 0);
+    }
+
+    /// A window of envelopes of any sizes comes back as exactly those envelopes, in order,
+    /// once, from any `K + 2` of its symbols (either round when repeated), whatever the order.
+    #[test]
+    fn a_window_rebuilds_into_its_envelopes_from_any_k_plus_two_symbols(
+        sizes in vec(1usize..6_000, 1..40),
+        seed in any::<u64>(),
+        repeat in any::<bool>(),
+        from_repeat in any::<bool>(),
+    ) {
+        use outpost_proto::fec::{self, FecParams, Window};
+        let envelopes: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(n, &len)| (0..len).map(|i| (i as u64 ^ n as u64).wrapping_mul(seed | 1) as u8).collect())
+            .collect();
+        let mut w = Window::new();
+        for e in &envelopes {
+            w.push(e).unwrap();
+        }
+        let params = FecParams { repeat, ..FecParams::default() };
+        let enc = fec::encode_window(seed, &w, params).unwrap();
+        let mut d = if repeat && from_repeat { enc.repeat } else { enc.first };
+        let (h, _) = fec::parse(&d[0], fec::MAX_BLOCK_BYTES).unwrap();
+        prop_assert_eq!(usize::from(h.envelopes), envelopes.len());
+        prop_assert!(d.iter().all(|x| x.len() <= MAX_DATAGRAM));
+        let mut x = seed | 1;
+        for i in (1..d.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            d.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        d.truncate(usize::from(h.source_symbols) + 2);
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let mut done = Vec::new();
+        for (t, dg) in d.iter().enumerate() {
+            done.extend(r.push(1u8, dg, t as u64).unwrap());
+        }
+        prop_assert_eq!(done, envelopes);
         prop_assert_eq!(r.pending_bytes(), 0);
     }
 }

@@ -47,7 +47,7 @@ fn benches(c: &mut Criterion) {
         let mut r = Reassembler::new(ReassemblyLimits::default());
         b.iter(|| {
             id += 1;
-            let mut out = None;
+            let mut out = Vec::new();
             for d in &datagrams {
                 out = r.push(id, d, 0).expect("valid datagram");
             }

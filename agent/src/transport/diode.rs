@@ -2,13 +2,19 @@
 //!
 //! [`DiodeSender`] binds an ephemeral port on the wildcard address of the target's family and
 //! `connect`s it to the diode, so the kernel discards any datagram from anyone else. The socket
-//! is private and the type exposes one operation, [`DiodeSender::send_message`]: there is no
-//! receive path in the agent, by construction.
+//! is private and the type only sends ([`DiodeSender::queue`], [`DiodeSender::flush`],
+//! [`DiodeSender::send_message`]): there is no receive path in the agent, by construction.
 //!
-//! Each message is encoded into RaptorQ symbol datagrams by `outpost_proto::fec::encode` (or,
-//! with FEC off, cut into plain fragments by `outpost_proto::frame::fragment`) under a message
-//! id that starts at a random 64-bit value (so a restarted agent does not reuse recent ids) and
-//! goes up by one per message.
+//! With FEC (the default) envelopes are collected in a window (`outpost_proto::fec::Window`)
+//! and each window is sent as one RaptorQ block: [`DiodeSender::queue`] adds an envelope,
+//! first sending the window when the envelope would not fit its byte bound or the window's
+//! first envelope has waited longer than its delay; [`DiodeSender::flush`] sends whatever is
+//! queued (the agent flushes at the end of every cycle and every heartbeat, so nothing waits
+//! for a timer). With `repeat_after` set, each block's second round (fresh repair symbols)
+//! follows its first after that pause, inside the same flush. With FEC off each envelope is
+//! cut into plain fragments (`outpost_proto::frame::fragment`) and sent at once. Blocks and
+//! plain messages take ids that start at a random 64-bit value (so a restarted agent does not
+//! reuse recent ids) and go up by one.
 //!
 //! Pacing, because bursts are what diodes and receiving kernels drop: datagram *n* of the stream
 //! is not sent before `start + n / max_datagrams_per_sec`, and a token bucket holds the byte
@@ -25,7 +31,7 @@ use std::io::ErrorKind;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use outpost_proto::fec::{self, FecParams};
+use outpost_proto::fec::{self, FecParams, Window};
 use outpost_proto::frame::{self, FrameError};
 use ring::rand::{SecureRandom as _, SystemRandom};
 use tokio::time::Instant;
@@ -59,10 +65,13 @@ pub enum DiodeError {
     },
 }
 
-/// What one [`DiodeSender::send_message`] did.
+/// What one flush (or [`DiodeSender::send_message`]) did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendReport {
+    /// The id of the (last) block or plain message sent.
     pub message_id: u64,
+    /// Envelopes it carried.
+    pub envelopes: usize,
     pub datagrams: usize,
     /// Datagrams the kernel accepted.
     pub sent: usize,
@@ -74,6 +83,24 @@ pub struct SendReport {
     pub bytes: usize,
     pub duration: Duration,
 }
+
+impl SendReport {
+    fn absorb(&mut self, other: SendReport) {
+        self.message_id = other.message_id;
+        self.envelopes += other.envelopes;
+        self.datagrams += other.datagrams;
+        self.sent += other.sent;
+        self.refused += other.refused;
+        self.failed += other.failed;
+        self.bytes += other.bytes;
+        self.duration += other.duration;
+    }
+}
+
+/// Default bound on a FEC window's bytes.
+pub const DEFAULT_WINDOW_BYTES: usize = 256 * 1024;
+/// Default bound on how long a window's first envelope waits.
+pub const DEFAULT_WINDOW_DELAY: Duration = Duration::from_millis(50);
 
 /// A byte-rate token bucket (time passed in).
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +149,11 @@ pub struct DiodeSender {
     next_slot: Option<Instant>,
     bucket: Option<TokenBucket>,
     fec: Option<FecParams>,
+    window: Window,
+    window_bytes: usize,
+    window_delay: Duration,
+    window_started: Option<Instant>,
+    repeat_after: Option<Duration>,
 }
 
 impl DiodeSender {
@@ -149,6 +181,11 @@ impl DiodeSender {
             next_slot: None,
             bucket: None,
             fec: None,
+            window: Window::new(),
+            window_bytes: DEFAULT_WINDOW_BYTES,
+            window_delay: DEFAULT_WINDOW_DELAY,
+            window_started: None,
+            repeat_after: None,
         })
     }
 
@@ -157,10 +194,16 @@ impl DiodeSender {
         let mut s = DiodeSender::new(c.target, c.max_datagrams_per_sec)?
             .with_link_rate(c.link_bytes_per_sec);
         if c.fec {
-            s = s.with_fec(FecParams {
-                overhead_percent: c.fec_overhead_percent,
-                min_repair: c.fec_min_repair,
-            });
+            s = s
+                .with_fec(FecParams {
+                    overhead_percent: c.fec_overhead_percent,
+                    min_repair: c.fec_min_repair,
+                    repeat: false,
+                })
+                .with_window(c.fec_window_bytes, c.fec_window_delay);
+            if let Some(after) = c.fec_repeat_after {
+                s = s.with_repeat(after);
+            }
         }
         Ok(s)
     }
@@ -171,9 +214,27 @@ impl DiodeSender {
         self
     }
 
-    /// Sends messages as RaptorQ symbols with this much repair.
+    /// Sends messages as RaptorQ symbols with this much repair (`params.repeat` is set by
+    /// [`DiodeSender::with_repeat`]).
     pub fn with_fec(mut self, params: FecParams) -> DiodeSender {
-        self.fec = Some(params);
+        let repeat = self.repeat_after.is_some();
+        self.fec = Some(FecParams { repeat, ..params });
+        self
+    }
+
+    /// Bounds FEC windows to `bytes` of envelopes and `delay` of waiting.
+    pub fn with_window(mut self, bytes: usize, delay: Duration) -> DiodeSender {
+        self.window_bytes = bytes.clamp(1, fec::MAX_BLOCK_BYTES);
+        self.window_delay = delay;
+        self
+    }
+
+    /// Sends every FEC block a second time (`K + R` fresh repair symbols) `after` its first.
+    pub fn with_repeat(mut self, after: Duration) -> DiodeSender {
+        self.repeat_after = Some(after);
+        if let Some(p) = &mut self.fec {
+            p.repeat = true;
+        }
         self
     }
 
@@ -182,22 +243,102 @@ impl DiodeSender {
         self.target
     }
 
-    /// Frames `message` and sends its datagrams, paced.
-    pub async fn send_message(&mut self, message: &[u8]) -> Result<SendReport, DiodeError> {
-        let message_id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
-        let framed = match self.fec {
-            Some(params) => fec::encode(message_id, message, params),
-            None => frame::fragment(message_id, message),
+    /// Envelopes waiting in the FEC window.
+    pub fn queued(&self) -> usize {
+        usize::from(self.window.envelopes())
+    }
+
+    /// Adds `message` to the FEC window, first sending the window when `message` would not
+    /// fit it or it has waited longer than its delay. Without FEC, sends `message` at once.
+    /// Returns what was sent, if anything.
+    pub async fn queue(&mut self, message: &[u8]) -> Result<Option<SendReport>, DiodeError> {
+        let frame_err = |target, source| DiodeError::Frame { target, source };
+        if self.fec.is_none() {
+            let id = self.take_id();
+            let datagrams = frame::fragment(id, message).map_err(|e| frame_err(self.target, e))?;
+            return self.send_all(id, 1, &datagrams, &[]).await.map(Some);
+        }
+        if message.is_empty() {
+            return Err(frame_err(self.target, FrameError::EmptyMessage));
+        }
+        let waited = self
+            .window_started
+            .is_some_and(|t| t.elapsed() >= self.window_delay);
+        let flushed = if !self.window.is_empty()
+            && (waited || !self.window.has_room(message.len(), self.window_bytes))
+        {
+            self.flush().await
+        } else {
+            Ok(None)
         };
-        let datagrams = framed.map_err(|source| DiodeError::Frame {
+        // Queued even when sending the previous window failed: it goes with the next flush.
+        self.window
+            .push(message)
+            .map_err(|e| frame_err(self.target, e))?;
+        self.window_started.get_or_insert_with(Instant::now);
+        flushed
+    }
+
+    /// Sends the FEC window as one block (both rounds with a repeat), if anything is queued.
+    /// The window is emptied even when sending fails: its envelopes are then lost, and the
+    /// collector reports them as a gap.
+    pub async fn flush(&mut self) -> Result<Option<SendReport>, DiodeError> {
+        let Some(params) = self.fec else {
+            return Ok(None);
+        };
+        if self.window.is_empty() {
+            return Ok(None);
+        }
+        let id = self.take_id();
+        let envelopes = usize::from(self.window.envelopes());
+        let encoded = fec::encode_window(id, &self.window, params);
+        self.window.clear();
+        self.window_started = None;
+        let encoded = encoded.map_err(|source| DiodeError::Frame {
             target: self.target,
             source,
         })?;
+        self.send_all(id, envelopes, &encoded.first, &encoded.repeat)
+            .await
+            .map(Some)
+    }
+
+    /// Sends `message` on its own: whatever is queued, then `message`, now.
+    pub async fn send_message(&mut self, message: &[u8]) -> Result<SendReport, DiodeError> {
+        let earlier = self.queue(message).await?;
+        let last = self.flush().await?;
+        match (earlier, last) {
+            (Some(mut a), Some(b)) => {
+                a.absorb(b);
+                Ok(a)
+            }
+            (Some(a), None) | (None, Some(a)) => Ok(a),
+            (None, None) => Err(DiodeError::Frame {
+                target: self.target,
+                source: FrameError::EmptyMessage,
+            }),
+        }
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        id
+    }
+
+    /// Sends `first`, then (after the repeat pause) `repeat`, paced.
+    async fn send_all(
+        &mut self,
+        message_id: u64,
+        envelopes: usize,
+        first: &[Vec<u8>],
+        repeat: &[Vec<u8>],
+    ) -> Result<SendReport, DiodeError> {
         let started = Instant::now();
         let mut report = SendReport {
             message_id,
-            datagrams: datagrams.len(),
+            envelopes,
+            datagrams: first.len() + repeat.len(),
             sent: 0,
             refused: 0,
             failed: 0,
@@ -205,31 +346,15 @@ impl DiodeSender {
             duration: Duration::ZERO,
         };
         let mut last_error = None;
-        for d in &datagrams {
-            self.pace(d.len()).await;
-            let mut outcome = self.socket.send(d);
-            if matches!(&outcome, Err(e) if e.kind() == ErrorKind::ConnectionRefused) {
-                report.refused += 1;
-                if report.refused == 1 {
-                    tracing::warn!(
-                        message_id,
-                        "diode {}: ICMP port unreachable for an earlier datagram (nothing listening on the diode's port?); resending and carrying on",
-                        self.target
-                    );
-                }
-                outcome = self.socket.send(d);
+        for (round, datagrams) in [first, repeat].into_iter().enumerate() {
+            if round == 1
+                && !datagrams.is_empty()
+                && let Some(after) = self.repeat_after
+            {
+                tokio::time::sleep(after).await;
             }
-            match outcome {
-                Ok(n) => {
-                    report.sent += 1;
-                    report.bytes += n;
-                }
-                Err(e) => {
-                    if e.kind() == ErrorKind::ConnectionRefused {
-                        report.refused += 1;
-                    }
-                    report.failed += 1;
-                    tracing::warn!(message_id, "diode {}: datagram not sent: {e}", self.target);
+            for d in datagrams {
+                if let Some(e) = self.send_one(d, message_id, &mut report).await {
                     last_error = Some(e);
                 }
             }
@@ -243,6 +368,43 @@ impl DiodeSender {
                 last,
             }),
             _ => Ok(report),
+        }
+    }
+
+    /// Sends one datagram, paced; counts it; returns the error if it could not be sent.
+    async fn send_one(
+        &mut self,
+        d: &[u8],
+        message_id: u64,
+        report: &mut SendReport,
+    ) -> Option<std::io::Error> {
+        self.pace(d.len()).await;
+        let mut outcome = self.socket.send(d);
+        if matches!(&outcome, Err(e) if e.kind() == ErrorKind::ConnectionRefused) {
+            report.refused += 1;
+            if report.refused == 1 {
+                tracing::warn!(
+                    message_id,
+                    "diode {}: ICMP port unreachable for an earlier datagram (nothing listening on the diode's port?); resending and carrying on",
+                    self.target
+                );
+            }
+            outcome = self.socket.send(d);
+        }
+        match outcome {
+            Ok(n) => {
+                report.sent += 1;
+                report.bytes += n;
+                None
+            }
+            Err(e) => {
+                if e.kind() == ErrorKind::ConnectionRefused {
+                    report.refused += 1;
+                }
+                report.failed += 1;
+                tracing::warn!(message_id, "diode {}: datagram not sent: {e}", self.target);
+                Some(e)
+            }
         }
     }
 
@@ -293,7 +455,7 @@ mod tests {
         for _ in 0..report.datagrams {
             let (n, from) = rx.recv_from(&mut buf).unwrap();
             assert!(n <= frame::MAX_DATAGRAM);
-            if let Some(m) = r.push(from, &buf[..n], 0).unwrap() {
+            if let Some(m) = r.push(from, &buf[..n], 0).unwrap().pop() {
                 done = Some(m);
             }
         }
@@ -324,21 +486,85 @@ mod tests {
             .with_fec(FecParams::default());
         let message: Vec<u8> = (0..10_000u32).map(|i| (i * 3) as u8).collect();
         let report = tx.send_message(&message).await.unwrap();
-        // 9 source symbols + max(3, 24) repairs.
-        assert_eq!(report.datagrams, 9 + 24);
+        // A window of 10,004 bytes: K symbols of the size the framing picks, then the repairs.
+        let k = 10_004u16.div_ceil(fec::symbol_size_for(10_004));
+        assert_eq!(
+            report.datagrams,
+            usize::from(k + FecParams::default().repair_for(k))
+        );
         let mut r = Reassembler::new(ReassemblyLimits::default());
         let mut buf = [0u8; 2048];
         let mut done = None;
         for i in 0..report.datagrams {
             let (n, from) = rx.recv_from(&mut buf).unwrap();
-            if i < 9 {
-                continue; // every source symbol lost
+            if i < 24 {
+                continue; // a burst of 24 lost
             }
-            if let Some(m) = r.push(from, &buf[..n], 0).unwrap() {
+            if let Some(m) = r.push(from, &buf[..n], 0).unwrap().pop() {
                 done.get_or_insert(m);
             }
         }
         assert_eq!(done.as_deref(), Some(&message[..]));
+    }
+
+    #[tokio::test]
+    async fn a_window_carries_queued_envelopes_as_one_block() {
+        let rx = receiver();
+        let mut tx = DiodeSender::new(rx.local_addr().unwrap(), 100_000)
+            .unwrap()
+            .with_fec(FecParams::default())
+            .with_window(10_000, Duration::from_secs(60));
+        let msgs: Vec<Vec<u8>> = (0..7u8).map(|i| vec![i; 3000]).collect();
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let mut buf = [0u8; 2048];
+        let mut got = Vec::new();
+        // Each window's datagrams are read as soon as it is sent (the socket buffer is small).
+        let mut drain = |report: SendReport, got: &mut Vec<Vec<u8>>| {
+            for _ in 0..report.datagrams {
+                let (n, from) = rx.recv_from(&mut buf).unwrap();
+                got.extend(r.push(from, &buf[..n], 0).unwrap());
+            }
+        };
+        let mut windows = Vec::new();
+        for m in &msgs {
+            if let Some(report) = tx.queue(m).await.unwrap() {
+                windows.push(report.envelopes);
+                drain(report, &mut got);
+            }
+        }
+        // 3 envelopes of 3004 bytes fit 10 kB; the 4th and 7th each start a new window.
+        assert_eq!(windows, vec![3, 3]);
+        assert_eq!(tx.queued(), 1);
+        let last = tx.flush().await.unwrap().unwrap();
+        assert_eq!(last.envelopes, 1);
+        drain(last, &mut got);
+        assert_eq!(tx.queued(), 0);
+        assert!(tx.flush().await.unwrap().is_none());
+        assert_eq!(got, msgs);
+    }
+
+    #[tokio::test]
+    async fn the_repeat_round_follows_after_its_pause_and_alone_rebuilds() {
+        let rx = receiver();
+        let mut tx = DiodeSender::new(rx.local_addr().unwrap(), 100_000)
+            .unwrap()
+            .with_fec(FecParams::default())
+            .with_repeat(Duration::from_millis(150));
+        let message = vec![9u8; 2000];
+        let report = tx.send_message(&message).await.unwrap();
+        assert!(report.duration >= Duration::from_millis(150), "{report:?}");
+        let mut buf = [0u8; 2048];
+        let mut r = Reassembler::new(ReassemblyLimits::default());
+        let mut got = Vec::new();
+        let half = report.datagrams / 2;
+        for i in 0..report.datagrams {
+            let (n, from) = rx.recv_from(&mut buf).unwrap();
+            if i < half {
+                continue; // the whole first round lost
+            }
+            got.extend(r.push(from, &buf[..n], 0).unwrap());
+        }
+        assert_eq!(got, vec![message]);
     }
 
     #[tokio::test]

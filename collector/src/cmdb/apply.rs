@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
 use super::record::{self, EventScope, kind};
-use super::{Cmdb, CmdbError, ci_key};
+use super::{Cmdb, CmdbError, attributes, ci_key};
 use crate::time::sql_int;
 
 /// Everything about an accepted envelope that the CMDB records besides its body.
@@ -69,6 +69,51 @@ pub fn verdict_name(v: &SequenceVerdict) -> &'static str {
     }
 }
 
+/// What can be worked out about a summary without the database: each observation's CI key and
+/// content hash (in the summary's order) and the gateway facts' hash. It is a fair share of the
+/// work of applying a summary, so [`crate::pipeline::Checker`] computes it on the checking
+/// thread and the writer only looks the results up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    zone: ZoneId,
+    pub(super) assets: Vec<(String, [u8; 32])>,
+    pub(super) gateway: Option<[u8; 32]>,
+}
+
+impl Prepared {
+    /// Works out the keys and hashes of `summary`'s CIs as reported in `zone`.
+    pub fn of(zone: &ZoneId, summary: &Summary) -> Prepared {
+        Prepared {
+            zone: zone.clone(),
+            assets: summary
+                .assets
+                .iter()
+                .map(|obs| {
+                    (
+                        ci_key::asset(zone, &obs.endpoint, obs.unit_id),
+                        attributes::content_hash(obs),
+                    )
+                })
+                .collect(),
+            gateway: summary.gateway.as_ref().map(|g| gateway_hash(g, zone)),
+        }
+    }
+
+    /// True when this was prepared from `summary` as reported in `zone` (same shape).
+    fn fits(&self, zone: &ZoneId, summary: &Summary) -> bool {
+        &self.zone == zone
+            && self.assets.len() == summary.assets.len()
+            && self.gateway.is_some() == summary.gateway.is_some()
+    }
+}
+
+/// The hash of a gateway's facts as reported in `zone`: equal hashes mean only `last_seen`
+/// needs writing.
+fn gateway_hash(g: &HostFacts, zone: &ZoneId) -> [u8; 32] {
+    let facts = serde_json::to_vec(&(g, zone)).unwrap_or_default();
+    Digest::of(&facts).0
+}
+
 impl Cmdb {
     /// Applies a verified, judged summary in one transaction: its own, or the caller's when
     /// called inside [`Cmdb::in_transaction`].
@@ -77,11 +122,30 @@ impl Cmdb {
         meta: &EnvelopeMeta<'_>,
         summary: &Summary,
     ) -> Result<ApplyOutcome, CmdbError> {
+        self.apply_summary_prepared(meta, summary, None)
+    }
+
+    /// [`Cmdb::apply_summary`] with the keys and hashes already worked out (see [`Prepared`]);
+    /// `None`, or a `prepared` that does not fit `summary`, computes them here.
+    pub fn apply_summary_prepared(
+        &mut self,
+        meta: &EnvelopeMeta<'_>,
+        summary: &Summary,
+        prepared: Option<&Prepared>,
+    ) -> Result<ApplyOutcome, CmdbError> {
         if self.conn.is_autocommit() {
             return self
-                .in_transaction(|db| db.apply_summary(meta, summary))
+                .in_transaction(|db| db.apply_summary_prepared(meta, summary, prepared))
                 .and_then(|inner| inner);
         }
+        let computed;
+        let prepared = match prepared.filter(|p| p.fits(meta.zone, summary)) {
+            Some(p) => p,
+            None => {
+                computed = Prepared::of(meta.zone, summary);
+                &computed
+            }
+        };
         let sqlite = |source| CmdbError::Sqlite {
             path: self.path.clone(),
             source,
@@ -92,18 +156,20 @@ impl Cmdb {
             .known_assets
             .remove(meta.agent.as_str())
             .filter(|k| Some(k.seq) == meta.previous.map(|t| t.seq));
-        let (gateway_hash, cached_assets) = match cached {
+        let (last_gateway, cached_assets) = match cached {
             Some(k) => (k.gateway, Some(k.assets)),
             None => (None, None),
         };
         let mut w = Writer::new(&self.conn, meta);
         w.envelope().map_err(sqlite)?;
         w.chain_events().map_err(sqlite)?;
-        let gateway = match &summary.gateway {
-            Some(g) => Some(w.gateway(g, gateway_hash).map_err(sqlite)?),
-            None => None,
+        let gateway = match (&summary.gateway, prepared.gateway) {
+            (Some(g), Some(hash)) => Some(w.gateway(g, hash, last_gateway).map_err(sqlite)?),
+            _ => None,
         };
-        let assets = w.assets(&summary.assets, cached_assets).map_err(sqlite)?;
+        let assets = w
+            .assets(&summary.assets, &prepared.assets, cached_assets)
+            .map_err(sqlite)?;
         w.fresh().map_err(sqlite)?;
         w.flush_counters().map_err(sqlite)?;
         let (out, moved) = (w.out, w.moved_between_agents);
@@ -398,12 +464,15 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    /// Writes the gateway CI; when its facts hash as last time, only `last_seen` is touched.
-    /// Returns the facts' hash.
-    fn gateway(&mut self, g: &HostFacts, last: Option<[u8; 32]>) -> rusqlite::Result<[u8; 32]> {
+    /// Writes the gateway CI (its facts hash to `hash`); when they hash as last time, only
+    /// `last_seen` is touched. Returns the facts' hash.
+    fn gateway(
+        &mut self,
+        g: &HostFacts,
+        hash: [u8; 32],
+        last: Option<[u8; 32]>,
+    ) -> rusqlite::Result<[u8; 32]> {
         let gateway_ci = ci_key::gateway(self.meta.agent.as_str());
-        let facts = serde_json::to_vec(&(g, self.meta.zone)).unwrap_or_default();
-        let hash = Digest::of(&facts).0;
         if last == Some(hash) {
             self.db
                 .prepare_cached("UPDATE gateways SET last_seen_ms = ?2 WHERE ci_key = ?1")?

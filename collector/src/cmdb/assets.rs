@@ -10,7 +10,6 @@ use serde_json::json;
 
 use super::apply::Writer;
 use super::attributes::{self, answered, status_name};
-use super::ci_key;
 use super::record::kind;
 use crate::time::sql_int;
 
@@ -23,20 +22,22 @@ struct Stored {
 }
 
 impl Writer<'_, '_> {
+    /// `prepared` holds each observation's CI key and content hash, in order (see
+    /// [`super::apply::Prepared`]).
     pub(super) fn assets(
         &mut self,
         observations: &[AssetObservation],
+        prepared: &[(String, [u8; 32])],
         cached: Option<HashMap<String, (i64, [u8; 32])>>,
     ) -> rusqlite::Result<HashMap<String, (i64, [u8; 32])>> {
         let mut known = match cached {
             Some(known) => known,
             None => self.load_known()?,
         };
-        let mut seen = HashSet::with_capacity(observations.len());
+        let mut seen: HashSet<&str> = HashSet::with_capacity(observations.len());
         let mut unchanged = Vec::with_capacity(observations.len());
-        for obs in observations {
-            let key = ci_key::asset(self.meta.zone, &obs.endpoint, obs.unit_id);
-            if seen.contains(&key) {
+        for (obs, (key, hash)) in observations.iter().zip(prepared) {
+            if !seen.insert(key) {
                 // The agent listed one device twice; the first entry wins.
                 tracing::warn!(agent = %self.meta.agent, seq = self.meta.seq, asset = %key,
                     "summary lists this device more than once; keeping the first entry");
@@ -44,21 +45,19 @@ impl Writer<'_, '_> {
                 continue;
             }
             self.out.assets += 1;
-            let hash = attributes::content_hash(obs);
-            match known.get(&key) {
-                Some((id, stored)) if *stored == hash => {
+            match known.get(key) {
+                Some((id, stored)) if stored == hash => {
                     unchanged.push(*id);
                     self.out.assets_unchanged += 1;
                 }
                 _ => {
-                    let id = match self.load(&key)? {
-                        Some(stored) => self.update(&key, stored, obs, &hash)?,
-                        None => self.insert(&key, obs, &hash)?,
+                    let id = match self.load(key)? {
+                        Some(stored) => self.update(key, stored, obs, hash)?,
+                        None => self.insert(key, obs, hash)?,
                     };
-                    known.insert(key.clone(), (id, hash));
+                    known.insert(key.clone(), (id, *hash));
                 }
             }
-            seen.insert(key);
         }
         self.touch(&unchanged)?;
         Ok(known)
@@ -86,19 +85,32 @@ impl Writer<'_, '_> {
         Ok(known)
     }
 
-    /// Updates the timestamps of assets whose observation did not change. Their stored status
-    /// is current, so "answered" is read from it.
+    /// Updates the timestamps of assets whose observation did not change, in one statement
+    /// (the ids travel as one JSON array). Their stored status is current, so "answered" is
+    /// read from it.
     fn touch(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
-        let mut stmt = self.db.prepare_cached(
-            "UPDATE assets SET last_polled_ms = ?2,
-                 last_seen_ms = CASE WHEN status <> 'unreachable' THEN ?2 ELSE last_seen_ms END,
-                 last_envelope_seq = ?3
-             WHERE asset_id = ?1",
-        )?;
-        let seq = sql_int(self.meta.seq);
-        for id in ids {
-            stmt.execute(params![id, self.now, seq])?;
+        use std::fmt::Write as _;
+        if ids.is_empty() {
+            return Ok(());
         }
+        let mut list = String::with_capacity(2 + ids.len() * 8);
+        list.push('[');
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                list.push(',');
+            }
+            // Writing to a String cannot fail.
+            let _ = write!(list, "{id}");
+        }
+        list.push(']');
+        self.db
+            .prepare_cached(
+                "UPDATE assets SET last_polled_ms = ?1,
+                     last_seen_ms = CASE WHEN status <> 'unreachable' THEN ?1 ELSE last_seen_ms END,
+                     last_envelope_seq = ?2
+                 WHERE asset_id IN (SELECT value FROM json_each(?3))",
+            )?
+            .execute(params![self.now, sql_int(self.meta.seq), list])?;
         Ok(())
     }
 

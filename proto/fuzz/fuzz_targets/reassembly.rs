@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
+use outpost_proto::fec::{self, FecParams, Window};
 use outpost_proto::frame;
 use outpost_proto::reassembly::{MAX_PENDING, Reassembler, ReassemblyLimits};
 
@@ -20,6 +21,15 @@ const GARBAGE: u16 = 256;
 enum Op {
     /// Cut a new message of `len` bytes (filled from `fill`) from `source` into fragments.
     NewMessage { source: u8, len: u16, fill: u8 },
+    /// A window of `count` envelopes of about `len` bytes each from `source`, FEC-coded (first
+    /// round, then the repeat round when `repeat`).
+    NewWindow {
+        source: u8,
+        count: u8,
+        len: u16,
+        fill: u8,
+        repeat: bool,
+    },
     /// Push fragment `index` of message `message`.
     Push { message: u8, index: u8 },
     /// Push it with one byte changed.
@@ -53,7 +63,7 @@ fuzz_target!(|input: Input| {
     };
     let mut r = Reassembler::new(limits);
     let mut messages: Vec<(u8, u64, Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
-    let mut originals: HashMap<(u8, u64), Vec<u8>> = HashMap::new();
+    let mut originals: HashMap<(u8, u64, usize), Vec<u8>> = HashMap::new();
     let mut now = 0u64;
     for op in input.ops.into_iter().take(512) {
         let pushed = match op {
@@ -63,8 +73,34 @@ fuzz_target!(|input: Input| {
                     .map(|i| (i as u8).wrapping_mul(fill | 1))
                     .collect();
                 let parts = frame::fragment(id, &body).expect("fragments");
-                originals.insert((source, id), body.clone());
+                originals.insert((source, id, 0), body.clone());
                 messages.push((source, id, body, parts));
+                continue;
+            }
+            Op::NewWindow {
+                source,
+                count,
+                len,
+                fill,
+                repeat,
+            } => {
+                let id = messages.len() as u64;
+                let mut w = Window::new();
+                for n in 0..usize::from(count % 16).max(1) {
+                    let body: Vec<u8> = (0..(usize::from(len % 4096) + n).max(1))
+                        .map(|i| (i as u8 ^ n as u8).wrapping_mul(fill | 1))
+                        .collect();
+                    w.push(&body).expect("fits");
+                    originals.insert((source, id, n), body);
+                }
+                let params = FecParams {
+                    repeat,
+                    ..FecParams::default()
+                };
+                let enc = fec::encode_window(id, &w, params).expect("encodes");
+                let mut parts = enc.first;
+                parts.extend(enc.repeat);
+                messages.push((source, id, Vec::new(), parts));
                 continue;
             }
             Op::Push { message, index } => {
@@ -93,8 +129,8 @@ fuzz_target!(|input: Input| {
             Op::Garbage { source, bytes } => {
                 let from = GARBAGE + u16::from(source);
                 let out = r.push(from, &bytes, now);
-                if let Ok(Some(_)) = &out {
-                    assert!(frame::parse(&bytes, usize::MAX).is_ok());
+                if matches!(&out, Ok(m) if !m.is_empty()) {
+                    assert!(frame::parse_any(&bytes, usize::MAX).is_ok());
                 }
                 (from, out)
             }
@@ -105,15 +141,17 @@ fuzz_target!(|input: Input| {
             }
         };
         assert!(r.pending() <= MAX_PENDING);
-        if let (source, Ok(Some(done))) = pushed {
+        if let (source, Ok(completed)) = pushed {
             if source >= GARBAGE {
                 continue;
             }
-            // Message ids are unique here, so the completion is identifiable.
-            let matches = originals
-                .iter()
-                .any(|((s, _), body)| u16::from(*s) == source && *body == done);
-            assert!(matches, "completed a message that was never sent");
+            for done in completed {
+                // Message ids are unique here, so the completion is identifiable.
+                let matches = originals
+                    .iter()
+                    .any(|((s, _, _), body)| u16::from(*s) == source && *body == done);
+                assert!(matches, "completed a message that was never sent");
+            }
         }
     }
 });
