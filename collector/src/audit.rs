@@ -79,7 +79,7 @@ impl AuditReport {
         self.findings.is_empty()
     }
 
-    fn find(
+    pub(crate) fn find(
         &mut self,
         kind: &'static str,
         agent: Option<&str>,
@@ -111,26 +111,28 @@ pub enum AuditError {
     },
 }
 
-struct KeyInfo {
-    public: Option<PublicKey>,
-    agent: String,
-    zones: Vec<String>,
-    handover_seq: Option<i64>,
-    superseded_by: Option<String>,
+/// One key of the history as the checks need it (also built from an evidence pack's keys).
+pub(crate) struct KeyInfo {
+    pub(crate) public: Option<PublicKey>,
+    pub(crate) agent: String,
+    pub(crate) zones: Vec<String>,
+    pub(crate) handover_seq: Option<i64>,
+    pub(crate) superseded_by: Option<String>,
 }
 
-struct Row {
-    id: i64,
-    agent: String,
-    seq: i64,
-    hash: String,
-    prev_hash: String,
-    key_id: String,
-    zone: String,
-    agent_time_ms: i64,
-    kind: String,
-    verdict: String,
-    raw: Vec<u8>,
+/// One stored envelope row (also read from an evidence pack's index and envelope files).
+pub(crate) struct Row {
+    pub(crate) id: i64,
+    pub(crate) agent: String,
+    pub(crate) seq: i64,
+    pub(crate) hash: String,
+    pub(crate) prev_hash: String,
+    pub(crate) key_id: String,
+    pub(crate) zone: String,
+    pub(crate) agent_time_ms: i64,
+    pub(crate) kind: String,
+    pub(crate) verdict: String,
+    pub(crate) raw: Vec<u8>,
 }
 
 /// Audits the CMDB at `path`, opened read-only.
@@ -217,44 +219,8 @@ fn load_keys(
     })?;
     for row in rows {
         let (key_id, public, agent, handover_seq, superseded_by) = row?;
-        report.keys_checked += 1;
-        let public = match <[u8; 32]>::try_from(public.as_slice()) {
-            Ok(bytes) if PublicKey(bytes).key_id().to_string() == key_id => Some(PublicKey(bytes)),
-            Ok(bytes) => {
-                report.find(
-                    "key_tampered",
-                    Some(&agent),
-                    None,
-                    format!(
-                        "key row {key_id}: its public key has fingerprint {}, not {key_id}",
-                        PublicKey(bytes).key_id()
-                    ),
-                );
-                None
-            }
-            Err(_) => {
-                report.find(
-                    "key_tampered",
-                    Some(&agent),
-                    None,
-                    format!(
-                        "key row {key_id}: public key is {} bytes, not 32",
-                        public.len()
-                    ),
-                );
-                None
-            }
-        };
-        keys.insert(
-            key_id,
-            KeyInfo {
-                public,
-                agent,
-                zones: Vec::new(),
-                handover_seq,
-                superseded_by,
-            },
-        );
+        let info = key_info(&key_id, &public, agent, handover_seq, superseded_by, report);
+        keys.insert(key_id, info);
     }
     let mut stmt = conn.prepare("SELECT key_id, zone FROM key_zones")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
@@ -267,8 +233,56 @@ fn load_keys(
     Ok(keys)
 }
 
-/// Checks one row; returns the tip it establishes when its signed bytes are usable.
-fn check_row(
+/// One key row: its public key is used only when its id is its fingerprint (else a
+/// `key_tampered` finding). Zones are added by the caller.
+pub(crate) fn key_info(
+    key_id: &str,
+    public: &[u8],
+    agent: String,
+    handover_seq: Option<i64>,
+    superseded_by: Option<String>,
+    report: &mut AuditReport,
+) -> KeyInfo {
+    report.keys_checked += 1;
+    let public = match <[u8; 32]>::try_from(public) {
+        Ok(bytes) if PublicKey(bytes).key_id().to_string() == key_id => Some(PublicKey(bytes)),
+        Ok(bytes) => {
+            report.find(
+                "key_tampered",
+                Some(&agent),
+                None,
+                format!(
+                    "key row {key_id}: its public key has fingerprint {}, not {key_id}",
+                    PublicKey(bytes).key_id()
+                ),
+            );
+            None
+        }
+        Err(_) => {
+            report.find(
+                "key_tampered",
+                Some(&agent),
+                None,
+                format!(
+                    "key row {key_id}: public key is {} bytes, not 32",
+                    public.len()
+                ),
+            );
+            None
+        }
+    };
+    KeyInfo {
+        public,
+        agent,
+        zones: Vec::new(),
+        handover_seq,
+        superseded_by,
+    }
+}
+
+/// Checks one row against the key history and the previous row's tip (`previous`); returns
+/// the tip it establishes when its signed bytes are usable.
+pub(crate) fn check_row(
     row: &Row,
     previous: Option<ChainTip>,
     keys: &HashMap<String, KeyInfo>,

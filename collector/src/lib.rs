@@ -26,6 +26,8 @@ pub mod audit;
 pub mod budget;
 pub mod check;
 pub mod cmdb;
+pub mod evidence;
+pub mod export;
 pub mod ingest;
 pub mod kernel;
 pub mod key_cmd;

@@ -15,7 +15,7 @@ use outpost_collector::render::{self, Format};
 use outpost_collector::render_drift;
 use outpost_collector::time::now_ms;
 use outpost_collector::{Cmdb, ServeConfig, serve};
-use outpost_collector::{audit, key_cmd};
+use outpost_collector::{audit, evidence, key_cmd};
 use outpost_proto::{AgentId, KeyId, PublicKey, ZoneId};
 
 /// mimalloc instead of the system allocator: ingest allocates a summary's strings on the
@@ -109,6 +109,31 @@ enum Command {
     /// Re-verify what the CMDB stores.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Evidence packs for auditors: write one (`evidence --db F --zone Z --from T --to T --out
+    /// DIR --key K`), make the key (`evidence keygen`), check one offline (`evidence verify DIR`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Evidence {
+        #[command(subcommand)]
+        command: Option<EvidenceCommand>,
+        #[command(flatten)]
+        build: EvidenceBuild,
+    },
+    /// Exports for ITSM tools: a ServiceNow IRE payload, CSV, or a CycloneDX 1.6 JSON HBOM
+    /// (field mapping: docs/exports.md).
+    Export {
+        /// The CMDB file.
+        #[arg(long)]
+        db: PathBuf,
+        /// servicenow-ire, csv or cyclonedx.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+        /// Where to write; `-` for stdout.
+        #[arg(long)]
+        out: PathBuf,
+        /// Only this zone's CIs.
+        #[arg(long)]
+        zone: Option<String>,
+    },
     /// Field devices (configuration items).
     Assets(Query),
     /// Agents, their keys and gateways.
@@ -276,6 +301,73 @@ enum AuditCommand {
     /// agent's hash chain from the database alone; list gaps and breaks. Exits 3 on any sign
     /// of tampering, 1 if the audit could not run.
     Verify(Query),
+}
+
+#[derive(Args)]
+struct EvidenceBuild {
+    /// The CMDB file.
+    #[arg(long, required = true)]
+    db: Option<PathBuf>,
+    /// The zone the pack covers.
+    #[arg(long, required = true)]
+    zone: Option<String>,
+    /// Start of the period (agent clock), RFC 3339 (2026-11-01T00:00:00Z) or a date (2026-11-01).
+    #[arg(long, required = true, value_parser = parse_time)]
+    from: Option<i64>,
+    /// End of the period (exclusive); default now.
+    #[arg(long, value_parser = parse_time)]
+    to: Option<i64>,
+    /// A new (or empty) directory to write the pack into.
+    #[arg(long, required = true)]
+    out: Option<PathBuf>,
+    /// The collector evidence key (`evidence.key` from `evidence keygen`) that signs the manifest.
+    #[arg(long, required = true)]
+    key: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    ServicenowIre,
+    Csv,
+    Cyclonedx,
+}
+
+#[derive(Subcommand)]
+enum EvidenceCommand {
+    /// Make a collector evidence key: DIR/evidence.key (0600, never overwritten) and
+    /// DIR/evidence.pub (give it to auditors).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a pack with nothing but the pack: file hashes, manifest signature, every
+    /// envelope's signature and chain, and that the report says what the envelopes say. Exits
+    /// 3 on any sign of tampering, 1 if the pack cannot be read at all.
+    Verify {
+        /// The pack directory.
+        dir: PathBuf,
+        /// The collector's evidence.pub the pack must be signed with (recommended).
+        #[arg(long, value_name = "FILE")]
+        collector_key: Option<PathBuf>,
+        /// Print JSON (`outpost.evidence-verify.v1`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_owned()
+    };
+    let t = humantime::parse_rfc3339_weak(&full)
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time like 2026-11-01T00:00:00Z: {e}"))?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{text:?} is before 1970"))?
+        .as_millis();
+    i64::try_from(ms).map_err(|_| format!("{text:?} is too far in the future"))
 }
 
 #[derive(Args)]
@@ -483,6 +575,13 @@ fn run(cli: Cli) -> Result<()> {
             let done = cmdb.revoke_key(&id, &reason, now_ms())?;
             print(&key_cmd::render_revoked(&done, &reason))
         }
+        Command::Evidence { command, build } => run_evidence(command, build, now),
+        Command::Export {
+            db,
+            format,
+            out,
+            zone,
+        } => run_export(&db, format, &out, zone.as_deref(), now),
         Command::Audit(AuditCommand::Verify(q)) => {
             let format = if q.json { Format::Json } else { Format::Text };
             if !q.db.exists() {
@@ -568,11 +667,7 @@ struct TamperFound(usize);
 
 impl std::fmt::Display for TamperFound {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "audit found {} sign(s) of tampering or corruption",
-            self.0
-        )
+        write!(f, "found {} sign(s) of tampering or corruption", self.0)
     }
 }
 
@@ -681,5 +776,119 @@ fn print(text: &str) -> Result<()> {
             Err(e).context("cannot write to stdout")
         }
         _ => Ok(()),
+    }
+}
+
+fn run_export(
+    db: &Path,
+    format: ExportFormat,
+    out: &Path,
+    zone: Option<&str>,
+    now: i64,
+) -> Result<()> {
+    use outpost_collector::export::{self, Inventory};
+    let cmdb = Cmdb::open_existing(db)?;
+    let inv = Inventory::read(&cmdb, zone)?;
+    let bytes = match format {
+        ExportFormat::ServicenowIre => {
+            let p = export::servicenow::payload(&inv);
+            export::servicenow::check_shape(&p)
+                .map_err(|e| anyhow::anyhow!("internal error: IRE payload shape: {e}"))?;
+            let mut t = serde_json::to_string_pretty(&p)?;
+            t.push('\n');
+            t.into_bytes()
+        }
+        ExportFormat::Csv => export::csv::render(&inv).context("cannot write CSV")?,
+        ExportFormat::Cyclonedx => {
+            let mut t = serde_json::to_string_pretty(&export::cyclonedx::bom(&inv, now))?;
+            t.push('\n');
+            t.into_bytes()
+        }
+    };
+    if out == Path::new("-") {
+        return print(&String::from_utf8_lossy(&bytes));
+    }
+    std::fs::write(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!(
+        "wrote {} ({} field devices, {} gateways)",
+        out.display(),
+        inv.assets.len(),
+        inv.gateways.len()
+    );
+    Ok(())
+}
+
+fn run_evidence(command: Option<EvidenceCommand>, b: EvidenceBuild, now: i64) -> Result<()> {
+    match command {
+        Some(EvidenceCommand::Keygen { out }) => {
+            let (private, public, key) = evidence::key::generate(&out)?;
+            print(&format!(
+                "wrote {} (keep it secret; mode 0600) and {} (key id {}; give it to auditors)\n",
+                private.display(),
+                public.display(),
+                key.key_id()
+            ))
+        }
+        Some(EvidenceCommand::Verify {
+            dir,
+            collector_key,
+            json,
+        }) => {
+            let pinned = collector_key
+                .as_deref()
+                .map(evidence::key::load_public)
+                .transpose()?;
+            let report = evidence::verify(&dir, pinned.as_ref())?;
+            if json {
+                print(&render::json_document(
+                    "outpost.evidence-verify.v1",
+                    now,
+                    &report,
+                ))?;
+            } else {
+                print(&evidence::verify::render(&report))?;
+            }
+            if report.clean() {
+                Ok(())
+            } else {
+                Err(TamperFound(report.findings.len()).into())
+            }
+        }
+        None => {
+            let (Some(db), Some(zone), Some(from_ms), Some(out), Some(key)) =
+                (b.db, b.zone, b.from, b.out, b.key)
+            else {
+                bail!("evidence needs --db, --zone, --from, --out and --key (see --help)");
+            };
+            let key = evidence::key::load(&key)?;
+            let summary = evidence::build(&evidence::BuildRequest {
+                db: &db,
+                zone: &zone,
+                from_ms,
+                to_ms: b.to.unwrap_or(now),
+                out: &out,
+                key: &key,
+                now_ms: now,
+            })?;
+            print(&format!(
+                "wrote evidence pack {}: {} envelopes from {} agent(s), {} CIs ({} checked at \
+                 least every 35 days), {} gap(s)/break(s), change records {}; manifest signed by \
+                 collector key {}\ncheck it with: outpost-collector evidence verify {} \
+                 --collector-key evidence.pub\n",
+                summary.out.display(),
+                summary.envelopes,
+                summary.agents,
+                summary.cis,
+                summary.cis_within_limit,
+                summary.discontinuities,
+                if summary.changes_available {
+                    "included"
+                } else {
+                    "not available in this CMDB"
+                },
+                summary.collector_key_id,
+                summary.out.display()
+            ))
+        }
     }
 }

@@ -248,3 +248,8 @@ pub fn stats(stats: &Stats, format: Format, now_ms: i64) -> String {
         }
     )
 }
+
+/// A versioned JSON document for other modules' outputs (same shape as every listing).
+pub fn json_document<T: Serialize>(schema: &str, now_ms: i64, body: T) -> String {
+    json(schema, now_ms, body)
+}
