@@ -8,6 +8,7 @@
 //! - [`config`]: the strict TOML config and its validation.
 //! - [`keyfile`]: generating and loading the agent's Ed25519 key (mode 0600).
 //! - [`modbus`]: the read-only client, FC 43 identification, polling one device.
+//! - [`discovery`]: sweeping address ranges (`outpost-agent scan`) under a politeness budget.
 //! - [`host`]: gateway facts.
 //! - [`state`]: the persisted chain tip and the state directory lock.
 //! - [`transport`]: the diode sender, the MQTT publisher and its spool.
@@ -18,6 +19,7 @@
 
 pub mod config;
 pub mod cycle;
+pub mod discovery;
 pub mod host;
 pub mod keyfile;
 pub mod modbus;

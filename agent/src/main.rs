@@ -5,6 +5,8 @@
 //!   one cycle with `--once` (exit 0 when the envelope was sent — or, for MQTT, spooled: `--once`
 //!   waits up to 10 s for the broker's acknowledgements; unreachable devices are reported inside
 //!   the summary, not as a failure).
+//! - `scan CIDR... [--port 502] [--units 1,2,255] [--json] [--write-config FILE]`: a one-shot
+//!   discovery sweep under the politeness budget (see `outpost_agent::discovery`).
 //! - `check-config --config FILE`: validate and print what would be polled.
 //!
 //! Logs go to stderr (`RUST_LOG` respected, default `info`); the runtime is tokio's
@@ -53,6 +55,8 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Sweep address ranges for Modbus TCP devices and identify them (read-only, rate-limited).
+    Scan(outpost_agent::discovery::command::ScanArgs),
     /// Validate a config and print what would be polled.
     CheckConfig {
         /// The agent's TOML config.
@@ -88,6 +92,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Keygen { out, agent, force } => keygen(out, agent, force),
         Command::CheckConfig { config } => check_config(config),
         Command::Run { config, once } => run(config, once),
+        Command::Scan(args) => outpost_agent::discovery::command::run(args),
     }
 }
 
