@@ -14,6 +14,9 @@
 //! - the diode link with FEC: raw loopback UDP rate, FEC goodput, overhead, CPU per MB,
 //!   delivery at 10 % random loss (`--only fec` runs just this section).
 //!
+//! - discovery: `outpost-agent scan` of 254 simulated devices on a loopback /24 next to
+//!   `nmap --script modbus-discover` (`--only scan`), and a plant with silent devices.
+//!
 //! `outpost-bench --mqtt` measures the MQTT transport instead, against a real mosquitto on
 //! loopback: the fsynced spool's cost, publish throughput (spool → broker, every PUBACK
 //! received), and end-to-end delivery (spool → mosquitto → `serve_mqtt` → the SQLite CMDB).
@@ -58,13 +61,15 @@ struct Args {
     /// Loss patterns per message size in the FEC delivery measurement.
     #[arg(long, default_value_t = 10_000)]
     fec_trials: u64,
-    /// Run only this section: `fec`, `ingest` or `envelope`.
+    /// Run only this section: `fec`, `ingest`, `envelope` or `scan`.
     #[arg(long)]
     only: Option<String>,
 }
 
 #[path = "bench/fec_link.rs"]
 mod fec_link;
+#[path = "bench/scan.rs"]
+mod scan;
 
 const ASSETS: usize = 50;
 
@@ -97,7 +102,15 @@ fn main() -> anyhow::Result<()> {
         Some("fec") => return fec_link::run(args.fec_trials),
         Some("ingest") => return ingest_rates(args.envelopes),
         Some("envelope") => return envelope_rates(args.envelopes),
-        Some(other) => bail!("--only {other}: expected fec, ingest or envelope"),
+        Some("scan") => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("could not start the async runtime")?;
+            return runtime.block_on(scan::run());
+        }
+        Some(other) => bail!("--only {other}: expected fec, ingest, envelope or scan"),
         None => {}
     }
     envelope_rates(args.envelopes)?;
@@ -108,6 +121,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("could not start the async runtime")?;
     runtime.block_on(agent_memory(args.devices, args.cycles))?;
+    runtime.block_on(scan::run())?;
     binary_sizes();
     fec_link::run(args.fec_trials)?;
     Ok(())
