@@ -367,6 +367,16 @@ async fn scan_sweeps_a_loopback_range_read_only_within_the_budget() {
         .find(|d| d.address.host == "127.0.91.8")
         .unwrap();
     assert_eq!(gw.unit_ids, vec![1, 2, 3]);
+    // Device 0 imitates a Modicon M241: its profile's configuration block was written for it.
+    assert_eq!(by_addr(0)["units"][0]["profile"], "schneider-modicon-m2xx");
+    let m241 = c
+        .devices
+        .iter()
+        .find(|d| d.address.host == "127.0.91.1")
+        .unwrap();
+    let blocks: Vec<&str> = m241.blocks.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(blocks, vec!["config"]);
+    assert!(text.contains("# volatile (process values, not baselined): process input 0..3"));
     // Never overwritten.
     let (ok, _, stderr) = agent(
         s(&[

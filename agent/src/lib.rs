@@ -9,6 +9,7 @@
 //! - [`keyfile`]: generating and loading the agent's Ed25519 key (mode 0600).
 //! - [`modbus`]: the read-only client, FC 43 identification, polling one device.
 //! - [`discovery`]: sweeping address ranges (`outpost-agent scan`) under a politeness budget.
+//! - [`profile`]: device profiles (built-in and user TOML files) matched by identity.
 //! - [`host`]: gateway facts.
 //! - [`state`]: the persisted chain tip and the state directory lock.
 //! - [`transport`]: the diode sender, the MQTT publisher and its spool.
@@ -23,6 +24,7 @@ pub mod discovery;
 pub mod host;
 pub mod keyfile;
 pub mod modbus;
+pub mod profile;
 pub mod state;
 pub mod transport;
 

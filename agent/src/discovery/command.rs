@@ -46,6 +46,9 @@ pub struct ScanArgs {
     /// Print a JSON document (schema outpost.scan.v1) instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// A directory of device profiles (*.toml) besides the built-in ones.
+    #[arg(long, value_name = "DIR")]
+    pub profiles: Option<PathBuf>,
     /// Write a starter agent config for what answered to FILE (refuses to overwrite).
     #[arg(long, value_name = "FILE")]
     pub write_config: Option<PathBuf>,
@@ -90,6 +93,10 @@ impl ScanArgs {
 /// Runs the scan on a current-thread runtime and prints the results.
 pub fn run(args: ScanArgs) -> anyhow::Result<()> {
     let plan = args.plan()?;
+    let library = match &args.profiles {
+        Some(dir) => crate::profile::Library::with_dir(dir)?,
+        None => crate::profile::Library::builtin()?,
+    };
     if let Some(path) = &args.write_config
         && path.exists()
     {
@@ -120,7 +127,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let mut answered = 0usize;
     let mut units = 0usize;
-    let results = runtime.block_on(scan(&plan, |r| {
+    let mut results = runtime.block_on(scan(&plan, |r| {
         if r.outcome == Outcome::Answered {
             answered += 1;
             units += r.units.len();
@@ -130,6 +137,9 @@ pub fn run(args: ScanArgs) -> anyhow::Result<()> {
     }));
     let elapsed = started.elapsed();
     bar.finish_and_clear();
+    for u in results.iter_mut().flat_map(|r| r.units.iter_mut()) {
+        u.profile = library.find(&u.identity).map(|p| p.name.clone());
+    }
     if args.json {
         let doc = report::to_json(&plan, &results, elapsed);
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -137,7 +147,7 @@ pub fn run(args: ScanArgs) -> anyhow::Result<()> {
         print!("{}", report::table(&results, elapsed));
     }
     if let Some(path) = &args.write_config {
-        let text = report::starter_config(&args.ranges, &results);
+        let text = report::starter_config(&args.ranges, &results, Some(&library));
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

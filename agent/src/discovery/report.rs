@@ -73,8 +73,8 @@ pub fn table(results: &[AddressResult], elapsed: Duration) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<21} {:>4}  {:<20} {:<20} {:<12} {:<24} METHOD",
-        "ADDRESS", "UNIT", "VENDOR", "PRODUCT", "REVISION", "NAME"
+        "{:<21} {:>4}  {:<20} {:<20} {:<12} {:<24} {:<22} METHOD",
+        "ADDRESS", "UNIT", "VENDOR", "PRODUCT", "REVISION", "NAME", "PROFILE"
     );
     for r in results {
         for u in &r.units {
@@ -85,13 +85,14 @@ pub fn table(results: &[AddressResult], elapsed: Duration) -> String {
                 .or(id.user_application_name.as_deref());
             let _ = writeln!(
                 out,
-                "{:<21} {:>4}  {:<20} {:<20} {:<12} {:<24} {}",
+                "{:<21} {:>4}  {:<20} {:<20} {:<12} {:<24} {:<22} {}",
                 r.address.to_string(),
                 u.unit_id,
                 cell(id.vendor_name.as_deref(), 20),
                 cell(product(id).as_deref(), 20),
                 cell(id.revision.as_deref(), 12),
                 cell(name, 24),
+                cell(u.profile.as_deref(), 22),
                 u.method
             );
             for p in &u.problems {
@@ -167,6 +168,7 @@ fn unit_json(u: &UnitFound) -> Value {
         "method": u.method,
         "conformity_level": u.conformity_level,
         "identity": identity_json(&u.identity),
+        "profile": u.profile,
         "problems": u.problems,
     })
 }
@@ -263,9 +265,14 @@ fn toml_str(text: &str) -> String {
 }
 
 /// A starter agent config: placeholders for identity, key and transport, and one `[[devices]]`
-/// per address that answered with the unit ids that answered. It parses as written
+/// per address that answered with the unit ids that answered, and the configuration blocks of
+/// the device profile that matched (volatile blocks as comments). It parses as written
 /// (`outpost-agent check-config`), but the placeholders must be replaced before `run`.
-pub fn starter_config(ranges: &[String], results: &[AddressResult]) -> String {
+pub fn starter_config(
+    ranges: &[String],
+    results: &[AddressResult],
+    profiles: Option<&crate::profile::Library>,
+) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -325,6 +332,35 @@ pub fn starter_config(ranges: &[String], results: &[AddressResult]) -> String {
         let _ = writeln!(out, "name = {}", toml_str(&name));
         let _ = writeln!(out, "address = {}", toml_str(&r.address.to_string()));
         let _ = writeln!(out, "unit_ids = [{}]", units.join(", "));
+        let profile = r
+            .units
+            .iter()
+            .find_map(|u| u.profile.as_deref())
+            .and_then(|n| profiles.and_then(|l| l.get(n)));
+        if let Some(p) = profile {
+            let _ = writeln!(out, "# blocks from profile {} ({})", p.name, p.origin);
+            for b in &p.blocks {
+                if b.volatile {
+                    let _ = writeln!(
+                        out,
+                        "# volatile (process values, not baselined): {} {} {}..{}",
+                        b.name,
+                        b.kind.as_str(),
+                        b.start,
+                        u32::from(b.start) + u32::from(b.count) - 1
+                    );
+                    continue;
+                }
+                let _ = writeln!(
+                    out,
+                    "[[devices.blocks]]\nname = {}\nkind = \"{}\"\nstart = {}\ncount = {}",
+                    toml_str(&b.name),
+                    b.kind.as_str(),
+                    b.start,
+                    b.count
+                );
+            }
+        }
     }
     if !any {
         out.push_str("\n# Nothing answered: no devices. A gateway-only agent keeps this line.\ndevices = []\n");

@@ -58,6 +58,8 @@ pub struct UnitFound {
     pub conformity_level: Option<u8>,
     pub identity: DeviceIdentity,
     pub problems: Vec<String>,
+    /// The device profile that matches the identity, if any (filled in by the caller).
+    pub profile: Option<String>,
 }
 
 /// What happened at one address.
@@ -191,6 +193,7 @@ pub async fn scan_address(addr: SocketAddr, units: &[u8], budget: Budget) -> Add
             conformity_level: ident.conformity,
             identity: ident.identity,
             problems: ident.problems,
+            profile: None,
         });
     }
     result.outcome = if !result.units.is_empty() {
