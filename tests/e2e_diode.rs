@@ -195,13 +195,18 @@ fn plant_to_cmdb_through_real_processes_with_exact_identities() {
         }
     }
 
-    // A second run of the agent process continues the chain: seq 2, no gap, nothing refused.
+    // A second run of the agent process continues the chain: the next seq, no gap, nothing
+    // refused. (A first run starts a declared chain at the agent's clock.)
+    let first_seq = collector_json("agents", &db)["agents"][0]["last_seq"]
+        .as_u64()
+        .expect("last_seq");
+    assert!(first_seq > 1_700_000_000_000, "{first_seq}");
     run_ok(
         "outpost-agent",
         &["run", "--config", path(&config), "--once"],
     );
-    wait_db("envelope 2 applied", || {
-        collector_json("agents", &db)["agents"][0]["last_seq"] == 2
+    wait_db("the second envelope applied", || {
+        collector_json("agents", &db)["agents"][0]["last_seq"] == first_seq + 1
     });
     let events = collector_json("events", &db);
     let kinds: Vec<&str> = events["events"]

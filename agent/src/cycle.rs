@@ -91,7 +91,25 @@ impl Agent {
     pub fn new(config: Config) -> Result<Agent, AgentError> {
         let key = keyfile::load_private(&config.key_file)?;
         let state = StateDir::open(&config.state_dir)?;
-        let tip = state.load_tip()?;
+        let tip = match state.load_tip()? {
+            tip if tip == ChainTip::GENESIS => {
+                // No chain tip: first run, or the state directory was lost. Never restart at
+                // 1 (that would reuse numbers the collector may hold): declare a new chain
+                // (zero prev_hash) starting at the clock, which the collector reports as a
+                // restart, not a replay.
+                let restart = ChainTip::restart_at(now_ms());
+                tracing::info!(
+                    state = %state.tip_path().display(),
+                    first_seq = restart.seq + 1,
+                    "no chain tip in the state directory: starting a new chain at sequence {} \
+                     (first run, or the agent's state was lost; the collector records a declared \
+                     restart)",
+                    restart.seq + 1
+                );
+                restart
+            }
+            tip => tip,
+        };
         let sender = match &config.diode {
             Some(d) => Some(DiodeSender::from_config(d)?),
             None => None,
@@ -159,7 +177,8 @@ impl Agent {
             let kind = match body {
                 Body::Summary(_) => EntryKind::Summary,
                 Body::Heartbeat(_) => EntryKind::Heartbeat,
-                Body::DataLost(_) => EntryKind::DataLost,
+                // Notices are never dropped from the spool; a key handover is one.
+                Body::DataLost(_) | Body::KeyHandover(_) => EntryKind::DataLost,
             };
             let pushed = match m.spool.lock() {
                 Ok(mut spool) => spool.push(seq, kind, &sealed.wire),
@@ -205,6 +224,32 @@ impl Agent {
         Ok((seq, sealed.wire.len(), datagrams))
     }
 
+    /// If a new key is staged (`outpost-agent rotate-key`), announces it in a `KeyHandover`
+    /// sealed with the current key, then installs it and signs with it from now on.
+    async fn hand_over_staged_key(&mut self) -> Result<(), AgentError> {
+        let Some(new) = crate::rotate::load_staged(&self.config.key_file)? else {
+            return Ok(());
+        };
+        if new.key_id() == self.key.key_id() {
+            crate::rotate::install(&self.config.key_file)?;
+            return Ok(());
+        }
+        let seq = self.tip.seq + 1;
+        let handover = outpost_proto::handover::announce(
+            &self.config.agent_id,
+            &self.config.zone,
+            &self.key,
+            &new,
+            seq,
+        );
+        let (seq, _, _) = self.emit(&Body::KeyHandover(handover)).await?;
+        crate::rotate::install(&self.config.key_file)?;
+        tracing::warn!(old = %self.key.key_id(), new = %new.key_id(), seq,
+            "key handover sent in envelope {seq}: now signing with key {}", new.key_id());
+        self.key = new;
+        Ok(())
+    }
+
     /// Seals a data-lost notice for every loss not yet reported.
     async fn report_losses(&mut self) -> Result<(), AgentError> {
         while let Some((seqs, reason)) = self.unreported_loss.first().cloned() {
@@ -244,6 +289,7 @@ impl Agent {
 
     /// Runs one cycle: poll, summarise, seal, persist, send.
     pub async fn run_cycle(&mut self) -> Result<CycleReport, AgentError> {
+        self.hand_over_staged_key().await?;
         let started = Instant::now();
         let started_ms = now_ms();
         let assets = self.poll_all().await;

@@ -104,7 +104,12 @@ pub fn generate_with(
     })
 }
 
-fn write_temp(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<PathBuf, KeyFileError> {
+pub(crate) fn write_temp(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> Result<PathBuf, KeyFileError> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -128,7 +133,7 @@ fn write_temp(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<PathBuf
     Ok(tmp)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), KeyFileError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), KeyFileError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| KeyFileError::Io {

@@ -25,6 +25,7 @@ pub mod host;
 pub mod keyfile;
 pub mod modbus;
 pub mod profile;
+pub mod rotate;
 pub mod state;
 pub mod transport;
 

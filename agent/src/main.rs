@@ -7,6 +7,8 @@
 //!   the summary, not as a failure).
 //! - `scan CIDR... [--port 502] [--units 1,2,255] [--json] [--write-config FILE]`: a one-shot
 //!   discovery sweep under the politeness budget (see `outpost_agent::discovery`).
+//! - `rotate-key --config FILE [--force]`: stage a new signing key; the agent announces it at
+//!   its next cycle (see `outpost_agent::rotate`).
 //! - `check-config --config FILE`: validate and print what would be polled.
 //!
 //! Logs go to stderr (`RUST_LOG` respected, default `info`); the runtime is tokio's
@@ -57,6 +59,16 @@ enum Command {
     },
     /// Sweep address ranges for Modbus TCP devices and identify them (read-only, rate-limited).
     Scan(outpost_agent::discovery::command::ScanArgs),
+    /// Stage a new signing key (<key_file>.next): the agent announces it at its next cycle in
+    /// an envelope signed by the current key and by the new one, then switches to it.
+    RotateKey {
+        /// The agent's TOML config.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Replace a key already staged and not yet announced.
+        #[arg(long)]
+        force: bool,
+    },
     /// Validate a config and print what would be polled.
     CheckConfig {
         /// The agent's TOML config.
@@ -93,6 +105,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::CheckConfig { config } => check_config(config),
         Command::Run { config, once } => run(config, once),
         Command::Scan(args) => outpost_agent::discovery::command::run(args),
+        Command::RotateKey { config, force } => rotate_key(config, force),
     }
 }
 
@@ -104,6 +117,24 @@ fn keygen(out: PathBuf, agent: Option<AgentId>, force: bool) -> anyhow::Result<(
     println!(
         "enroll it at the collector: outpost-collector enroll --db FILE --zone ZONE --key {}",
         g.public_path.display()
+    );
+    Ok(())
+}
+
+fn rotate_key(path: PathBuf, force: bool) -> anyhow::Result<()> {
+    let c = Config::load(&path)?;
+    let s = outpost_agent::rotate::stage(&c.key_file, &c.agent_id, force)?;
+    println!("current key: {}", s.old_key_id);
+    println!(
+        "staged key:  {} ({})",
+        s.new_key_id,
+        s.private_path.display()
+    );
+    println!("public key:  {}", s.public_path.display());
+    println!(
+        "the agent announces it at its next cycle (signed by both keys) and the collector \
+         enrolls it for the same agent and zones; if that envelope is lost, enroll {} by hand",
+        s.public_path.display()
     );
     Ok(())
 }

@@ -75,7 +75,11 @@ fn keygen_then_run_once_sends_a_verifiable_envelope() {
     let stderr = text(&run.stderr);
     assert!(run.status.success(), "{stderr}");
     assert!(stderr.contains("unreachable"), "{stderr}");
-    assert!(stderr.contains("cycle 1:"), "{stderr}");
+    assert!(
+        stderr.contains("starting a new chain at sequence"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("cycle "), "{stderr}");
 
     let (public, named) =
         PublicKey::parse_file(&std::fs::read_to_string(keys.join("agent.pub")).unwrap()).unwrap();
@@ -89,7 +93,9 @@ fn keygen_then_run_once_sends_a_verifiable_envelope() {
         }
     };
     let v = envelope::parse(&wire).unwrap().verify(&public).unwrap();
-    assert_eq!(v.header.seq, 1);
+    // A first run has no chain tip: it declares a new chain (zero prev_hash) at the clock.
+    assert!(v.header.seq > 1_700_000_000_000, "{}", v.header.seq);
+    assert_eq!(v.header.prev_hash, outpost_proto::Digest::ZERO);
     assert_eq!(v.header.zone.as_str(), "cell-9");
 }
 

@@ -110,10 +110,17 @@ async fn cycles_poll_seal_persist_and_send_a_chain() {
     let s = setup(&devices, "");
 
     let mut agent = Agent::new(load(&s.config_path)).unwrap();
+    // No chain tip yet: a declared new chain (zero prev_hash) starting at the clock, so that
+    // an agent that lost its state never reuses a sequence number.
+    let base = agent.tip().seq;
+    assert!(
+        base > 1_700_000_000_000,
+        "new chain starts at the clock: {base}"
+    );
     let started = Instant::now();
     let first = agent.run_cycle().await.unwrap();
     let took = started.elapsed();
-    assert_eq!(first.seq, 1);
+    assert_eq!(first.seq, base + 1);
     assert_eq!(first.devices, 6);
     assert_eq!((first.ok, first.partial, first.unreachable), (2, 0, 4));
     assert!(first.datagrams >= 1);
@@ -122,7 +129,8 @@ async fn cycles_poll_seal_persist_and_send_a_chain() {
     assert!(took < Duration::from_millis(2500), "{took:?}");
 
     let (v1, summary) = receive(&s.rx, first.datagrams, &s.public);
-    assert_eq!(v1.header.seq, 1);
+    assert_eq!(v1.header.seq, base + 1);
+    assert_eq!(v1.header.prev_hash, outpost_proto::Digest::ZERO);
     assert_eq!(v1.header.agent.as_str(), "gw-test");
     assert_eq!(judge(None, &v1.header), SequenceVerdict::First);
     assert_eq!(v1.tip(), agent.tip());
@@ -157,7 +165,7 @@ async fn cycles_poll_seal_persist_and_send_a_chain() {
     assert!(summary.finished_ms >= summary.started_ms);
 
     let second = agent.run_cycle().await.unwrap();
-    assert_eq!(second.seq, 2);
+    assert_eq!(second.seq, base + 2);
     let (v2, _) = receive(&s.rx, second.datagrams, &s.public);
     assert_eq!(v2.header.prev_hash, v1.hash);
     assert_eq!(judge(Some(&v1.tip()), &v2.header), SequenceVerdict::Next);
@@ -174,7 +182,7 @@ async fn cycles_poll_seal_persist_and_send_a_chain() {
     assert_eq!(agent.tip(), v2.tip());
     let third = agent.run_cycle().await.unwrap();
     let (v3, _) = receive(&s.rx, third.datagrams, &s.public);
-    assert_eq!(v3.header.seq, 3);
+    assert_eq!(v3.header.seq, base + 3);
     assert_eq!(judge(Some(&v2.tip()), &v3.header), SequenceVerdict::Next);
     drop(s.dir);
 }
@@ -183,8 +191,9 @@ async fn cycles_poll_seal_persist_and_send_a_chain() {
 async fn gateway_only_agent_sends_host_facts() {
     let s = setup("", "devices = []");
     let mut agent = Agent::new(load(&s.config_path)).unwrap();
+    let base = agent.tip().seq;
     let report = agent.run_cycle().await.unwrap();
-    assert_eq!((report.seq, report.devices), (1, 0));
+    assert_eq!((report.seq, report.devices), (base + 1, 0));
     let (_, summary) = receive(&s.rx, report.datagrams, &s.public);
     assert!(summary.assets.is_empty());
     assert!(summary.gateway.is_some());
@@ -194,6 +203,7 @@ async fn gateway_only_agent_sends_host_facts() {
 async fn run_cycles_on_schedule_until_shutdown() {
     let s = setup("", "devices = []");
     let mut agent = Agent::new(load(&s.config_path)).unwrap();
+    let base = agent.tip().seq;
     let started = Instant::now();
     agent
         .run(tokio::time::sleep(Duration::from_millis(1500)))
@@ -202,7 +212,7 @@ async fn run_cycles_on_schedule_until_shutdown() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(3), "{took:?}");
     // Cycles at 0 s and 1 s.
-    assert_eq!(agent.tip().seq, 2);
+    assert_eq!(agent.tip().seq, base + 2);
 }
 
 #[test]

@@ -11,7 +11,8 @@
 use std::fmt;
 
 use outpost_proto::envelope::{self, EnvelopeError, Verified};
-use outpost_proto::model::{Body, DataLost, Heartbeat, Summary};
+use outpost_proto::handover;
+use outpost_proto::model::{Body, DataLost, Heartbeat, KeyHandover, Summary};
 use outpost_proto::{AgentId, ZoneId};
 
 use crate::cmdb::Cmdb;
@@ -26,10 +27,18 @@ pub enum Reason {
     UnsupportedVersion,
     UnknownKey,
     KeyRevoked,
+    /// Sealed with a key the agent has since handed over to a successor (`KeyHandover`).
+    KeyRetired,
     AgentMismatch,
     ZoneNotAuthorised,
     BadSignature,
     BadSequence,
+    /// The agent's clock says the envelope was sealed further in the future than the
+    /// collector's clock plus the allowed skew (`serve --max-clock-skew`).
+    FutureTimestamp,
+    /// A `KeyHandover` whose new key, key ids or proof of possession do not check out, or
+    /// whose new key cannot be enrolled for this agent.
+    BadHandover,
     Replay,
     /// A byte-identical copy of an envelope already stored (QoS 1 redelivery): not an attack,
     /// not quarantined; counted as `envelopes_duplicate`. Only where redelivery is expected
@@ -51,10 +60,13 @@ impl Reason {
             Reason::UnsupportedVersion => "unsupported_version",
             Reason::UnknownKey => "unknown_key",
             Reason::KeyRevoked => "key_revoked",
+            Reason::KeyRetired => "key_retired",
             Reason::AgentMismatch => "agent_mismatch",
             Reason::ZoneNotAuthorised => "zone_not_authorised",
             Reason::BadSignature => "bad_signature",
             Reason::BadSequence => "bad_sequence",
+            Reason::FutureTimestamp => "future_timestamp",
+            Reason::BadHandover => "bad_handover",
             Reason::Replay => "replay",
             Reason::Duplicate => "duplicate",
             Reason::MalformedBody => "malformed_body",
@@ -73,10 +85,13 @@ impl Reason {
             Reason::UnsupportedVersion => "envelopes_rejected.unsupported_version",
             Reason::UnknownKey => "envelopes_rejected.unknown_key",
             Reason::KeyRevoked => "envelopes_rejected.key_revoked",
+            Reason::KeyRetired => "envelopes_rejected.key_retired",
             Reason::AgentMismatch => "envelopes_rejected.agent_mismatch",
             Reason::ZoneNotAuthorised => "envelopes_rejected.zone_not_authorised",
             Reason::BadSignature => "envelopes_rejected.bad_signature",
             Reason::BadSequence => "envelopes_rejected.bad_sequence",
+            Reason::FutureTimestamp => "envelopes_rejected.future_timestamp",
+            Reason::BadHandover => "envelopes_rejected.bad_handover",
             Reason::Replay => "envelopes_rejected.replay",
             Reason::Duplicate => "envelopes_duplicate",
             Reason::MalformedBody => "envelopes_rejected.malformed_body",
@@ -140,8 +155,7 @@ impl Checked {
     pub fn summary(&self) -> Option<&Summary> {
         match &self.body {
             Body::Summary(summary) => Some(summary),
-            Body::Heartbeat(_) => None,
-            Body::DataLost(_) => None,
+            Body::Heartbeat(_) | Body::DataLost(_) | Body::KeyHandover(_) => None,
         }
     }
 
@@ -197,6 +211,7 @@ fn check_inner(db: &Cmdb, wire: &[u8], claimed: &mut Claimed) -> Result<Checked,
         Body::Summary(summary) => check_summary(summary, &h.agent, &h.zone)?,
         Body::DataLost(n) => check_data_lost(n, &h.agent, &h.zone, h.seq)?,
         Body::Heartbeat(beat) => check_heartbeat(beat, h)?,
+        Body::KeyHandover(handover) => check_handover(handover, h)?,
     }
     Ok(Checked { verified, body })
 }
@@ -221,6 +236,16 @@ pub(crate) fn authorise<'k>(
         return Err((
             Reason::KeyRevoked,
             format!("key {key_id} (agent {}) has been revoked", key.agent),
+        ));
+    }
+    if key.status == KeyStatus::Retired {
+        return Err((
+            Reason::KeyRetired,
+            format!(
+                "key {key_id} (agent {}) was retired by a key handover; envelopes sealed with it \
+                 after the handover are refused (`outpost-collector key list` shows its successor)",
+                key.agent
+            ),
         ));
     }
     if &key.agent != agent {
@@ -275,6 +300,23 @@ fn check_data_lost(
         ));
     }
     Ok(())
+}
+
+/// A key handover must name the header's agent and zone and the key it is sealed with, and the
+/// new key must prove possession (see [`outpost_proto::handover`]).
+fn check_handover(k: &KeyHandover, h: &envelope::EnvelopeHeader) -> Result<(), (Reason, String)> {
+    if k.agent != h.agent || k.zone != h.zone {
+        return Err((
+            Reason::BodyMismatch,
+            format!(
+                "envelope header says agent {} zone {} but its key handover says agent {} zone {}",
+                h.agent, h.zone, k.agent, k.zone
+            ),
+        ));
+    }
+    handover::verify(k, &h.agent, &h.key_id, h.seq)
+        .map(|_| ())
+        .map_err(|e| (Reason::BadHandover, format!("agent {}: {e}", h.agent)))
 }
 
 /// The body must describe the header's agent and zone, and every block hash must be honest.

@@ -10,12 +10,20 @@
 //! 5. decode the body (`malformed_body`); its agent and zone must equal the header's
 //!    (`body_mismatch`) and every register block's hash must match its values
 //!    (`bad_block_hash`);
-//! 6. judge the sequence number and chain against the agent's stored tip (`replay`; a gap or
-//!    chain break is accepted and recorded as an event; with
+//! 6. the agent's clock may not be ahead of the collector's by more than the allowed skew
+//!    ([`Ingest::set_max_clock_skew`], default [`DEFAULT_MAX_CLOCK_SKEW_MS`]:
+//!    `future_timestamp`); judge the sequence number and chain against the agent's stored tip
+//!    (`replay`; an envelope below the tip that was never stored arrived late, reordered on
+//!    the way: still `replay`, and counted as `envelopes_late`; a gap, chain break or declared
+//!    restart is accepted and recorded as an event; with
 //!    [`Ingest::recognise_redelivery`] a byte-identical copy of a stored envelope is `duplicate`,
 //!    counted but not quarantined);
-//! 7. apply it ([`Cmdb::apply_summary`], or [`Cmdb::apply_data_lost`] for a data-lost notice);
+//! 7. apply it ([`Cmdb::apply_summary`], or [`Cmdb::apply_data_lost`] for a data-lost notice,
+//!    [`Cmdb::apply_key_handover`] for a key handover, which may refuse it as `bad_handover`);
 //!    a database failure is `storage`.
+//!
+//! An envelope sealed with a revoked key also raises a `revoked_key_used` event naming agent,
+//! key and peer (thinned like the log line: one per second).
 //!
 //! Steps 1–5 are [`crate::check`] (read-only; [`crate::pipeline`] runs them on another thread);
 //! 6–7 and the key lookup happen in one transaction. [`Ingest::envelope`] does all of it in one
@@ -85,7 +93,12 @@ pub struct Ingest {
     pending_counts: BTreeMap<String, i64>,
     /// Treat a byte-identical copy of a stored envelope as a duplicate, not a replay.
     redelivery: bool,
+    /// Largest accepted lead of the agent's clock over ours, in milliseconds.
+    max_skew_ms: u64,
 }
+
+/// How far ahead of the collector's clock an agent's envelope time may be: 5 minutes.
+pub const DEFAULT_MAX_CLOCK_SKEW_MS: u64 = 300_000;
 
 /// Suppressed refusals held in memory before they are written regardless of the timer.
 const PENDING_FLUSH_AT: i64 = 10_000;
@@ -103,7 +116,15 @@ impl Ingest {
             budget: QuarantineBudget::default(),
             pending_counts: BTreeMap::new(),
             redelivery: false,
+            max_skew_ms: DEFAULT_MAX_CLOCK_SKEW_MS,
         }
+    }
+
+    /// Envelopes sealed (by the agent's clock) more than `skew` after the collector's clock
+    /// are refused as `future_timestamp`. Envelopes from the past are accepted (they may have
+    /// waited in a spool); their order is the sequence number's, not the clock's.
+    pub fn set_max_clock_skew(&mut self, skew: std::time::Duration) {
+        self.max_skew_ms = u64::try_from(skew.as_millis()).unwrap_or(u64::MAX);
     }
 
     /// On a transport that redelivers (MQTT QoS 1), a byte-identical copy of an envelope
@@ -134,13 +155,14 @@ impl Ingest {
     pub fn envelope(&mut self, wire: &[u8], peer: &str, now_ms: u64) -> Result<Applied, Rejected> {
         let mut claimed = Claimed::default();
         let dedup = self.redelivery;
+        let skew = self.max_skew_ms;
         let result = self.cmdb.in_transaction(|db| {
             let checked = check(db, wire).map_err(|r| {
                 claimed = r.claimed;
                 (r.reason, r.detail)
             })?;
             claimed = checked.claimed();
-            apply_in(db, checked, wire, peer, now_ms, false, dedup)
+            apply_in(db, checked, wire, peer, now_ms, false, dedup, skew)
         });
         self.finish(result, claimed, wire, peer, now_ms)
     }
@@ -156,10 +178,29 @@ impl Ingest {
     ) -> Result<Applied, Rejected> {
         let claimed = checked.claimed();
         let dedup = self.redelivery;
+        let skew = self.max_skew_ms;
         let result = self
             .cmdb
-            .in_transaction(|db| apply_in(db, checked, wire, peer, now_ms, true, dedup));
+            .in_transaction(|db| apply_in(db, checked, wire, peer, now_ms, true, dedup, skew));
         self.finish(result, claimed, wire, peer, now_ms)
+    }
+
+    /// Finishes an envelope that [`check`] refused on another thread. An `unknown_key` is
+    /// checked again here, inside the writer's transaction: the key may have been enrolled
+    /// by a key handover the writer applied after the checker looked (the handover and the
+    /// first envelope under the new key arrive back to back). Anything else is recorded
+    /// ([`Ingest::refuse`]).
+    pub fn finish_refused(
+        &mut self,
+        refusal: Refusal,
+        wire: &[u8],
+        peer: &str,
+        now_ms: u64,
+    ) -> Result<Applied, Rejected> {
+        if refusal.reason == Reason::UnknownKey {
+            return self.envelope(wire, peer, now_ms);
+        }
+        Err(self.refuse(refusal, wire, peer, now_ms))
     }
 
     /// Records an envelope that [`check`] refused (quarantine, counters, log line).
@@ -229,6 +270,11 @@ impl Ingest {
             SequenceVerdict::First => tracing::info!(
                 %peer, %agent, %zone, seq, "first envelope from agent"
             ),
+            SequenceVerdict::Restart { last } => tracing::warn!(
+                %peer, %agent, seq, last,
+                "agent reported state loss: it started a new chain at {seq} (last accepted \
+                 {last}); envelopes it sealed before losing its state may be missing"
+            ),
             _ => {}
         }
         tracing::debug!(%peer, %agent, seq, verdict = verdict_name(verdict),
@@ -258,7 +304,16 @@ impl Ingest {
             raw: &wire[..wire.len().min(MAX_QUARANTINE_BYTES)],
             raw_len: wire.len(),
         };
-        if let Err(e) = self.quarantine(row, &["envelopes_rejected", reason.counter()])
+        let late = reason == Reason::Replay && detail.starts_with(LATE);
+        let counters: &[&str] = if late {
+            &["envelopes_rejected", reason.counter(), "envelopes_late"]
+        } else {
+            &["envelopes_rejected", reason.counter()]
+        };
+        if reason == Reason::KeyRevoked {
+            self.revoked_key_used(peer, &claimed, now_ms);
+        }
+        if let Err(e) = self.quarantine(row, counters)
             && let Some(suppressed) = self.logs.check("storage_error", now_ms)
         {
             tracing::error!(%peer, reason = %reason, suppressed,
@@ -283,6 +338,35 @@ impl Ingest {
             key_claimed: claimed.key,
             seq_claimed: claimed.seq,
         }
+    }
+
+    /// The alert for an envelope sealed with a revoked key: a `revoked_key_used` event naming
+    /// agent, key and peer, at most one per second (the quarantine row and counter record
+    /// every one).
+    fn revoked_key_used(&mut self, peer: &str, claimed: &Claimed, now_ms: u64) {
+        if self.logs.check("revoked_key_used_event", now_ms).is_none() {
+            return;
+        }
+        let agent = claimed.agent.as_deref();
+        let detail = json!({
+            "key_id": claimed.key,
+            "agent": agent,
+            "peer": peer,
+            "seq": claimed.seq,
+        });
+        let scope = EventScope {
+            agent,
+            ..EventScope::default()
+        };
+        if let Err(e) =
+            self.cmdb
+                .event_and_count(now_ms, kind::REVOKED_KEY_USED, scope, &detail, &[])
+        {
+            tracing::error!(%peer, "could not record a revoked_key_used event: {e}");
+        }
+        tracing::error!(%peer, agent = agent.unwrap_or("-"),
+            key = claimed.key.as_deref().unwrap_or("-"),
+            "ALERT: envelope sealed with a revoked key (the key may be in someone else's hands)");
     }
 
     /// Records a datagram the framing refused: quarantine row (capped copy) + counters
@@ -447,7 +531,11 @@ impl Ingest {
     }
 }
 
+/// How the detail of a `replay` that arrived late (never stored) begins.
+const LATE: &str = "late:";
+
 /// Judgement and apply, inside the caller's transaction.
+#[allow(clippy::too_many_arguments)]
 fn apply_in(
     db: &mut Cmdb,
     checked: Checked,
@@ -456,6 +544,7 @@ fn apply_in(
     now_ms: u64,
     recheck_key: bool,
     dedup: bool,
+    max_skew_ms: u64,
 ) -> Result<Applied, (Reason, String)> {
     let storage = |e: CmdbError| (Reason::Storage, e.to_string());
     let Checked { verified, body } = checked;
@@ -463,6 +552,21 @@ fn apply_in(
     if recheck_key {
         let key = db.trusted_key(&h.key_id).map_err(storage)?;
         authorise(key.as_ref(), &h.agent, &h.zone, &h.key_id.to_string())?;
+    }
+    if h.time_ms > now_ms.saturating_add(max_skew_ms) {
+        return Err((
+            Reason::FutureTimestamp,
+            format!(
+                "envelope {} from agent {} was sealed at {} by the agent's clock, {} ms ahead of \
+                 the collector's clock ({}); the allowed skew is {max_skew_ms} ms. Fix the clock \
+                 of the agent's gateway (NTP) or of the collector, or raise --max-clock-skew",
+                h.seq,
+                h.agent,
+                h.time_ms,
+                h.time_ms - now_ms,
+                now_ms
+            ),
+        ));
     }
     let previous = db.chain_tip(&h.agent).map_err(storage)?;
     let verdict = chain::judge(previous.as_ref(), h);
@@ -477,6 +581,18 @@ fn apply_in(
                 format!(
                     "envelope {} from agent {} is already stored (same hash {})",
                     h.seq, h.agent, verified.hash
+                ),
+            ));
+        }
+        if !db.envelope_seq_stored(&h.agent, h.seq).map_err(storage)? {
+            return Err((
+                Reason::Replay,
+                format!(
+                    "{LATE} sequence number {} from agent {} arrived after {last} was accepted \
+                     and was never stored (reordered or delayed on the way); it cannot be \
+                     applied out of order. If the agent lost its state and restarted its \
+                     sequence, it did not declare it (a zero prev_hash above {last})",
+                    h.seq, h.agent
                 ),
             ));
         }
@@ -514,6 +630,10 @@ fn apply_in(
                 h.agent, notice.from_seq, notice.to_seq, notice.reason);
             db.apply_data_lost(&meta, notice).map_err(storage)?
         }
+        Body::KeyHandover(handover) => db
+            .apply_key_handover(&meta, handover)
+            .map_err(storage)?
+            .map_err(|why| (Reason::BadHandover, why))?,
     };
     Ok(Applied {
         agent: h.agent.clone(),

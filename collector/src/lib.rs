@@ -18,11 +18,13 @@
 //! - [`budget`] and [`lograte`]: how much a flood of refused input may write (quarantine rows,
 //!   log lines); counters always count.
 
+pub mod audit;
 pub mod budget;
 pub mod check;
 pub mod cmdb;
 pub mod ingest;
 pub mod kernel;
+pub mod key_cmd;
 pub mod liveness;
 pub mod lograte;
 pub mod mqtt;

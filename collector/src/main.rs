@@ -11,7 +11,8 @@ use outpost_collector::mqtt::{MqttServeConfig, serve_mqtt};
 use outpost_collector::render::{self, Format};
 use outpost_collector::time::now_ms;
 use outpost_collector::{Cmdb, ServeConfig, serve};
-use outpost_proto::{AgentId, PublicKey, ZoneId};
+use outpost_collector::{audit, key_cmd};
+use outpost_proto::{AgentId, KeyId, PublicKey, ZoneId};
 
 #[derive(Parser)]
 #[command(
@@ -83,9 +84,19 @@ enum Command {
         /// Write the bound address (or, with only --mqtt, the broker URL once subscribed) here.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// How far ahead of this collector's clock an envelope's agent time may be (e.g.
+        /// 300s, 10m); envelopes further in the future are quarantined as future_timestamp.
+        #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = humantime::parse_duration)]
+        max_clock_skew: std::time::Duration,
         #[command(flatten)]
         mqtt: MqttArgs,
     },
+    /// Enrolled keys: list them, revoke one.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Re-verify what the CMDB stores.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Field devices (configuration items).
     Assets(Query),
     /// Agents, their keys and gateways.
@@ -121,6 +132,33 @@ enum Command {
     Stats(Query),
 }
 
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Every enrolled key with its agent, zones and status (active, retired, revoked).
+    List(Query),
+    /// Stop trusting a key: later envelopes sealed with it are quarantined (key_revoked) and
+    /// each raises a revoked_key_used event naming agent, key and peer.
+    Revoke {
+        /// The CMDB file.
+        #[arg(long)]
+        db: PathBuf,
+        /// The key id (32 hex digits, as `key list` shows it).
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+        /// Why, recorded with the revocation and in the key_revoked event.
+        #[arg(long, value_name = "TEXT")]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Re-verify every stored envelope's signature (against the stored key history) and every
+    /// agent's hash chain from the database alone; list gaps and breaks. Exits 3 on any sign
+    /// of tampering, 1 if the audit could not run.
+    Verify(Query),
+}
+
 #[derive(Args)]
 struct Query {
     /// The CMDB file.
@@ -154,6 +192,10 @@ fn main() -> ExitCode {
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<TamperFound>() => {
+            eprintln!("outpost-collector: {e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("outpost-collector: error: {e:#}");
             ExitCode::FAILURE
@@ -174,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
             db,
             diode_listen,
             ready_file,
+            max_clock_skew,
             mqtt,
         } => {
             let mqtt_cfg = mqtt.mqtt.map(|url| {
@@ -185,6 +228,7 @@ fn run(cli: Cli) -> Result<()> {
                 m.password_file = mqtt.mqtt_password_file;
                 m.topic = mqtt.mqtt_topic;
                 m.client_id = mqtt.mqtt_client_id;
+                m.max_clock_skew = max_clock_skew;
                 if diode_listen.is_none() {
                     m.ready_file = ready_file.clone();
                 }
@@ -193,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             let diode_cfg = diode_listen.map(|listen| {
                 let mut cfg = ServeConfig::new(db, listen);
                 cfg.ready_file = ready_file;
+                cfg.max_clock_skew = max_clock_skew;
                 cfg
             });
             run_serve(diode_cfg, mqtt_cfg)
@@ -237,8 +282,55 @@ fn run(cli: Cli) -> Result<()> {
             let (cmdb, f) = q.open()?;
             print(&render::stats(&cmdb.stats()?, f, now))
         }
+        Command::Key(KeyCommand::List(q)) => {
+            let (cmdb, f) = q.open()?;
+            print(&key_cmd::render_list(&cmdb.key_list()?, f, now))
+        }
+        Command::Key(KeyCommand::Revoke { db, key_id, reason }) => {
+            let Some(id) = KeyId::from_hex(key_id.trim()) else {
+                bail!(
+                    "--key-id {key_id:?} is not a key id (32 hex digits);                      `outpost-collector key list --db {}` shows them",
+                    db.display()
+                );
+            };
+            let mut cmdb = Cmdb::open_existing(&db)?;
+            let done = cmdb.revoke_key(&id, &reason, now_ms())?;
+            print(&key_cmd::render_revoked(&done, &reason))
+        }
+        Command::Audit(AuditCommand::Verify(q)) => {
+            let format = if q.json { Format::Json } else { Format::Text };
+            if !q.db.exists() {
+                bail!(
+                    "CMDB {} does not exist; pass the file `serve --db` writes",
+                    q.db.display()
+                );
+            }
+            let report = audit::verify(&q.db)?;
+            print(&audit::render(&report, format, now))?;
+            if report.clean() {
+                Ok(())
+            } else {
+                Err(TamperFound(report.findings.len()).into())
+            }
+        }
     }
 }
+
+/// `audit verify` found something: exit status 3 (1 is any error, as for every command).
+#[derive(Debug)]
+struct TamperFound(usize);
+
+impl std::fmt::Display for TamperFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "audit found {} sign(s) of tampering or corruption",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for TamperFound {}
 
 fn q_path(cmdb: &Cmdb) -> String {
     cmdb.path().display().to_string()

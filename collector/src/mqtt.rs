@@ -64,6 +64,8 @@ pub struct MqttServeConfig {
     pub client_id: String,
     /// Written with the broker URL once subscribed.
     pub ready_file: Option<PathBuf>,
+    /// How far ahead of our clock an envelope's agent time may be (`--max-clock-skew`).
+    pub max_clock_skew: std::time::Duration,
 }
 
 impl MqttServeConfig {
@@ -80,6 +82,9 @@ impl MqttServeConfig {
             topic: DEFAULT_TOPIC.into(),
             client_id: "outpost-collector".into(),
             ready_file: None,
+            max_clock_skew: std::time::Duration::from_millis(
+                crate::ingest::DEFAULT_MAX_CLOCK_SKEW_MS,
+            ),
         }
     }
 }
@@ -214,6 +219,7 @@ pub async fn serve_mqtt(
     let opts = options(&cfg)?;
     let mut ingest = Ingest::new(Cmdb::open_existing(&cfg.db)?);
     ingest.recognise_redelivery(true);
+    ingest.set_max_clock_skew(cfg.max_clock_skew);
     let mut stats = MqttServeStats::default();
     let mut liveness: HashMap<String, String> = HashMap::new();
     let mut ready_written = false;

@@ -64,7 +64,7 @@ where
         for ((wire, peer, now), checked) in rx {
             results.push(match checked {
                 Ok(checked) => ingest.apply_checked(checked, &wire, &peer, now),
-                Err(refusal) => Err(ingest.refuse(refusal, &wire, &peer, now)),
+                Err(refusal) => ingest.finish_refused(refusal, &wire, &peer, now),
             });
         }
     });

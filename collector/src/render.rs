@@ -32,7 +32,7 @@ struct Document<'a, T: Serialize> {
     body: T,
 }
 
-fn json<T: Serialize>(schema: &str, now_ms: i64, body: T) -> String {
+pub(crate) fn json<T: Serialize>(schema: &str, now_ms: i64, body: T) -> String {
     let doc = Document {
         schema,
         generated_at: Timestamp(now_ms),

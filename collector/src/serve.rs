@@ -55,6 +55,8 @@ pub struct ServeConfig {
     pub recv_buffer_bytes: usize,
     pub queue_capacity: usize,
     pub reassembly: ReassemblyLimits,
+    /// How far ahead of our clock an envelope's agent time may be (`--max-clock-skew`).
+    pub max_clock_skew: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -67,6 +69,9 @@ impl ServeConfig {
             recv_buffer_bytes: DEFAULT_RECV_BUFFER,
             queue_capacity: DEFAULT_QUEUE,
             reassembly: ReassemblyLimits::default(),
+            max_clock_skew: std::time::Duration::from_millis(
+                crate::ingest::DEFAULT_MAX_CLOCK_SKEW_MS,
+            ),
         }
     }
 }
@@ -203,10 +208,15 @@ impl Server {
             .spawn(move || check_loop(checker, rx, &checked_tx))
             .map_err(ServeError::Thread)?;
         let backpressure = Arc::new(AtomicU64::new(0));
+        let skew = cfg.max_clock_skew;
         let worker_bp = Arc::clone(&backpressure);
         let worker = std::thread::Builder::new()
             .name("outpost-ingest".into())
-            .spawn(move || ingest_loop(Ingest::new(cmdb), &checked_rx, &worker_bp))
+            .spawn(move || {
+                let mut ingest = Ingest::new(cmdb);
+                ingest.set_max_clock_skew(skew);
+                ingest_loop(ingest, &checked_rx, &worker_bp)
+            })
             .map_err(ServeError::Thread)?;
 
         let local = socket.local_addr().ok();
@@ -564,7 +574,7 @@ fn ingest_loop(
                     Ok(checked) => {
                         let interval = match &checked.body {
                             Body::Heartbeat(b) => Some(b.interval_ms),
-                            Body::Summary(_) | Body::DataLost(_) => None,
+                            _ => None,
                         };
                         let result = ingest.apply_checked(checked, &wire, &peer, now);
                         if let Ok(applied) = &result {
@@ -573,7 +583,7 @@ fn ingest_loop(
                         }
                         result
                     }
-                    Err(refusal) => Err(ingest.refuse(refusal, &wire, &peer, now)),
+                    Err(refusal) => ingest.finish_refused(refusal, &wire, &peer, now),
                 };
                 stats.count(&result);
             }

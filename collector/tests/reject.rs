@@ -207,16 +207,63 @@ fn every_single_byte_tamper_is_refused_and_never_applied() {
 }
 
 #[test]
-fn revoked_key_is_refused() {
+fn revoked_key_is_refused_quarantined_and_alerted() {
     let mut f = Fixture::new();
     let mut ingest = f.ingest();
-    ingest
-        .cmdb()
-        .connection()
-        .execute("UPDATE agent_keys SET status = 'revoked'", [])
+    let good = f.seal(&f.summary(vec![]));
+    ingest.envelope(&good, "p", T0 + 5).unwrap();
+    let done = ingest
+        .cmdb_mut()
+        .revoke_key(&f.key.key_id(), "laptop stolen", T0 + 6)
         .unwrap();
+    assert!(done.changed);
+    let listed = ingest.cmdb().key_list().unwrap();
+    assert_eq!(listed[0].status, "revoked");
+    assert_eq!(listed[0].revoked_reason.as_deref(), Some("laptop stolen"));
+
     let wire = f.seal(&f.summary(vec![]));
-    expect_refused(&mut ingest, &wire, Reason::KeyRevoked);
+    let err = ingest
+        .envelope(&wire, "192.0.2.7:4000", T0 + 7)
+        .unwrap_err();
+    assert_eq!(err.reason, Reason::KeyRevoked, "{err}");
+    let cmdb = ingest.cmdb();
+    let q = cmdb.quarantine(Some(1)).unwrap().remove(0);
+    assert_eq!(q.reason, "key_revoked");
+    assert_eq!(cmdb.counter("envelopes_rejected.key_revoked").unwrap(), 1);
+    // The alert names agent, key and peer.
+    let (agent, detail): (String, String) = cmdb
+        .connection()
+        .query_row(
+            "SELECT agent_id, detail FROM events WHERE kind = 'revoked_key_used'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(agent, "gw-1");
+    let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    assert_eq!(detail["key_id"], f.key.key_id().to_string());
+    assert_eq!(detail["peer"], "192.0.2.7:4000");
+    assert_eq!(detail["agent"], "gw-1");
+    let revoked_events: i64 = cmdb
+        .connection()
+        .query_row(
+            "SELECT count(*) FROM events WHERE kind = 'key_revoked'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(revoked_events, 1);
+    // Revoked stays revoked: re-enrolling is refused.
+    let err = ingest
+        .cmdb_mut()
+        .enroll(
+            &f.key.public_key(),
+            &f.agent,
+            std::slice::from_ref(&f.zone),
+            T0,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
 }
 
 #[test]

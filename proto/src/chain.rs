@@ -22,6 +22,18 @@ impl ChainTip {
         seq: 0,
         hash: Digest::ZERO,
     };
+
+    /// Where an agent without a stored tip starts a new chain sealed at `time_ms` (its clock):
+    /// the first envelope gets sequence number `time_ms` (at least 1) and a zero `prev_hash`.
+    /// An agent seals far fewer than one envelope per millisecond, so with a clock that does
+    /// not run backwards the new chain starts above every number the lost one used; the
+    /// receiver refuses a restart that does not (see [`judge_restart`]).
+    pub fn restart_at(time_ms: u64) -> ChainTip {
+        ChainTip {
+            seq: time_ms.max(1) - 1,
+            hash: Digest::ZERO,
+        }
+    }
 }
 
 /// What the receiver makes of a verified envelope's place in its agent's chain.
@@ -40,6 +52,12 @@ pub enum SequenceVerdict {
     ChainBreak,
     /// At or below the last accepted sequence number: a replay or a late duplicate. Refused.
     Replay { last: u64 },
+    /// A declared restart: above the last accepted sequence number `last`, with a zero
+    /// `prev_hash` (signed: "this envelope follows nothing"). The agent started a new chain
+    /// without its stored tip (state directory lost; see [`ChainTip::restart_at`]). Accepted
+    /// and reported as state loss, not as an attack. At or below `last` it is a replay like any
+    /// other: a restart may never reuse a sequence number.
+    Restart { last: u64 },
 }
 
 impl SequenceVerdict {
@@ -56,6 +74,9 @@ pub fn judge(last: Option<&ChainTip>, header: &EnvelopeHeader) -> SequenceVerdic
     };
     if header.seq <= last.seq {
         return SequenceVerdict::Replay { last: last.seq };
+    }
+    if header.prev_hash == Digest::ZERO {
+        return SequenceVerdict::Restart { last: last.seq };
     }
     if header.seq > last.seq + 1 {
         return SequenceVerdict::Gap {
@@ -115,5 +136,20 @@ mod tests {
             SequenceVerdict::Replay { last: 5 }
         );
         assert!(!judge(Some(&tip), &header(1, Digest::ZERO)).accepts());
+        assert_eq!(
+            judge(Some(&tip), &header(1_000, Digest::ZERO)),
+            SequenceVerdict::Restart { last: 5 }
+        );
+        assert_eq!(
+            judge(Some(&tip), &header(6, Digest::ZERO)),
+            SequenceVerdict::Restart { last: 5 }
+        );
+        // An undeclared rewind, or a declared one that would reuse numbers, is a replay.
+        assert_eq!(
+            judge(Some(&tip), &header(5, Digest::ZERO)),
+            SequenceVerdict::Replay { last: 5 }
+        );
+        assert_eq!(ChainTip::restart_at(1_000).seq + 1, 1_000);
+        assert_eq!(ChainTip::restart_at(0).seq + 1, 1);
     }
 }

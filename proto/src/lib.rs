@@ -11,6 +11,7 @@
 //! - [`keys`]: Ed25519 keys, key ids and the public-key file format.
 //! - [`envelope`]: signed envelopes with sequence numbers and a per-agent hash chain.
 //! - [`chain`]: the receiver's judgement of sequence and chain continuity.
+//! - [`handover`]: key rotation announced under the old key with proof of the new.
 //! - [`frame`], [`fec`] and [`reassembly`]: splitting envelopes into diode datagrams (plain or
 //!   RaptorQ-coded) and back.
 
@@ -19,6 +20,7 @@ pub mod chain;
 pub mod envelope;
 pub mod fec;
 pub mod frame;
+pub mod handover;
 pub mod hex;
 pub mod ids;
 pub mod keys;

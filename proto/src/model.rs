@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::envelope::Digest;
 use crate::ids::{AgentId, ZoneId};
+use crate::keys::KeyId;
 
 /// The payload of one envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,6 +27,27 @@ pub enum Body {
     /// "Still here": sent between cycles so the receiver learns the chain tip (and so a lost
     /// last message) within one interval, and can tell an idle agent from a silent conduit.
     Heartbeat(Heartbeat),
+    /// The agent replaces its signing key: sealed under the old key, carrying the new public
+    /// key and the new key's signature over the handover (proof of possession). See
+    /// [`crate::handover`].
+    KeyHandover(KeyHandover),
+}
+
+/// A signed announcement of a new signing key (see [`crate::handover`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyHandover {
+    pub agent: AgentId,
+    pub zone: ZoneId,
+    /// The key this envelope is sealed with (the one being retired).
+    pub old_key_id: KeyId,
+    /// The new Ed25519 public key.
+    #[serde(with = "serde_bytes")]
+    pub new_public_key: [u8; 32],
+    /// Its fingerprint (must match `new_public_key`).
+    pub new_key_id: KeyId,
+    /// The new key's signature over [`crate::handover::message`]`(agent, old, new, seq)`.
+    #[serde(with = "serde_bytes")]
+    pub new_key_signature: Vec<u8>,
 }
 
 /// A signed report that envelopes were dropped at the agent.
@@ -50,6 +72,7 @@ impl Body {
             Body::Summary(_) => "summary",
             Body::DataLost(_) => "data_lost",
             Body::Heartbeat(_) => "heartbeat",
+            Body::KeyHandover(_) => "key_handover",
         }
     }
 }

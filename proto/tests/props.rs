@@ -222,6 +222,7 @@ fn origin(body: &Body) -> (&AgentId, &ZoneId) {
         Body::Summary(s) => (&s.agent, &s.zone),
         Body::Heartbeat(h) => (&h.agent, &h.zone),
         Body::DataLost(d) => (&d.agent, &d.zone),
+        Body::KeyHandover(k) => (&k.agent, &k.zone),
     }
 }
 

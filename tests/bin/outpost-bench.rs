@@ -280,7 +280,8 @@ async fn agent_memory(devices: usize, cycles: u64) -> anyhow::Result<()> {
     let deadline = Duration::from_secs(cycles * 3 + 20);
     while start.elapsed() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        applied = cmdb.agents()?.first().and_then(|a| a.last_seq).unwrap_or(0);
+        // Envelopes, not the sequence number: a new chain starts at the agent's clock.
+        applied = cmdb.agents()?.first().map_or(0, |a| a.envelopes_accepted);
         if applied >= i64::try_from(cycles)? {
             break;
         }

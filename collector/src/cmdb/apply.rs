@@ -65,6 +65,7 @@ pub fn verdict_name(v: &SequenceVerdict) -> &'static str {
         SequenceVerdict::Gap { .. } => "gap",
         SequenceVerdict::ChainBreak => "chain_break",
         SequenceVerdict::Replay { .. } => "replay",
+        SequenceVerdict::Restart { .. } => "restart",
     }
 }
 
@@ -238,7 +239,7 @@ pub(super) struct Writer<'t, 'm> {
 
 impl<'t, 'm> Writer<'t, 'm> {
     /// A writer for one envelope, inside the caller's open transaction.
-    fn new(db: &'t Connection, meta: &'m EnvelopeMeta<'m>) -> Self {
+    pub(super) fn new(db: &'t Connection, meta: &'m EnvelopeMeta<'m>) -> Self {
         Writer {
             db,
             meta,
@@ -274,7 +275,7 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    fn envelope(&mut self) -> rusqlite::Result<()> {
+    pub(super) fn envelope(&mut self) -> rusqlite::Result<()> {
         let m = self.meta;
         self.db
             .prepare_cached(
@@ -332,7 +333,7 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    fn chain_events(&mut self) -> rusqlite::Result<()> {
+    pub(super) fn chain_events(&mut self) -> rusqlite::Result<()> {
         let m = self.meta;
         match m.verdict {
             SequenceVerdict::First => {
@@ -379,6 +380,18 @@ impl Writer<'_, '_> {
                     "expected_prev_hash": expected,
                 });
                 self.event(kind::CHAIN_BREAK, None, detail)?;
+            }
+            SequenceVerdict::Restart { last } => {
+                self.count("agent_state_lost", 1);
+                let detail = json!({
+                    "new_seq": m.seq,
+                    "previous_seq": last,
+                    "key_id": m.key_id.to_string(),
+                    "peer": m.peer,
+                    "note": "agent reported state loss: it started a new chain (zero prev_hash) \
+                             above the last accepted sequence number",
+                });
+                self.event(kind::AGENT_STATE_LOST, None, detail)?;
             }
             SequenceVerdict::Next | SequenceVerdict::Replay { .. } => {}
         }
@@ -443,7 +456,7 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    fn flush_counters(&mut self) -> rusqlite::Result<()> {
+    pub(super) fn flush_counters(&mut self) -> rusqlite::Result<()> {
         for (name, delta) in std::mem::take(&mut self.counters) {
             record::bump(self.db, name, delta, self.meta.received_at_ms)?;
         }

@@ -17,6 +17,7 @@ mod assets;
 pub mod attributes;
 pub mod checkpoint;
 pub mod ci_key;
+pub mod key_lifecycle;
 pub mod query;
 pub mod record;
 pub mod schema;
@@ -79,6 +80,15 @@ pub enum CmdbError {
          (`outpost-agent keygen`) and enroll that"
     )]
     KeyRevoked { key_id: String },
+    #[error(
+        "key {key_id} was retired by a key handover and cannot be enrolled again; enroll the \
+         agent's current key (`outpost-collector key list` shows its successor)"
+    )]
+    KeyRetired { key_id: String },
+    #[error(
+        "no enrolled key has id {key_id}; `outpost-collector key list` shows the enrolled keys"
+    )]
+    KeyNotEnrolled { key_id: String },
     #[error("enrolling needs at least one zone; pass --zone ZONE")]
     NoZones,
     #[error("cannot start a CMDB thread: {0}")]

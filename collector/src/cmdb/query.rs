@@ -487,7 +487,9 @@ fn query_stats(conn: &Connection, schema_version: u32) -> rusqlite::Result<Stats
     let totals = Totals {
         zones: count("SELECT count(*) FROM zones")?,
         agents: count("SELECT count(*) FROM agents")?,
-        keys_active: count("SELECT count(*) FROM agent_keys WHERE status = 'active'")?,
+        keys_active: count(
+            "SELECT count(*) FROM agent_keys WHERE status = 'active' AND retired_at_ms IS NULL",
+        )?,
         keys_revoked: count("SELECT count(*) FROM agent_keys WHERE status = 'revoked'")?,
         assets: count("SELECT count(*) FROM assets")?,
         assets_ok: count("SELECT count(*) FROM assets WHERE status = 'ok'")?,

@@ -35,6 +35,16 @@ pub mod kind {
     pub const CONDUIT_RESUMED: &str = "conduit_resumed";
     pub const AGENT_SILENT: &str = "agent_silent";
     pub const AGENT_RESUMED: &str = "agent_resumed";
+    /// The agent declared a new chain (zero `prev_hash`, above the last accepted number).
+    pub const AGENT_STATE_LOST: &str = "agent_state_lost";
+    /// A signed key handover retired a key and enrolled its successor.
+    pub const KEY_ROTATED: &str = "key_rotated";
+    /// `outpost-collector key revoke`.
+    pub const KEY_REVOKED: &str = "key_revoked";
+    /// An envelope sealed with a revoked key arrived (an alert: the key may be stolen).
+    pub const REVOKED_KEY_USED: &str = "revoked_key_used";
+    /// An envelope's agent clock is ahead of the collector's by more than the allowed skew.
+    pub const CLOCK_SKEW: &str = "clock_skew";
 }
 
 /// Adds `delta` to the counter `name` (creating it at `delta`).

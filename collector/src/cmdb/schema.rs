@@ -19,7 +19,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::cmdb::CmdbError;
 
 /// Schema migrations, in order. Migration `n` (1-based) brings the schema to version `n`.
-pub const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
+pub const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -191,6 +191,18 @@ const MIGRATION_2: &str = r#"
 ALTER TABLE agents ADD COLUMN stale_since_ms INTEGER;  -- set by a gap, cleared by a summary
 ALTER TABLE agents ADD COLUMN stale_from_seq INTEGER;  -- first missing sequence number
 ALTER TABLE agents ADD COLUMN stale_to_seq INTEGER;    -- last missing sequence number (grows)
+"#;
+
+/// Version 3: key lifecycle. A key handed over to a successor (`KeyHandover`) is *retired*:
+/// its row stays (old envelopes still verify against it) with `retired_at_ms`, the successor's
+/// id and the handover's sequence number; its `status` stays `active` in the column (SQLite
+/// cannot alter the CHECK of migration 1 without rebuilding the table) and reads as `retired`.
+/// A revocation records why.
+const MIGRATION_3: &str = r#"
+ALTER TABLE agent_keys ADD COLUMN retired_at_ms INTEGER;   -- set by a key handover
+ALTER TABLE agent_keys ADD COLUMN superseded_by TEXT;      -- the successor key's id
+ALTER TABLE agent_keys ADD COLUMN handover_seq INTEGER;    -- envelope that announced it
+ALTER TABLE agent_keys ADD COLUMN revoked_reason TEXT;     -- `key revoke --reason`
 "#;
 
 /// Reads the schema version of an open database.

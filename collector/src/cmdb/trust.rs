@@ -2,8 +2,9 @@
 //!
 //! A key is trusted for exactly ONE agent id and one or more zones. Enrolling the same key for
 //! the same agent again adds zones; enrolling it for a different agent is refused (two agents
-//! sharing a key could forge each other's chains). Keys carry a status (`active`, `revoked`);
-//! revoked keys are refused at ingest and cannot be re-enrolled.
+//! sharing a key could forge each other's chains). Keys carry a status (`active`, `retired`
+//! after a key handover, `revoked`); retired and revoked keys are refused at ingest and cannot
+//! be re-enrolled. Rotation and revocation live in [`crate::cmdb::key_lifecycle`].
 
 use outpost_proto::{AgentId, KeyId, PublicKey, ZoneId};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
@@ -15,6 +16,8 @@ use crate::time::sql_int;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyStatus {
     Active,
+    /// Handed over to a successor key by a signed `KeyHandover`; kept so old envelopes verify.
+    Retired,
     Revoked,
 }
 
@@ -23,6 +26,7 @@ impl KeyStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             KeyStatus::Active => "active",
+            KeyStatus::Retired => "retired",
             KeyStatus::Revoked => "revoked",
         }
     }
@@ -80,7 +84,9 @@ impl Cmdb {
             .map_err(sqlite)?;
         let existing: Option<(String, String)> = tx
             .query_row(
-                "SELECT agent_id, status FROM agent_keys WHERE key_id = ?1",
+                "SELECT agent_id, CASE WHEN status = 'active' AND retired_at_ms IS NOT NULL
+                     THEN 'retired' ELSE status END
+                 FROM agent_keys WHERE key_id = ?1",
                 [&key_hex],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -93,6 +99,9 @@ impl Cmdb {
                     enrolled_for: enrolled_for.clone(),
                     requested: agent.to_string(),
                 });
+            }
+            if status == KeyStatus::Retired.as_str() {
+                return Err(CmdbError::KeyRetired { key_id: key_hex });
             }
             if status != KeyStatus::Active.as_str() {
                 return Err(CmdbError::KeyRevoked { key_id: key_hex });
@@ -148,19 +157,21 @@ impl Cmdb {
     pub fn trusted_key(&self, key_id: &KeyId) -> Result<Option<TrustedKey>, CmdbError> {
         let key_hex = key_id.to_string();
         let conn = self.connection();
-        let row: Option<(Vec<u8>, String, String, i64)> = conn
+        // public key, agent, status, enrolled at, retired at
+        type KeyRow = (Vec<u8>, String, String, i64, Option<i64>);
+        let row: Option<KeyRow> = conn
             .prepare_cached(
-                "SELECT public_key, agent_id, status, enrolled_at_ms
+                "SELECT public_key, agent_id, status, enrolled_at_ms, retired_at_ms
                  FROM agent_keys WHERE key_id = ?1",
             )
             .and_then(|mut s| {
                 s.query_row([&key_hex], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
                 })
                 .optional()
             })
             .map_err(|e| self.err(e))?;
-        let Some((public, agent, status, enrolled_at)) = row else {
+        let Some((public, agent, status, enrolled_at, retired_at)) = row else {
             return Ok(None);
         };
         let corrupt = |what, detail: String| CmdbError::Corrupt {
@@ -176,6 +187,7 @@ impl Cmdb {
         })?;
         let agent = AgentId::new(agent).map_err(|e| corrupt("agent id", e.to_string()))?;
         let status = match status.as_str() {
+            "active" if retired_at.is_some() => KeyStatus::Retired,
             "active" => KeyStatus::Active,
             "revoked" => KeyStatus::Revoked,
             other => return Err(corrupt("key status", format!("{other:?}"))),
