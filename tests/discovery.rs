@@ -439,3 +439,26 @@ async fn bad_targets_are_refused_with_a_clear_message() {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
+
+#[tokio::test]
+async fn slow_answers_widen_the_gap() {
+    // Answers after 300 ms with a 400 ms timeout: over half the timeout, so the gap doubles
+    // (from 5 ms to at least the 100 ms floor) after each slow answer.
+    let mut spec = device(Behaviour::Slow(Duration::from_millis(300)));
+    spec.unit_ids = vec![1, 2];
+    let plant = Plant::start_local(vec![spec]).await.unwrap();
+    let addr = plant.devices()[0].addr;
+    let r = scan_address(
+        addr,
+        &[1, 2],
+        Budget {
+            max_connections: 1,
+            timing: timing(),
+        },
+    )
+    .await;
+    plant.stop().await;
+    assert_eq!(r.outcome, Outcome::Answered);
+    assert_eq!(r.units.len(), 2);
+    assert!(r.final_gap_ms >= 200, "{r:?}");
+}
