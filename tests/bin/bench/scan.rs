@@ -156,11 +156,16 @@ fn print_agent(label: &str, run: &Run, doc: &serde_json::Value, wire: u64, devic
 
 fn print_nmap(run: &Run, sids: usize, wire: u64, devices: usize) {
     println!(
-        "{:<8} wall {:>7.2} s  peak RSS {:>6.1} MB  {sids} unit ids (first answering sid per host, basic objects)  {:.2} requests/device on the wire",
+        "{:<8} wall {:>7.2} s  peak RSS {:>6.1} MB  {sids} unit ids (first answering sid per host, basic objects)  {:.2} requests/device on the wire{}",
         "nmap",
         run.wall.as_secs_f64(),
         run.max_rss_kb as f64 / 1024.0,
-        wire as f64 / devices as f64
+        wire as f64 / devices as f64,
+        if run.ok {
+            ""
+        } else {
+            "  (did not finish: killed at the 300 s limit, or failed)"
+        }
     );
 }
 
