@@ -288,6 +288,9 @@ pub struct BlockConfig {
     pub kind: RegisterKind,
     pub start: u16,
     pub count: u16,
+    /// Process values that change in normal operation: reported, never judged as drift.
+    #[serde(default)]
+    pub volatile: bool,
 }
 
 // ---- The file as written ------------------------------------------------------------------

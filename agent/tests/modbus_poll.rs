@@ -25,6 +25,7 @@ fn block(name: &str, kind: RegisterKind, start: u16, count: u16) -> BlockConfig 
         kind,
         start,
         count,
+        volatile: false,
     }
 }
 

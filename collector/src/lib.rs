@@ -15,9 +15,13 @@
 //! - [`render`] and [`table`]: text tables and JSON documents.
 //! - [`liveness`]: conduit silent vs agent silent vs idle, from heartbeats; [`kernel`]: the
 //!   kernel's UDP drop counter for our socket.
+//! - [`alert`]: delivers the alert outbox (drift judged in [`cmdb::baseline`],
+//!   [`cmdb::change_record`]) as OCSF JSON lines and RFC 5424 syslog; [`render_drift`] shows
+//!   drift, change records and alerts.
 //! - [`budget`] and [`lograte`]: how much a flood of refused input may write (quarantine rows,
 //!   log lines); counters always count.
 
+pub mod alert;
 pub mod audit;
 pub mod budget;
 pub mod check;
@@ -30,6 +34,7 @@ pub mod lograte;
 pub mod mqtt;
 pub mod pipeline;
 pub mod render;
+pub mod render_drift;
 pub mod serve;
 pub mod table;
 pub mod time;

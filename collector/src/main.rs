@@ -7,8 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use outpost_collector::alert::{AlertConfig, Dispatcher, SinkSpec};
+use outpost_collector::cmdb::baseline::Scope;
+use outpost_collector::cmdb::change_record::{self, ChangeInput};
 use outpost_collector::mqtt::{MqttServeConfig, serve_mqtt};
 use outpost_collector::render::{self, Format};
+use outpost_collector::render_drift;
 use outpost_collector::time::now_ms;
 use outpost_collector::{Cmdb, ServeConfig, serve};
 use outpost_collector::{audit, key_cmd};
@@ -90,6 +94,8 @@ enum Command {
         max_clock_skew: std::time::Duration,
         #[command(flatten)]
         mqtt: MqttArgs,
+        #[command(flatten)]
+        alerts: AlertArgs,
     },
     /// Enrolled keys: list them, revoke one.
     #[command(subcommand)]
@@ -130,6 +136,113 @@ enum Command {
     },
     /// Counters and totals.
     Stats(Query),
+    /// Approve the observed state as the baseline drift is judged against.
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
+    /// Current drift of every CI against its approved baseline.
+    Drift(Query),
+    /// Record, import or confirm change records (RFCs).
+    #[command(subcommand)]
+    Change(ChangeCommand),
+    /// Change records with their evidence, and change/alert totals (MTTD, % verified).
+    Changes(Query),
+    /// Alerts raised (unauthorised changes, new and unreachable devices) and their delivery.
+    Alerts {
+        #[command(flatten)]
+        query: Query,
+        /// Show only the newest N.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+}
+
+/// `serve` alert delivery (see README "Drift and change authorisation").
+#[derive(Args, Debug)]
+struct AlertArgs {
+    /// Append alerts as OCSF JSON lines (class 5019 / 5001) to this file.
+    #[arg(long, value_name = "FILE")]
+    alert_file: Option<PathBuf>,
+    /// Send alerts as RFC 5424 syslog to udp://HOST:PORT or tcp://HOST:PORT (repeatable).
+    #[arg(long, value_name = "URL")]
+    alert_syslog: Vec<String>,
+    /// POST each alert's OCSF event as JSON to this http:// or https:// URL (repeatable).
+    #[arg(long, value_name = "URL")]
+    alert_webhook: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum BaselineCommand {
+    /// Approve one asset, a zone (and new devices there become alerts) or everything.
+    Approve {
+        /// The CMDB file.
+        #[arg(long)]
+        db: PathBuf,
+        /// One asset: its CI key or unique name.
+        #[arg(long, group = "scope", required_unless_present_any = ["zone", "all"])]
+        asset: Option<String>,
+        /// Every asset of this zone.
+        #[arg(long, group = "scope")]
+        zone: Option<String>,
+        /// Every asset and zone.
+        #[arg(long, group = "scope")]
+        all: bool,
+        /// Who approves (recorded).
+        #[arg(long)]
+        by: String,
+        /// Why: a reason or ticket (recorded).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ChangeCommand {
+    /// Record one change record.
+    Add {
+        /// The CMDB file.
+        #[arg(long)]
+        db: PathBuf,
+        /// The ticket id, e.g. CHG0031337.
+        #[arg(long)]
+        ticket: String,
+        /// The CI it changes: CI key or unique asset name.
+        #[arg(long)]
+        asset: String,
+        /// Window start, RFC 3339 (2026-12-01T14:00:00Z).
+        #[arg(long)]
+        from: String,
+        /// Window end, RFC 3339.
+        #[arg(long)]
+        to: String,
+        /// Expected value after the change: revision=2.1 or block.NAME[ADDRESS]=VALUE (repeatable).
+        #[arg(long, value_name = "FIELD=VALUE")]
+        expect: Vec<String>,
+        /// Move the baseline as soon as the change is observed (default: on `change confirm`).
+        #[arg(long)]
+        auto_confirm: bool,
+        /// Free text.
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Import change records from a JSON or CSV file (all or none).
+    Import {
+        /// The CMDB file.
+        #[arg(long)]
+        db: PathBuf,
+        /// JSON (array of records) or CSV (header ticket,asset,from,to[,expect][,auto_confirm][,description]).
+        file: PathBuf,
+    },
+    /// Confirm an implemented change record: its CIs' baselines move to what is observed now.
+    Confirm {
+        /// The CMDB file.
+        #[arg(long)]
+        db: PathBuf,
+        #[arg(long)]
+        ticket: String,
+        /// Who confirms (recorded).
+        #[arg(long)]
+        by: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -218,7 +331,22 @@ fn run(cli: Cli) -> Result<()> {
             ready_file,
             max_clock_skew,
             mqtt,
+            alerts,
         } => {
+            let mut sinks = Vec::new();
+            if let Some(file) = alerts.alert_file {
+                sinks.push(SinkSpec::OcsfFile(file));
+            }
+            for url in &alerts.alert_syslog {
+                sinks.push(SinkSpec::syslog(url).map_err(anyhow::Error::msg)?);
+            }
+            for url in &alerts.alert_webhook {
+                sinks.push(SinkSpec::webhook(url).map_err(anyhow::Error::msg)?);
+            }
+            let alert_cfg = AlertConfig {
+                db: db.clone(),
+                sinks,
+            };
             let mqtt_cfg = mqtt.mqtt.map(|url| {
                 let mut m = MqttServeConfig::new(db.clone(), url);
                 m.ca_file = mqtt.mqtt_ca;
@@ -240,7 +368,13 @@ fn run(cli: Cli) -> Result<()> {
                 cfg.max_clock_skew = max_clock_skew;
                 cfg
             });
-            run_serve(diode_cfg, mqtt_cfg)
+            if alert_cfg.sinks.is_empty() {
+                return run_serve(diode_cfg, mqtt_cfg);
+            }
+            let dispatcher = Dispatcher::start(alert_cfg)?;
+            let served = run_serve(diode_cfg, mqtt_cfg);
+            dispatcher.stop();
+            served
         }
         Command::Assets(q) => {
             let (cmdb, f) = q.open()?;
@@ -282,6 +416,52 @@ fn run(cli: Cli) -> Result<()> {
             let (cmdb, f) = q.open()?;
             print(&render::stats(&cmdb.stats()?, f, now))
         }
+        Command::Baseline(BaselineCommand::Approve {
+            db,
+            asset,
+            zone,
+            all,
+            by,
+            reason,
+        }) => {
+            let scope = match (asset, zone, all) {
+                (Some(a), _, _) => Scope::Asset(a),
+                (_, Some(z), _) => Scope::Zone(z),
+                (_, _, true) => Scope::All,
+                _ => bail!("pass --asset CI, --zone ZONE or --all"),
+            };
+            let mut cmdb = Cmdb::open_existing(&db)?;
+            let done = cmdb.approve_baseline(&scope, &by, &reason, now_ms())?;
+            let zones = if done.zones.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; zone(s) {} baselined (new devices there raise alerts)",
+                    done.zones.join(", ")
+                )
+            };
+            print(&format!(
+                "approved the observed state of {} asset(s) and {} gateway(s) as baseline, by \
+                 {by}: {reason}{zones}\n",
+                done.assets, done.gateways
+            ))
+        }
+        Command::Drift(q) => {
+            let (cmdb, f) = q.open()?;
+            print(&render_drift::drift(&cmdb.drift()?, f, now))
+        }
+        Command::Change(cmd) => change(cmd),
+        Command::Changes(q) => {
+            let (cmdb, f) = q.open()?;
+            let rows = cmdb.changes()?;
+            let totals = cmdb.change_totals()?;
+            print(&render_drift::changes(&rows, &totals, f, now))
+        }
+        Command::Alerts { query, limit } => {
+            let (cmdb, f) = query.open()?;
+            let rows = cmdb.alerts(limit)?;
+            print(&render_drift::alerts(&rows, &cmdb.alert_sinks()?, f, now))
+        }
         Command::Key(KeyCommand::List(q)) => {
             let (cmdb, f) = q.open()?;
             print(&key_cmd::render_list(&cmdb.key_list()?, f, now))
@@ -312,6 +492,66 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 Err(TamperFound(report.findings.len()).into())
             }
+        }
+    }
+}
+
+fn change(cmd: ChangeCommand) -> Result<()> {
+    match cmd {
+        ChangeCommand::Add {
+            db,
+            ticket,
+            asset,
+            from,
+            to,
+            expect,
+            auto_confirm,
+            description,
+        } => {
+            let input = ChangeInput {
+                ticket: ticket.clone(),
+                asset,
+                from,
+                to,
+                expect,
+                auto_confirm,
+                description,
+            };
+            let mut cmdb = Cmdb::open_existing(&db)?;
+            cmdb.add_changes(&[("change record".to_owned(), input)], "cli", now_ms())?;
+            print(&format!("recorded change record {ticket}\n"))
+        }
+        ChangeCommand::Import { db, file } => {
+            let inputs = change_record::read_file(&file)?;
+            let mut cmdb = Cmdb::open_existing(&db)?;
+            let source = format!("import:{}", file.display());
+            let n = cmdb.add_changes(&inputs, &source, now_ms())?;
+            print(&format!(
+                "imported {n} change record(s) from {}\n",
+                file.display()
+            ))
+        }
+        ChangeCommand::Confirm { db, ticket, by } => {
+            let mut cmdb = Cmdb::open_existing(&db)?;
+            let done = cmdb.confirm_change(&ticket, &by, now_ms())?;
+            let mut text = format!("confirmed {ticket}\n");
+            for c in &done {
+                let moved = if c.moved.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    c.moved.join(", ")
+                };
+                text.push_str(&format!("  {}: baseline moved for {moved}\n", c.asset));
+                if !c.unexplained.is_empty() {
+                    text.push_str(&format!(
+                        "  {}: still drift, not explained by {ticket}: {} (see `alerts`; \
+                         approve explicitly with `baseline approve --asset`)\n",
+                        c.asset,
+                        c.unexplained.join(", ")
+                    ));
+                }
+            }
+            print(&text)
         }
     }
 }

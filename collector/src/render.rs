@@ -45,7 +45,7 @@ pub(crate) fn json<T: Serialize>(schema: &str, now_ms: i64, body: T) -> String {
     text
 }
 
-fn footer(table: &Table, noun: &str) -> String {
+pub(crate) fn footer(table: &Table, noun: &str) -> String {
     let n = table.len();
     let plural = if n == 1 { "" } else { "s" };
     format!("{}{n} {noun}{plural}\n", table.render())

@@ -272,6 +272,10 @@ pub struct RegisterBlock {
     /// [`RegisterBlock::content_hash`] of the above, so a receiver can compare blocks cheaply.
     #[serde(rename = "h")]
     pub hash: Digest,
+    /// A block of process values that change in normal operation (configured `volatile`): the
+    /// receiver stores it but never judges its changes as drift. Absent on the wire when false.
+    #[serde(rename = "vo", default, skip_serializing_if = "std::ops::Not::not")]
+    pub volatile: bool,
 }
 
 impl RegisterBlock {
@@ -284,7 +288,14 @@ impl RegisterBlock {
             start,
             values,
             hash,
+            volatile: false,
         }
+    }
+
+    /// The same block, marked volatile (or not).
+    pub fn with_volatile(mut self, volatile: bool) -> Self {
+        self.volatile = volatile;
+        self
     }
 
     /// SHA-256 over the kind, start address and big-endian values.

@@ -12,8 +12,9 @@
 //! - agent peak RSS while polling 100 simulated devices (the real `outpost-agent` process);
 //! - size of the stripped static aarch64 agent, when `.ci/build-aarch64.sh` has built it;
 //! - the diode link with FEC: raw loopback UDP rate, FEC goodput, overhead, CPU per MB,
-//!   delivery at 10 % random loss (`--only fec` runs just this section).
-//!
+//!   delivery at 10 % random loss (`--only fec` runs just this section);
+//! - drift → alert latency (MTTD) with 1 s polls: Modbus write → syslog datagram at a SIEM
+//!   socket, median and p99 (`--only drift`);
 //! - discovery: `outpost-agent scan` of 254 simulated devices on a loopback /24 next to
 //!   `nmap --script modbus-discover` (`--only scan`), and a plant with silent devices.
 //!
@@ -61,11 +62,16 @@ struct Args {
     /// Loss patterns per message size in the FEC delivery measurement.
     #[arg(long, default_value_t = 10_000)]
     fec_trials: u64,
-    /// Run only this section: `fec`, `ingest`, `envelope` or `scan`.
+    /// Run only this section: `fec`, `ingest`, `envelope`, `drift` or `scan`.
     #[arg(long)]
     only: Option<String>,
+    /// Register writes in the drift → alert latency (MTTD) measurement.
+    #[arg(long, default_value_t = 30)]
+    drift_changes: u32,
 }
 
+#[path = "bench/drift_mttd.rs"]
+mod drift_mttd;
 #[path = "bench/fec_link.rs"]
 mod fec_link;
 #[path = "bench/scan.rs"]
@@ -102,6 +108,14 @@ fn main() -> anyhow::Result<()> {
         Some("fec") => return fec_link::run(args.fec_trials),
         Some("ingest") => return ingest_rates(args.envelopes),
         Some("envelope") => return envelope_rates(args.envelopes),
+        Some("drift") => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("could not start the async runtime")?;
+            return runtime.block_on(drift_mttd::run(args.drift_changes));
+        }
         Some("scan") => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -110,7 +124,7 @@ fn main() -> anyhow::Result<()> {
                 .context("could not start the async runtime")?;
             return runtime.block_on(scan::run());
         }
-        Some(other) => bail!("--only {other}: expected fec, ingest, envelope or scan"),
+        Some(other) => bail!("--only {other}: expected fec, ingest, envelope, drift or scan"),
         None => {}
     }
     envelope_rates(args.envelopes)?;
@@ -121,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("could not start the async runtime")?;
     runtime.block_on(agent_memory(args.devices, args.cycles))?;
+    runtime.block_on(drift_mttd::run(args.drift_changes))?;
     runtime.block_on(scan::run())?;
     binary_sizes();
     fec_link::run(args.fec_trials)?;

@@ -1,8 +1,10 @@
 //! `outpost-demo`: the whole Outpost path on loopback, on embedded defaults.
 //!
 //! simulated plant (Modbus TCP) → agent (poll, sign) → UDP "diode" → collector (verify, apply)
-//! → SQLite CMDB; then an engineering workstation changes a configuration register, the agent
-//! polls again, and the demo shows the drift the CMDB recorded.
+//! → SQLite CMDB; an operator approves the baseline; then an engineering workstation changes a
+//! configuration register, the agent polls again, and the collector judges it an unauthorised
+//! change (alert as OCSF and syslog); the same kind of change under a change record is
+//! authorised, with evidence.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,8 +12,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use outpost_agent::{Agent, Config, keyfile};
+use outpost_collector::alert::{AlertConfig, Dispatcher, SinkSpec};
 use outpost_collector::cmdb::Cmdb;
+use outpost_collector::cmdb::baseline::Scope;
+use outpost_collector::cmdb::change_record::ChangeInput;
 use outpost_collector::render::{self, Format};
+use outpost_collector::render_drift;
 use outpost_collector::serve::{ServeConfig, Server};
 use outpost_proto::{AgentId, ZoneId};
 use outpost_testbed::scenario::{AgentSetup, PlantDevice, agent_config};
@@ -67,7 +73,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(demo(&dir))?;
     if args.keep.is_some() {
         println!(
-            "\nKept in {dir}: inspect with\n  outpost-collector assets --db {db}\n  outpost-collector history --db {db}",
+            "\nKept in {dir}: inspect with\n  outpost-collector assets --db {db}\n  outpost-collector history --db {db}\n  outpost-collector drift --db {db}\n  outpost-collector alerts --db {db}\n  outpost-collector changes --db {db}",
             dir = dir.display(),
             db = dir.join("cmdb.sqlite").display()
         );
@@ -160,7 +166,34 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         render::assets(&cmdb.assets()?, Format::Text, now_ms_i64())
     );
 
-    step("6. An engineering workstation writes a setpoint to mixer-plc over Modbus (FC 6)");
+    step("6. An operator approves what was observed as the baseline; alerts go to a SIEM");
+    let approved = cmdb.approve_baseline(
+        &Scope::All,
+        "demo-operator",
+        "initial commissioning, CHG0000001",
+        now_ms(),
+    )?;
+    println!(
+        "   baseline approved for {} assets in zone(s) {} by demo-operator",
+        approved.assets,
+        approved.zones.join(", ")
+    );
+    let siem = std::net::UdpSocket::bind("127.0.0.1:0").context("binding the demo SIEM")?;
+    let siem_addr = siem.local_addr()?;
+    let ocsf_file = dir.join("alerts.ocsf.jsonl");
+    let dispatcher = Dispatcher::start(AlertConfig {
+        db: db.clone(),
+        sinks: vec![
+            SinkSpec::OcsfFile(ocsf_file.clone()),
+            SinkSpec::SyslogUdp(siem_addr.to_string()),
+        ],
+    })?;
+    println!(
+        "   alerts → OCSF JSON lines in {} and RFC 5424 syslog to udp://{siem_addr}",
+        ocsf_file.display()
+    );
+
+    step("7. An engineering workstation writes a setpoint to mixer-plc over Modbus (FC 6)");
     let device = devices
         .iter()
         .find(|d| d.name == "mixer-plc")
@@ -176,7 +209,7 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     engineering_write(device.addr, unit, *start, new).await?;
     println!("   holding register {start} (mixer speed setpoint, rpm): {old} → {new}");
 
-    step("7. Agent polls again; the collector records the drift");
+    step("8. Agent polls again; the collector records the drift and judges it");
     let report = agent.run_cycle().await?;
     println!("   envelope seq {} sent", report.seq);
     wait_applied(&cmdb, AGENT, report.seq).await?;
@@ -210,15 +243,97 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         .filter(|e| e.kind == "asset_changed")
         .count();
     println!("   {events} asset_changed event(s) in the CMDB's event log");
+    let alerts = cmdb.alerts(None)?;
+    let alert = alerts
+        .first()
+        .context("the collector raised no alert for the unauthorised change")?;
+    let what: Vec<String> = alert.detail["changes"]
+        .as_array()
+        .map(|c| c.iter().map(render_drift::describe).collect())
+        .unwrap_or_default();
+    println!(
+        "   ALERT #{} {} ({}, OCSF severity {}): {} — no change record covers it",
+        alert.alert_id,
+        alert.kind.to_uppercase(),
+        alert.category,
+        alert.severity_id,
+        what.join("; ")
+    );
+    siem.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = vec![0u8; 65536];
+    let n = siem
+        .recv(&mut buf)
+        .context("the SIEM received no syslog message within 10 s")?;
+    let line = String::from_utf8_lossy(&buf[..n]);
+    let header_end = line.find("] ").map_or(line.len(), |i| i + 1);
+    println!(
+        "   SIEM received (syslog, OCSF body cut): {}",
+        &line[..header_end]
+    );
 
-    step("8. What the plant received from the agent (function codes → requests)");
+    step("9. The same kind of change under a change record: authorised, with evidence");
+    let now = now_ms_i64();
+    let ticket = "CHG0031337";
+    let (mix_time, new_mix_time) = (values.get(1).copied().unwrap_or(0), 360);
+    cmdb.add_changes(
+        &[(
+            "demo".to_owned(),
+            ChangeInput {
+                ticket: ticket.into(),
+                asset: "mixer-plc".into(),
+                from: outpost_collector::time::rfc3339(now - 60_000),
+                to: outpost_collector::time::rfc3339(now + 3_600_000),
+                expect: vec![format!(
+                    "block.config-{start}[{}]={new_mix_time}",
+                    start + 1
+                )],
+                ..ChangeInput::default()
+            },
+        )],
+        "demo",
+        now_ms(),
+    )?;
+    println!(
+        "   {ticket}: mixer-plc register {} → {new_mix_time} within the next hour",
+        start + 1
+    );
+    engineering_write(device.addr, unit, start + 1, new_mix_time).await?;
+    println!(
+        "   holding register {} (mix time, s): {mix_time} → {new_mix_time}",
+        start + 1
+    );
+    let report = agent.run_cycle().await?;
+    wait_applied(&cmdb, AGENT, report.seq).await?;
+    let records = cmdb.changes()?;
+    let record = records
+        .iter()
+        .find(|r| r.ticket == ticket)
+        .context("the change record is stored")?;
+    let evidence = record
+        .evidence
+        .last()
+        .context("the authorised change left no evidence")?;
+    println!(
+        "   {ticket} {}: observed {} in envelope seq {} (hash {}…); alerts still {}",
+        record.state.to_uppercase(),
+        evidence["observed_at"].as_str().unwrap_or("?"),
+        evidence["envelope_seq"],
+        evidence["envelope_hash"]
+            .as_str()
+            .and_then(|h| h.get(..16))
+            .unwrap_or("?"),
+        cmdb.alerts(None)?.len()
+    );
+    dispatcher.stop();
+
+    step("10. What the plant received from the agent (function codes → requests)");
     for (i, d) in plant.devices().iter().enumerate() {
         let fcs = plant.function_codes_seen(i);
         let list: Vec<String> = fcs.iter().map(|(fc, n)| format!("FC{fc}×{n}")).collect();
         println!("   {:<13} {}", d.name, list.join(" "));
     }
     println!(
-        "   (the one FC 6 is the engineering workstation's write; the agent sends only read codes)"
+        "   (the FC 6 writes are the engineering workstation's; the agent sends only read codes)"
     );
 
     let _ = stop_tx.send(());

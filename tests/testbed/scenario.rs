@@ -21,6 +21,9 @@ pub struct AgentSetup<'a> {
     pub poll_interval: Duration,
     pub request_timeout: Duration,
     pub min_request_gap: Duration,
+    /// Also poll each device's process input block, marked `volatile = true` (its values change
+    /// on every read: never judged as drift).
+    pub volatile_process: bool,
 }
 
 impl<'a> AgentSetup<'a> {
@@ -42,6 +45,7 @@ impl<'a> AgentSetup<'a> {
             poll_interval: Duration::from_secs(1),
             request_timeout: Duration::from_millis(1000),
             min_request_gap: Duration::from_millis(5),
+            volatile_process: false,
         }
     }
 }
@@ -60,6 +64,8 @@ pub struct PlantDevice {
     pub unit_ids: Vec<u8>,
     /// Holding-register blocks: (start, count).
     pub holding: Vec<(u16, usize)>,
+    /// Input-register (process value) blocks: (start, count).
+    pub process: Vec<(u16, usize)>,
 }
 
 impl From<&SimDevice> for PlantDevice {
@@ -69,6 +75,7 @@ impl From<&SimDevice> for PlantDevice {
             addr: d.addr,
             unit_ids: d.unit_ids.clone(),
             holding: d.spec.holding.iter().map(|(a, v)| (*a, v.len())).collect(),
+            process: d.spec.input.iter().map(|(a, v)| (*a, v.len())).collect(),
         }
     }
 }
@@ -97,25 +104,28 @@ pub fn devices_from_sim_json(doc: &Value) -> Result<Vec<PlantDevice>, String> {
                         .collect()
                 })
                 .ok_or_else(|| format!("device {name}: no unit_ids"))?;
-            let holding = d["blocks"]
-                .as_array()
-                .map(|blocks| {
-                    blocks
-                        .iter()
-                        .filter(|b| b["kind"] == "holding")
-                        .filter_map(|b| {
-                            let start = u16::try_from(b["start"].as_u64()?).ok()?;
-                            let count = usize::try_from(b["count"].as_u64()?).ok()?;
-                            Some((start, count))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let blocks_of = |kind: &str| -> Vec<(u16, usize)> {
+                d["blocks"]
+                    .as_array()
+                    .map(|blocks| {
+                        blocks
+                            .iter()
+                            .filter(|b| b["kind"] == kind)
+                            .filter_map(|b| {
+                                let start = u16::try_from(b["start"].as_u64()?).ok()?;
+                                let count = usize::try_from(b["count"].as_u64()?).ok()?;
+                                Some((start, count))
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
             Ok(PlantDevice {
                 name,
                 addr,
                 unit_ids,
-                holding,
+                holding: blocks_of("holding"),
+                process: blocks_of("input"),
             })
         })
         .collect()
@@ -159,6 +169,15 @@ pub fn agent_config(setup: &AgentSetup<'_>, devices: &[PlantDevice]) -> String {
                 config_block_name(*start),
                 (*count).min(125)
             );
+        }
+        if setup.volatile_process {
+            for (start, count) in &d.process {
+                let _ = writeln!(
+                    t,
+                    "[[devices.blocks]]\nname = \"process-{start}\"\nkind = \"input\"\nstart = {start}\ncount = {}\nvolatile = true",
+                    (*count).min(125)
+                );
+            }
         }
     }
     t

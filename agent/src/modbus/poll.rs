@@ -159,12 +159,10 @@ pub async fn poll_unit(
         let result = read_block(client, block).await;
         health.record(result.as_ref().map(|_| ()));
         match result {
-            Ok(values) => blocks.push(RegisterBlock::new(
-                block.name.clone(),
-                block.kind,
-                block.start,
-                values,
-            )),
+            Ok(values) => blocks.push(
+                RegisterBlock::new(block.name.clone(), block.kind, block.start, values)
+                    .with_volatile(block.volatile),
+            ),
             Err(e) => problems.push(format!("block {}: {e}", block.name)),
         }
     }

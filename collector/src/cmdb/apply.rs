@@ -411,6 +411,7 @@ impl Writer<'_, '_> {
             return Ok(hash);
         }
         let interfaces = serde_json::to_string(&g.interfaces).unwrap_or_else(|_| "[]".into());
+        self.judge_gateway(&gateway_ci, g)?;
         self.db
             .prepare_cached(
                 "INSERT INTO gateways (ci_key, agent_id, zone, hostname, os_name, os_version,

@@ -188,6 +188,7 @@ impl Writer<'_, '_> {
             "revision": col("revision"),
         });
         self.event(kind::ASSET_NEW, Some(key), detail)?;
+        self.judge_new(key, obs)?;
         Ok(id)
     }
 
@@ -200,6 +201,7 @@ impl Writer<'_, '_> {
     ) -> rusqlite::Result<i64> {
         let mut current = stored.attributes;
         let mut drift = Vec::new();
+        let mut judged = Vec::new();
         for (name, value) in attributes::observed(obs) {
             let old = current.get(&name).cloned().flatten();
             if old == value || (value.is_none() && !current.contains_key(&name)) {
@@ -214,6 +216,7 @@ impl Writer<'_, '_> {
                     "old": attributes::event_value(&name, old.as_deref()),
                     "new": attributes::event_value(&name, value.as_deref()),
                 }));
+                judged.push((name.clone(), old.clone(), value.clone()));
             }
             current.insert(name, value);
         }
@@ -267,6 +270,7 @@ impl Writer<'_, '_> {
                 self.count("assets_unreachable", 1);
                 let detail = json!({ "reason": why, "previous_status": stored.status });
                 self.event(kind::ASSET_UNREACHABLE, Some(key), detail)?;
+                self.judge_unreachable(key, stored.id, &obs.name, why)?;
             }
             (status, false) if answered(status) => {
                 self.count("assets_recovered", 1);
@@ -282,6 +286,7 @@ impl Writer<'_, '_> {
             self.out.assets_changed += 1;
             self.count("assets_changed", 1);
             self.event(kind::ASSET_CHANGED, Some(key), json!({ "changes": drift }))?;
+            self.judge_change(key, stored.id, &obs.name, &judged, &current)?;
         }
         Ok(stored.id)
     }

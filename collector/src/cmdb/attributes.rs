@@ -9,7 +9,7 @@
 //! | `ident_method`             | `read_device_identification` or `report_server_id`         |
 //! | `vendor_name` … `user_application_name` | FC 43 objects 0x00–0x06                       |
 //! | `object.0xNN`              | further FC 43 objects (0x07–0xFF)                          |
-//! | `block.<name>`             | JSON `{"hash","kind","start","values"}` of a register block |
+//! | `block.<name>`             | JSON `{"hash","kind","start","values"}` of a register block, with `"volatile":true` for a volatile block |
 //!
 //! Absence is not evidence: an unreachable device reports only `name` and `status` (its last
 //! known identity and blocks stay), identity attributes are reported only when the identity
@@ -96,6 +96,9 @@ pub fn content_hash(obs: &AssetObservation) -> [u8; 32] {
         put(block.name.as_bytes());
         // The block hash covers kind, start and values (checked at ingest).
         put(&block.hash.0);
+        if block.volatile {
+            put(b"volatile");
+        }
     }
     put(&(obs.problems.len() as u32).to_be_bytes());
     for p in &obs.problems {
@@ -153,7 +156,12 @@ pub fn block_value(block: &RegisterBlock) -> String {
         }
         let _ = write!(out, "{v}");
     }
-    out.push_str("]}");
+    out.push(']');
+    if block.volatile {
+        // Never judged as drift (see `judge.rs`).
+        out.push_str(",\"volatile\":true");
+    }
+    out.push('}');
     out
 }
 

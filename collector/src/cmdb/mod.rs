@@ -7,16 +7,23 @@
 //! `assets.rs`), [`attributes`] (what an
 //! observation says, and its content hash), [`ci_key`] (the identity rule) and [`record`]
 //! (counters, events and quarantine rows). [`query`] is the read side; [`checkpoint`] moves WAL
-//! checkpoints off a busy writer's thread.
+//! checkpoints off a busy writer's thread. Drift judgement: [`baseline`] (approved state per
+//! CI), [`change_record`] (RFCs), `judge.rs` (authorised vs unauthorised, called from
+//! `assets.rs` inside the apply transaction) and [`alerts`] (the alert outbox).
 //!
 //! Run one `serve` per CMDB; enrolment and any number of readers may run alongside it.
 //! [`Cmdb::in_transaction`] groups the key lookup, chain judgement and apply of one envelope.
 
+pub mod alerts;
 pub mod apply;
 mod assets;
 pub mod attributes;
+pub mod baseline;
+pub mod change_record;
 pub mod checkpoint;
 pub mod ci_key;
+mod gateway_baseline;
+mod judge;
 pub mod key_lifecycle;
 pub mod query;
 pub mod record;

@@ -19,7 +19,7 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::cmdb::CmdbError;
 
 /// Schema migrations, in order. Migration `n` (1-based) brings the schema to version `n`.
-pub const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
+pub const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -203,6 +203,121 @@ ALTER TABLE agent_keys ADD COLUMN retired_at_ms INTEGER;   -- set by a key hando
 ALTER TABLE agent_keys ADD COLUMN superseded_by TEXT;      -- the successor key's id
 ALTER TABLE agent_keys ADD COLUMN handover_seq INTEGER;    -- envelope that announced it
 ALTER TABLE agent_keys ADD COLUMN revoked_reason TEXT;     -- `key revoke --reason`
+"#;
+
+/// Version 4: drift judgement. Approved baselines per CI (and per zone, for new devices),
+/// change records (RFCs) from an ITSM tool, every judged change with its evidence, and the alert
+/// outbox with per-sink delivery state (see `baseline.rs`, `change_record.rs`, `judge.rs`,
+/// `alerts.rs`).
+const MIGRATION_4: &str = r#"
+CREATE TABLE baselines (
+    asset_id        INTEGER PRIMARY KEY REFERENCES assets(asset_id),
+    approved_at_ms  INTEGER NOT NULL,
+    approved_by     TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    ticket          TEXT                      -- the change record that moved it, if any
+);
+
+CREATE TABLE baseline_attributes (
+    asset_id        INTEGER NOT NULL REFERENCES baselines(asset_id),
+    attribute       TEXT NOT NULL,
+    value           TEXT,
+    PRIMARY KEY (asset_id, attribute)
+) WITHOUT ROWID;
+
+-- A gateway host's approved facts (JSON object: hostname, os_name, os_version,
+-- kernel_version, cpu_arch, interfaces).
+CREATE TABLE baseline_gateways (
+    ci_key          TEXT PRIMARY KEY,
+    facts           TEXT NOT NULL,
+    approved_at_ms  INTEGER NOT NULL,
+    approved_by     TEXT NOT NULL,
+    reason          TEXT NOT NULL,
+    ticket          TEXT
+);
+
+-- A zone with an approved baseline: a device appearing in it afterwards is a new device.
+CREATE TABLE baseline_zones (
+    zone            TEXT PRIMARY KEY REFERENCES zones(zone),
+    approved_at_ms  INTEGER NOT NULL,
+    approved_by     TEXT NOT NULL,
+    reason          TEXT NOT NULL
+);
+
+CREATE TABLE change_records (
+    record_id       INTEGER PRIMARY KEY,
+    ticket          TEXT NOT NULL,
+    asset           TEXT NOT NULL,            -- CI key
+    window_from_ms  INTEGER NOT NULL,
+    window_to_ms    INTEGER NOT NULL CHECK (window_to_ms > window_from_ms),
+    expect          TEXT NOT NULL,            -- JSON object: attribute → expected value
+    auto_confirm    INTEGER NOT NULL CHECK (auto_confirm IN (0, 1)),
+    state           TEXT NOT NULL CHECK (state IN ('open', 'implemented', 'confirmed')),
+    description     TEXT,
+    source          TEXT NOT NULL,            -- `cli` or the imported file
+    created_at_ms   INTEGER NOT NULL,
+    implemented_at_ms INTEGER,
+    confirmed_at_ms INTEGER,
+    confirmed_by    TEXT,
+    UNIQUE (ticket, asset)
+);
+CREATE INDEX change_records_by_asset ON change_records(asset, window_from_ms);
+
+-- Every change the collector judged on a baselined CI.
+CREATE TABLE detected_changes (
+    change_id       INTEGER PRIMARY KEY,
+    asset           TEXT NOT NULL,            -- CI key
+    verdict         TEXT NOT NULL CHECK (verdict IN ('authorised', 'unauthorised',
+                                                     'back_to_baseline', 'unstable')),
+    record_id       INTEGER REFERENCES change_records(record_id),
+    alert_id        INTEGER,
+    observed_at_ms  INTEGER NOT NULL,         -- collector clock (applied)
+    agent_time_ms   INTEGER NOT NULL,         -- agent clock (sealed)
+    agent_id        TEXT NOT NULL,
+    zone            TEXT NOT NULL,
+    envelope_seq    INTEGER NOT NULL,
+    envelope_hash   TEXT NOT NULL,
+    changes         TEXT NOT NULL             -- JSON array: attribute, before, after
+);
+CREATE INDEX detected_changes_by_record ON detected_changes(record_id);
+CREATE INDEX detected_changes_by_asset ON detected_changes(asset, change_id);
+
+-- The alert outbox: written in the transaction that judged the change, delivered later.
+CREATE TABLE alerts (
+    alert_id        INTEGER PRIMARY KEY,
+    raised_at_ms    INTEGER NOT NULL,
+    kind            TEXT NOT NULL,            -- unauthorised_change | unstable_value | new_device |
+                                              -- device_unreachable
+    category        TEXT NOT NULL,            -- identity | new_device | config | presence
+    severity_id     INTEGER NOT NULL,         -- OCSF: 2 low, 3 medium, 4 high
+    asset           TEXT NOT NULL,
+    asset_name      TEXT NOT NULL,
+    zone            TEXT NOT NULL,
+    agent_id        TEXT NOT NULL,
+    agent_time_ms   INTEGER NOT NULL,
+    envelope_seq    INTEGER NOT NULL,
+    envelope_hash   TEXT NOT NULL,
+    detail          TEXT NOT NULL             -- JSON object
+);
+
+-- Per sink: alerts up to `delivered_through` are delivered, in order.
+CREATE TABLE alert_sinks (
+    sink            TEXT PRIMARY KEY,
+    delivered_through INTEGER NOT NULL DEFAULT 0,
+    delivered       INTEGER NOT NULL DEFAULT 0,
+    failures        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,
+    last_attempt_ms INTEGER,
+    last_delivered_ms INTEGER
+);
+
+CREATE TABLE alert_deliveries (
+    alert_id        INTEGER NOT NULL REFERENCES alerts(alert_id),
+    sink            TEXT NOT NULL,
+    delivered_at_ms INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL,
+    PRIMARY KEY (alert_id, sink)
+) WITHOUT ROWID;
 "#;
 
 /// Reads the schema version of an open database.
