@@ -374,9 +374,12 @@ async fn scan_sweeps_a_loopback_range_read_only_within_the_budget() {
         .iter()
         .find(|d| d.address.host == "127.0.91.1")
         .unwrap();
-    let blocks: Vec<&str> = m241.blocks.iter().map(|b| b.name.as_str()).collect();
-    assert_eq!(blocks, vec!["config"]);
-    assert!(text.contains("# volatile (process values, not baselined): process input 0..3"));
+    let blocks: Vec<(&str, bool)> = m241
+        .blocks
+        .iter()
+        .map(|b| (b.name.as_str(), b.volatile))
+        .collect();
+    assert_eq!(blocks, vec![("config", false), ("process", true)]);
     // Never overwritten.
     let (ok, _, stderr) = agent(
         s(&[

@@ -266,7 +266,7 @@ fn toml_str(text: &str) -> String {
 
 /// A starter agent config: placeholders for identity, key and transport, and one `[[devices]]`
 /// per address that answered with the unit ids that answered, and the configuration blocks of
-/// the device profile that matched (volatile blocks as comments). It parses as written
+/// the device profile that matched (volatile ones marked `volatile = true`). It parses as written
 /// (`outpost-agent check-config`), but the placeholders must be replaced before `run`.
 pub fn starter_config(
     ranges: &[String],
@@ -340,24 +340,14 @@ pub fn starter_config(
         if let Some(p) = profile {
             let _ = writeln!(out, "# blocks from profile {} ({})", p.name, p.origin);
             for b in &p.blocks {
-                if b.volatile {
-                    let _ = writeln!(
-                        out,
-                        "# volatile (process values, not baselined): {} {} {}..{}",
-                        b.name,
-                        b.kind.as_str(),
-                        b.start,
-                        u32::from(b.start) + u32::from(b.count) - 1
-                    );
-                    continue;
-                }
                 let _ = writeln!(
                     out,
-                    "[[devices.blocks]]\nname = {}\nkind = \"{}\"\nstart = {}\ncount = {}",
+                    "[[devices.blocks]]\nname = {}\nkind = \"{}\"\nstart = {}\ncount = {}{}",
                     toml_str(&b.name),
                     b.kind.as_str(),
                     b.start,
-                    b.count
+                    b.count,
+                    if b.volatile { "\nvolatile = true" } else { "" }
                 );
             }
         }
