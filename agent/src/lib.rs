@@ -8,6 +8,8 @@
 //! - [`config`]: the strict TOML config and its validation.
 //! - [`keyfile`]: generating and loading the agent's Ed25519 key (mode 0600).
 //! - [`modbus`]: the read-only client, FC 43 identification, polling one device.
+//! - [`discovery`]: sweeping address ranges (`outpost-agent scan`) under a politeness budget.
+//! - [`profile`]: device profiles (built-in and user TOML files) matched by identity.
 //! - [`host`]: gateway facts.
 //! - [`state`]: the persisted chain tip and the state directory lock.
 //! - [`transport`]: the diode sender, the MQTT publisher and its spool.
@@ -18,9 +20,11 @@
 
 pub mod config;
 pub mod cycle;
+pub mod discovery;
 pub mod host;
 pub mod keyfile;
 pub mod modbus;
+pub mod profile;
 pub mod rotate;
 pub mod state;
 pub mod transport;

@@ -5,6 +5,8 @@
 //!   one cycle with `--once` (exit 0 when the envelope was sent — or, for MQTT, spooled: `--once`
 //!   waits up to 10 s for the broker's acknowledgements; unreachable devices are reported inside
 //!   the summary, not as a failure).
+//! - `scan CIDR... [--port 502] [--units 1,2,255] [--json] [--write-config FILE]`: a one-shot
+//!   discovery sweep under the politeness budget (see `outpost_agent::discovery`).
 //! - `rotate-key --config FILE [--force]`: stage a new signing key; the agent announces it at
 //!   its next cycle (see `outpost_agent::rotate`).
 //! - `check-config --config FILE`: validate and print what would be polled.
@@ -55,6 +57,8 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Sweep address ranges for Modbus TCP devices and identify them (read-only, rate-limited).
+    Scan(outpost_agent::discovery::command::ScanArgs),
     /// Stage a new signing key (<key_file>.next): the agent announces it at its next cycle in
     /// an envelope signed by the current key and by the new one, then switches to it.
     RotateKey {
@@ -100,6 +104,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Keygen { out, agent, force } => keygen(out, agent, force),
         Command::CheckConfig { config } => check_config(config),
         Command::Run { config, once } => run(config, once),
+        Command::Scan(args) => outpost_agent::discovery::command::run(args),
         Command::RotateKey { config, force } => rotate_key(config, force),
     }
 }

@@ -98,7 +98,9 @@ async fn identity_and_registers_from_a_full_device() {
     );
     assert!(o.blocks.iter().all(RegisterBlock::hash_is_consistent));
 
-    // Basic paged as 0-1, 2; Regular as 0-1, 2-3, 4-5, 6: FC 43 requests follow next_object_id.
+    // Extended first (this device refuses it with exception 03), then Regular paged as 0-1,
+    // 2-3, 4-5, 6: FC 43 requests follow next_object_id. Regular holds the basic objects, so
+    // Basic is not asked.
     let fc43: Vec<Request<'static>> = dev
         .device
         .requests()
@@ -106,12 +108,11 @@ async fn identity_and_registers_from_a_full_device() {
         .map(|l| l.request)
         .filter(|r| matches!(r, Request::ReadDeviceIdentification(..)))
         .collect();
-    use tokio_modbus::prelude::ReadCode::{Basic, Regular};
+    use tokio_modbus::prelude::ReadCode::{Extended, Regular};
     assert_eq!(
         fc43,
         vec![
-            Request::ReadDeviceIdentification(Basic, 0),
-            Request::ReadDeviceIdentification(Basic, 2),
+            Request::ReadDeviceIdentification(Extended, 0),
             Request::ReadDeviceIdentification(Regular, 0),
             Request::ReadDeviceIdentification(Regular, 2),
             Request::ReadDeviceIdentification(Regular, 4),
@@ -172,12 +173,33 @@ async fn paging_loop_is_cut_short_with_a_problem() {
     assert!(
         o.problems
             .iter()
-            .any(|p| p.contains("basic stream") && p.contains("stopped to avoid a loop")),
+            .any(|p| p.contains("regular stream") && p.contains("stopped to avoid a loop")),
         "{:?}",
         o.problems
     );
-    // One request per stream: the loop was seen on the first answer.
-    assert_eq!(dev.device.requests().len(), 2);
+    // Extended (refused), one Regular request (the loop is seen on the first answer), then
+    // the missing mandatory object 0x02 individually (refused by this device: 03).
+    let codes: Vec<Request<'static>> = dev
+        .device
+        .requests()
+        .into_iter()
+        .map(|l| l.request)
+        .collect();
+    use tokio_modbus::prelude::ReadCode::{Extended, Regular, Specific};
+    assert_eq!(
+        codes[..2],
+        [
+            Request::ReadDeviceIdentification(Extended, 0),
+            Request::ReadDeviceIdentification(Regular, 0),
+        ]
+    );
+    assert!(
+        codes[2..]
+            .iter()
+            .all(|r| matches!(r, Request::ReadDeviceIdentification(Specific, _))),
+        "{codes:?}"
+    );
+    assert!(codes.len() <= 2 + 7);
 }
 
 #[tokio::test]
@@ -341,7 +363,8 @@ async fn requests_to_one_device_keep_the_minimum_gap() {
     );
     poll_device(&cfg, t).await;
     let log = dev.device.requests();
-    assert_eq!(log.len(), 8, "{log:?}");
+    // FC 43 extended (refused), regular in 4 pages, 2 blocks.
+    assert_eq!(log.len(), 7, "{log:?}");
     for pair in log.windows(2) {
         let between = pair[1].at.duration_since(pair[0].at);
         // Measured at the server; allow a little scheduling jitter.

@@ -14,7 +14,9 @@
 //! - the diode link with FEC: raw loopback UDP rate, FEC goodput, overhead, CPU per MB,
 //!   delivery at 10 % random loss (`--only fec` runs just this section);
 //! - drift → alert latency (MTTD) with 1 s polls: Modbus write → syslog datagram at a SIEM
-//!   socket, median and p99 (`--only drift`).
+//!   socket, median and p99 (`--only drift`);
+//! - discovery: `outpost-agent scan` of 254 simulated devices on a loopback /24 next to
+//!   `nmap --script modbus-discover` (`--only scan`), and a plant with silent devices.
 //!
 //! `outpost-bench --mqtt` measures the MQTT transport instead, against a real mosquitto on
 //! loopback: the fsynced spool's cost, publish throughput (spool → broker, every PUBACK
@@ -67,7 +69,7 @@ struct Args {
     /// Small envelopes in the windowed FEC delivery measurement (× 20 loss patterns).
     #[arg(long, default_value_t = 20_000)]
     fec_messages: usize,
-    /// Run only this section: `fec`, `ingest`, `envelope` or `drift`.
+    /// Run only this section: `fec`, `ingest`, `envelope`, `drift` or `scan`.
     #[arg(long)]
     only: Option<String>,
     /// Register writes in the drift → alert latency (MTTD) measurement.
@@ -79,6 +81,8 @@ struct Args {
 mod drift_mttd;
 #[path = "bench/fec_link.rs"]
 mod fec_link;
+#[path = "bench/scan.rs"]
+mod scan;
 
 const ASSETS: usize = 50;
 
@@ -119,7 +123,15 @@ fn main() -> anyhow::Result<()> {
                 .context("could not start the async runtime")?;
             return runtime.block_on(drift_mttd::run(args.drift_changes));
         }
-        Some(other) => bail!("--only {other}: expected fec, ingest, envelope or drift"),
+        Some("scan") => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("could not start the async runtime")?;
+            return runtime.block_on(scan::run());
+        }
+        Some(other) => bail!("--only {other}: expected fec, ingest, envelope, drift or scan"),
         None => {}
     }
     envelope_rates(args.envelopes)?;
@@ -131,6 +143,7 @@ fn main() -> anyhow::Result<()> {
         .context("could not start the async runtime")?;
     runtime.block_on(agent_memory(args.devices, args.cycles))?;
     runtime.block_on(drift_mttd::run(args.drift_changes))?;
+    runtime.block_on(scan::run())?;
     binary_sizes();
     fec_link::run(args.fec_trials, args.fec_messages)?;
     Ok(())

@@ -1,29 +1,37 @@
 //! Device identification: FC 43 / MEI 14 Read Device Identification, with FC 17 as fallback.
 //!
-//! 1. Read the Basic stream (read code 01) from object 0, following `more_follows` /
-//!    `next_object_id` across responses: at most [`MAX_PAGES`] requests per stream, and the next
-//!    object id must be above the one just asked for (otherwise the device is looping; stop with
-//!    a problem note and keep what arrived).
-//! 2. Read the Regular stream (read code 02) the same way and merge it over Basic. A device that
-//!    answers Regular with an exception is a Basic-only device: Basic is kept, no problem noted.
+//! 1. **Stream access**, most objects first: the Extended stream (read code 03: basic, regular
+//!    and private objects 0x80–0xFF), then Regular (02), then Basic (01), stopping at the first
+//!    that gives objects. A code the device refuses with exception 02/03 (not supported at that
+//!    level), or answers with a malformed response, moves on to the next code. Each stream
+//!    follows `more_follows` / `next_object_id`: at most [`MAX_PAGES`] requests per stream, and
+//!    the next object id must be above the one just asked for (otherwise the device is looping;
+//!    stop with a problem note and keep what arrived).
+//! 2. **Individual access** (read code 04) as the fallback: when FC 43 is supported but the
+//!    streams left a mandatory basic object (0x00–0x02) missing, or gave nothing, each missing
+//!    object 0x00–0x06 is asked for on its own (exception 02 means "not there"; at most 7
+//!    requests).
 //! 3. Objects 0x00–0x06 fill the named [`DeviceIdentity`] fields; any other object id goes to
-//!    `other`. Values are lossy UTF-8, NULs and surrounding whitespace trimmed, capped at
-//!    [`MAX_VALUE_CHARS`] characters.
-//! 4. If FC 43 raised an exception (typically 01 Illegal Function), did not answer, or gave
-//!    nothing useful (no objects), fall back to FC 17 Report Server ID and set
-//!    `method = ReportServerId`. Its answer is stored in `other` (FC 43 objects cannot be present
-//!    then, so the private ids 0x80–0x82 are free):
+//!    `other`. Values are lossy UTF-8 (invalid bytes become U+FFFD), NULs and surrounding
+//!    whitespace trimmed, capped at [`MAX_VALUE_CHARS`] characters.
+//! 4. If FC 43 raised exception 01 Illegal Function, did not answer, or gave no objects at all,
+//!    fall back to FC 17 Report Server ID and set `method = ReportServerId`. Its answer is stored
+//!    in `other` (FC 43 objects cannot be present then, so the private ids 0x80–0x82 are free):
 //!    - `other[0x80]`: the server id byte followed by the additional data, as lowercase hex;
 //!    - `other[0x81]`: the run indicator, `on` or `off`;
 //!    - `other[0x82]`: the additional data as text, only when it is printable ASCII.
 //!
+//! [`Identified::how`] records the path that identified the device (`fc43 extended stream`,
+//! `fc43 regular stream + individual`, `fc43 individual`, `fc17 report server id`, or `none`).
 //! Identification never fails as a whole: what went wrong is reported in
 //! [`Identified::problems`], and [`Identified::answered`] / [`Identified::timeouts`] let the
-//! caller decide whether the device is reachable at all.
+//! caller decide whether the device is reachable at all. Work is bounded: at most
+//! 3 × [`MAX_PAGES`] + 7 + 1 requests per unit, each under the request timeout.
 
 use std::collections::BTreeMap;
 
 use outpost_proto::model::{DeviceIdentity, IdentMethod};
+use tokio_modbus::ExceptionCode;
 use tokio_modbus::prelude::ReadCode;
 
 use super::read_only::{ModbusError, ReadOnlyClient, ServerId};
@@ -32,17 +40,25 @@ use super::read_only::{ModbusError, ReadOnlyClient, ServerId};
 pub const MAX_PAGES: usize = 16;
 /// Longest identity value kept, in characters.
 pub const MAX_VALUE_CHARS: usize = 255;
+/// Objects asked for individually (read code 04) when the streams did not give them.
+const INDIVIDUAL_OBJECTS: std::ops::RangeInclusive<u8> = 0x00..=0x06;
 
 /// The outcome of identifying one unit.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identified {
     pub identity: DeviceIdentity,
+    /// How the identity was obtained (see the module docs); `none` when nothing identified it.
+    pub how: String,
+    /// The conformity level byte of the last FC 43 answer (0x01–0x03, 0x81–0x83), if any.
+    pub conformity: Option<u8>,
     /// Problem lines for the summary (`identification: …`).
     pub problems: Vec<String>,
     /// The device gave at least one Modbus answer (data or exception).
     pub answered: bool,
     /// Requests that got no answer in time.
     pub timeouts: u32,
+    /// Exceptions 0x0A/0x0B: a gateway said the unit behind it is absent or not answering.
+    pub gateway_absent: bool,
 }
 
 impl Identified {
@@ -50,9 +66,22 @@ impl Identified {
         if err.is_answer() {
             self.answered = true;
         }
+        if matches!(
+            err,
+            ModbusError::Exception(
+                ExceptionCode::GatewayTargetDevice | ExceptionCode::GatewayPathUnavailable
+            )
+        ) {
+            self.gateway_absent = true;
+        }
         if matches!(err, ModbusError::Timeout(_)) {
             self.timeouts += 1;
         }
+    }
+
+    /// True when the only answers were "gateway: unit absent" exceptions.
+    pub fn unit_absent(&self) -> bool {
+        self.gateway_absent && self.identity.method == IdentMethod::None
     }
 }
 
@@ -89,6 +118,7 @@ async fn read_stream(
             }
         };
         out.answered = true;
+        out.conformity = Some(response.conformity_level.value());
         let got = response.device_id_objects.len();
         for obj in response.device_id_objects {
             objects.insert(obj.id, obj.value.to_vec());
@@ -127,45 +157,169 @@ fn stream_name(code: ReadCode) -> &'static str {
     }
 }
 
-/// Identifies the unit `client` currently addresses.
-pub async fn identify(client: &mut ReadOnlyClient) -> Identified {
-    let mut out = Identified::default();
-    let fc43_failure = match read_stream(client, ReadCode::Basic, &mut out).await {
-        Ok(basic) => {
-            let mut objects = basic.objects;
-            out.problems.extend(basic.problem);
-            match read_stream(client, ReadCode::Regular, &mut out).await {
-                Ok(regular) => {
-                    objects.extend(regular.objects);
-                    out.problems.extend(regular.problem);
-                }
-                // A Basic-only device: keep Basic.
-                Err(ModbusError::Exception(_)) => {}
-                Err(e) => out
-                    .problems
-                    .push(format!("identification: FC 43 regular stream: {e}")),
+/// What the stream phase concluded.
+enum StreamOutcome {
+    /// Objects from this stream (possibly empty), FC 43 is supported.
+    Read(ReadCode, BTreeMap<u8, Vec<u8>>),
+    /// FC 43 is supported, but every stream code was refused or garbled.
+    NoStream,
+    /// FC 43 is not there (exception 01), or the device did not answer it.
+    Unsupported(String),
+}
+
+async fn read_streams(client: &mut ReadOnlyClient, out: &mut Identified) -> StreamOutcome {
+    let mut last_refusal = String::new();
+    for code in [ReadCode::Extended, ReadCode::Regular, ReadCode::Basic] {
+        match read_stream(client, code, out).await {
+            Ok(stream) if !stream.objects.is_empty() => {
+                out.problems.extend(stream.problem);
+                return StreamOutcome::Read(code, stream.objects);
             }
-            if objects.is_empty() {
-                Some("FC 43 gave no objects".to_owned())
-            } else {
-                out.identity = identity_from_objects(&objects);
-                None
+            Ok(stream) => {
+                out.problems.extend(stream.problem);
+                last_refusal = format!("{} stream gave no objects", stream_name(code));
+            }
+            Err(ModbusError::Exception(ExceptionCode::IllegalFunction)) => {
+                return StreamOutcome::Unsupported("FC 43 exception IllegalFunction".into());
+            }
+            Err(
+                e @ ModbusError::Exception(
+                    ExceptionCode::GatewayTargetDevice | ExceptionCode::GatewayPathUnavailable,
+                ),
+            ) => return StreamOutcome::Unsupported(format!("FC 43 {e}")),
+            // Not supported at this level: try the next, smaller category.
+            Err(ModbusError::Exception(_)) => {
+                last_refusal = format!("{} stream refused", stream_name(code));
+            }
+            // A malformed answer: a smaller category may still decode.
+            Err(e @ ModbusError::UnexpectedResponse(_)) => {
+                out.problems.push(format!(
+                    "identification: FC 43 {} stream: {e}",
+                    stream_name(code)
+                ));
+                last_refusal = format!("{} stream malformed", stream_name(code));
+            }
+            // tokio-modbus reports a response it cannot decode as InvalidData, or as
+            // UnexpectedEof when the object count or a length runs past the end.
+            Err(ModbusError::Transport(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                out.problems.push(format!(
+                    "identification: FC 43 {} stream: malformed answer: {e}",
+                    stream_name(code)
+                ));
+                last_refusal = format!("{} stream malformed", stream_name(code));
+            }
+            // No answer / connection trouble: do not spend more time on FC 43.
+            Err(e) => return StreamOutcome::Unsupported(format!("FC 43 {e}")),
+        }
+    }
+    tracing::debug!(peer = %client.peer(), "FC 43 streams: {last_refusal}");
+    StreamOutcome::NoStream
+}
+
+/// Asks for each missing object 0x00–0x06 with read code 04. Returns how many it got.
+async fn read_individually(
+    client: &mut ReadOnlyClient,
+    objects: &mut BTreeMap<u8, Vec<u8>>,
+    out: &mut Identified,
+) -> usize {
+    let mut got = 0;
+    for id in INDIVIDUAL_OBJECTS {
+        if objects.contains_key(&id) {
+            continue;
+        }
+        match client
+            .read_device_identification(ReadCode::Specific, id)
+            .await
+        {
+            Ok(r) => {
+                out.answered = true;
+                out.conformity = Some(r.conformity_level.value());
+                for obj in r.device_id_objects {
+                    if obj.id == id {
+                        objects.insert(obj.id, obj.value.to_vec());
+                        got += 1;
+                    }
+                }
+            }
+            // "No such object": fine, the regular objects are optional.
+            Err(ModbusError::Exception(
+                ExceptionCode::IllegalDataAddress | ExceptionCode::IllegalDataValue,
+            )) => out.answered = true,
+            Err(e) => {
+                out.note(&e);
+                out.problems.push(format!(
+                    "identification: FC 43 individual access to object {id:#04x}: {e}; stopped"
+                ));
+                break;
             }
         }
-        Err(e) => Some(format!("FC 43 {e}")),
+    }
+    got
+}
+
+/// Identifies the unit `client` currently addresses.
+pub async fn identify(client: &mut ReadOnlyClient) -> Identified {
+    let mut out = Identified {
+        how: "none".into(),
+        ..Identified::default()
     };
-    let Some(fc43_failure) = fc43_failure else {
+    let (mut objects, mut how, fc43_supported, failure) = match read_streams(client, &mut out).await
+    {
+        StreamOutcome::Read(code, objects) => (
+            objects,
+            format!("fc43 {} stream", stream_name(code)),
+            true,
+            String::new(),
+        ),
+        StreamOutcome::NoStream => (
+            BTreeMap::new(),
+            String::new(),
+            true,
+            "FC 43 streams refused".to_owned(),
+        ),
+        StreamOutcome::Unsupported(why) => {
+            if !why.contains("IllegalFunction") {
+                out.problems.push(format!("identification: {why}"));
+            }
+            (BTreeMap::new(), String::new(), false, why)
+        }
+    };
+    let basic_missing = (0x00..=0x02).any(|id| !objects.contains_key(&id));
+    if fc43_supported && basic_missing {
+        let got = read_individually(client, &mut objects, &mut out).await;
+        if got > 0 {
+            how = if how.is_empty() {
+                "fc43 individual".to_owned()
+            } else {
+                format!("{how} + individual")
+            };
+        }
+    }
+    if !objects.is_empty() {
+        out.identity = identity_from_objects(&objects);
+        out.how = how;
         return out;
-    };
+    }
+    if out.unit_absent() && !fc43_supported {
+        // A gateway said the unit is not there: FC 17 would get the same answer.
+        out.problems.push(format!("identification: {failure}"));
+        return out;
+    }
     match client.report_server_id().await {
         Ok(id) => {
             out.answered = true;
             out.identity = identity_from_server_id(&id);
+            out.how = "fc17 report server id".into();
         }
         Err(e) => {
             out.note(&e);
             out.problems.push(format!(
-                "identification: {fc43_failure}; FC 17 {e}; device not identified"
+                "identification: {failure}; FC 17 {e}; device not identified"
             ));
         }
     }

@@ -24,6 +24,10 @@
 //! take `&mut self`, so a device never has more than one outstanding request, and starts are
 //! spaced at least `min_request_gap` apart (politeness to small PLCs).
 //!
+//! Back-off: a device that answers "server busy" (exception 06) is asked again after
+//! [`BUSY_BACKOFF`], doubling, at most [`BUSY_RETRIES`] times; a device whose answer took more
+//! than half the request timeout gets a doubled gap between requests (up to [`MAX_GAP`]).
+//!
 //! After a timeout or a transport error the TCP connection is in an unknown state (a late answer
 //! would be taken for the next request's), so the client drops it and reconnects before the next
 //! request; the gap between request starts survives the reconnect.
@@ -39,6 +43,15 @@ use tokio::time::Instant;
 use tokio_modbus::client::{Client as _, Context};
 use tokio_modbus::prelude::{ReadCode, ReadDeviceIdentificationResponse, SlaveContext as _};
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+
+/// Attempts after a first "server busy" (exception 06) answer, per request.
+pub const BUSY_RETRIES: u32 = 3;
+/// First wait after "server busy"; doubled on each further busy answer (0.5 s, 1 s, 2 s).
+pub const BUSY_BACKOFF: Duration = Duration::from_millis(500);
+/// Largest gap between request starts that slow answers can grow the gap to.
+pub const MAX_GAP: Duration = Duration::from_secs(2);
+/// A slow answer raises the gap to at least this much.
+const SLOW_GAP_FLOOR: Duration = Duration::from_millis(100);
 
 /// Timing for one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +110,10 @@ pub struct ReadOnlyClient {
     unit: u8,
     timing: Timing,
     last_start: Option<Instant>,
+    /// The gap kept between request starts: `timing.min_request_gap`, grown by slow answers.
+    gap: Duration,
     requests: u64,
+    busy_backoffs: u64,
 }
 
 impl std::fmt::Debug for ReadOnlyClient {
@@ -131,7 +147,9 @@ impl ReadOnlyClient {
             unit,
             timing,
             last_start: None,
+            gap: timing.min_request_gap,
             requests: 0,
+            busy_backoffs: 0,
         })
     }
 
@@ -143,6 +161,11 @@ impl ReadOnlyClient {
     /// Requests sent so far (including ones that failed).
     pub fn requests(&self) -> u64 {
         self.requests
+    }
+
+    /// Times the client waited because the device said "server busy" (exception 06).
+    pub fn busy_backoffs(&self) -> u64 {
+        self.busy_backoffs
     }
 
     /// Addresses further requests to unit id `unit` (same TCP connection).
@@ -234,13 +257,49 @@ impl ReadOnlyClient {
         }
     }
 
-    /// Sends one request: waits for the politeness gap, reconnects if the last exchange left
-    /// the connection unusable, and bounds the exchange by the request timeout.
+    /// The gap currently kept between request starts (grows for slow devices).
+    pub fn current_gap(&self) -> Duration {
+        self.gap
+    }
+
+    /// Sends one request, backing off on "server busy": exception 06 is retried at most
+    /// [`BUSY_RETRIES`] times, after [`BUSY_BACKOFF`], then twice that, and so on.
     async fn call(&mut self, request: Request<'static>) -> Result<Response, ModbusError> {
-        if let Some(last) = self.last_start {
-            tokio::time::sleep_until(last + self.timing.min_request_gap).await;
+        let mut wait = BUSY_BACKOFF;
+        for _ in 0..BUSY_RETRIES {
+            match self.call_once(request.clone()).await {
+                Err(ModbusError::Exception(ExceptionCode::ServerDeviceBusy)) => {
+                    self.busy_backoffs += 1;
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                }
+                other => return other,
+            }
         }
-        self.last_start = Some(Instant::now());
+        self.call_once(request).await
+    }
+
+    /// Sends one request: waits for the politeness gap, reconnects if the last exchange left
+    /// the connection unusable, and bounds the exchange by the request timeout. An answer that
+    /// took more than half the request timeout doubles the gap (up to [`MAX_GAP`]).
+    async fn call_once(&mut self, request: Request<'static>) -> Result<Response, ModbusError> {
+        if let Some(last) = self.last_start {
+            tokio::time::sleep_until(last + self.gap).await;
+        }
+        let started = Instant::now();
+        self.last_start = Some(started);
+        let result = self.exchange(request).await;
+        if result.is_ok() || matches!(result, Err(ModbusError::Exception(_))) {
+            let took = started.elapsed();
+            if took > self.timing.request_timeout / 2 {
+                let grown = self.gap.saturating_mul(2).max(SLOW_GAP_FLOOR);
+                self.gap = grown.min(MAX_GAP.max(self.timing.min_request_gap));
+            }
+        }
+        result
+    }
+
+    async fn exchange(&mut self, request: Request<'static>) -> Result<Response, ModbusError> {
         self.requests += 1;
         let mut ctx = match self.ctx.take() {
             Some(ctx) => ctx,

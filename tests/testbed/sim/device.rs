@@ -26,6 +26,8 @@ pub struct DeviceState {
     pub units: BTreeMap<u8, UnitTables>,
     /// Requests seen on the wire, by function code (counted before decoding).
     pub fc_seen: BTreeMap<u8, u64>,
+    /// "Server busy" answers still to give (`Behaviour::Busy`).
+    pub busy_left: u32,
 }
 
 impl DeviceState {
@@ -40,6 +42,10 @@ impl DeviceState {
             identity: spec.identity.clone(),
             units: spec.unit_ids.iter().map(|u| (*u, tables.clone())).collect(),
             fc_seen: BTreeMap::new(),
+            busy_left: match spec.behaviour {
+                Behaviour::Busy(n) => n,
+                _ => 0,
+            },
         }
     }
 
@@ -53,6 +59,10 @@ impl DeviceState {
     ) -> Result<Option<Response>, ExceptionCode> {
         if behaviour == Behaviour::Silent {
             return Ok(None);
+        }
+        if self.busy_left > 0 {
+            self.busy_left -= 1;
+            return Err(ExceptionCode::ServerDeviceBusy);
         }
         let identity = &self.identity;
         let Some(tables) = self.units.get_mut(&unit) else {
@@ -87,12 +97,11 @@ impl DeviceState {
                 tables.coils.write(*addr, values, MAX_WRITE_BITS)?;
                 Response::WriteMultipleCoils(*addr, quantity(values.len()))
             }
-            Request::ReadDeviceIdentification(code, object) => {
-                if behaviour == Behaviour::NoDeviceId {
-                    return Err(ExceptionCode::IllegalFunction);
-                }
-                Response::ReadDeviceIdentification(ident::answer(identity, *code, *object)?)
-            }
+            Request::ReadDeviceIdentification(code, object) => match behaviour {
+                Behaviour::NoDeviceId => return Err(ExceptionCode::IllegalFunction),
+                Behaviour::BadFc43(fault) => ident::faulty(identity, fault, *code, *object)?,
+                _ => Response::ReadDeviceIdentification(ident::answer(identity, *code, *object)?),
+            },
             Request::ReportServerId => {
                 let mut data = format!(
                     "{} {} {}",

@@ -19,7 +19,8 @@ use tokio_modbus::prelude::{
     ConformityLevel, DeviceIdObject, ReadCode, ReadDeviceIdentificationResponse,
 };
 
-use super::spec::SimIdentity;
+use super::spec::{Fc43Fault, SimIdentity};
+use tokio_modbus::Response;
 
 /// Largest Modbus PDU.
 const MAX_PDU: usize = 253;
@@ -75,6 +76,99 @@ pub fn answer(
         next_object_id: next.unwrap_or(0),
         device_id_objects,
     })
+}
+
+/// Answers one Read Device Identification request the way a device with `fault` would. The
+/// malformed answers are encoded by hand (`Response::Custom(0x2B, ..)`), since tokio-modbus's
+/// encoder only writes well-formed ones.
+pub fn faulty(
+    identity: &SimIdentity,
+    fault: Fc43Fault,
+    code: ReadCode,
+    start: u8,
+) -> Result<Response, ExceptionCode> {
+    let good = || answer(identity, code, start);
+    match fault {
+        Fc43Fault::IndividualOnly => {
+            if code == ReadCode::Specific {
+                Ok(Response::ReadDeviceIdentification(good()?))
+            } else {
+                Err(ExceptionCode::IllegalDataValue)
+            }
+        }
+        Fc43Fault::FewerObjects => {
+            let mut r = good()?;
+            if code != ReadCode::Specific {
+                r.device_id_objects.retain(|o| o.id != 0x02);
+            }
+            Ok(Response::ReadDeviceIdentification(r))
+        }
+        Fc43Fault::InvalidUtf8 => {
+            let mut r = good()?;
+            for o in &mut r.device_id_objects {
+                if o.id == 0x00 {
+                    let mut v = vec![0xFF, 0xFE];
+                    v.extend_from_slice(&o.value);
+                    o.value = Bytes::from(v);
+                }
+            }
+            Ok(Response::ReadDeviceIdentification(r))
+        }
+        Fc43Fault::EndlessMoreFollows => {
+            let objects = identity.objects();
+            let value = objects.first().map(|(_, v)| v.clone()).unwrap_or_default();
+            Ok(Response::ReadDeviceIdentification(
+                ReadDeviceIdentificationResponse {
+                    read_code: code,
+                    conformity_level: conformity(&objects),
+                    more_follows: true,
+                    next_object_id: start.wrapping_add(1),
+                    device_id_objects: vec![DeviceIdObject {
+                        id: start,
+                        value: Bytes::from(value),
+                    }],
+                },
+            ))
+        }
+        Fc43Fault::WrongCount | Fc43Fault::Truncated => {
+            let r = good()?;
+            let mut pdu = vec![
+                0x0E,
+                read_code_byte(code),
+                r.conformity_level.value(),
+                if r.more_follows { 0xFF } else { 0x00 },
+                r.next_object_id,
+            ];
+            let count = r.device_id_objects.len();
+            let declared = if fault == Fc43Fault::WrongCount {
+                count + 2
+            } else {
+                count
+            };
+            pdu.push(u8::try_from(declared).unwrap_or(u8::MAX));
+            for (i, o) in r.device_id_objects.iter().enumerate() {
+                pdu.push(o.id);
+                let len = o.value.len();
+                if fault == Fc43Fault::Truncated && i + 1 == count {
+                    // Claims 40 more bytes than it carries.
+                    pdu.push(u8::try_from(len + 40).unwrap_or(u8::MAX));
+                } else {
+                    pdu.push(u8::try_from(len).unwrap_or(u8::MAX));
+                }
+                pdu.extend_from_slice(&o.value);
+            }
+            Ok(Response::Custom(0x2B, Bytes::from(pdu)))
+        }
+    }
+}
+
+fn read_code_byte(code: ReadCode) -> u8 {
+    match code {
+        ReadCode::Basic => 0x01,
+        ReadCode::Regular => 0x02,
+        ReadCode::Extended => 0x03,
+        ReadCode::Specific => 0x04,
+    }
 }
 
 fn in_category(code: ReadCode, id: u8) -> bool {

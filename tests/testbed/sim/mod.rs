@@ -11,7 +11,8 @@
 //! - Anything else: exception 01 IllegalFunction.
 //! - A unit id the device does not serve: exception 0x0B GatewayTargetDeviceFailedToRespond.
 //!
-//! [`Behaviour`] makes a device silent, slow, or an old one without FC 43.
+//! [`Behaviour`] makes a device silent, slow, busy (exception 06), an old one without FC 43,
+//! or one that gets FC 43 wrong in one of the ways of [`Fc43Fault`].
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -34,9 +35,9 @@ mod tables;
 mod wire;
 
 pub use plant::{Plant, SimDevice};
-pub use plants::{CONFIG_START, PROCESS_START, default_plant, generated_plant};
+pub use plants::{CONFIG_START, PROCESS_START, default_plant, generated_plant, varied_plant};
 pub use report::{SCHEMA as DEVICES_SCHEMA, devices_json};
-pub use spec::{Behaviour, DeviceSpec, MAX_OBJECT_LEN, SimIdentity};
+pub use spec::{Behaviour, DeviceSpec, Fc43Fault, MAX_OBJECT_LEN, SimIdentity};
 pub use wire::FcSniffer;
 
 /// The read-only function codes an inventory poller may use: 1, 2, 3, 4, 17, 43.

@@ -100,6 +100,49 @@ impl Plant {
         Ok(plant)
     }
 
+    /// Starts device `i` on `first + i` (consecutive IPv4 addresses, e.g. 127.0.77.1,
+    /// 127.0.77.2, …), all on one port, so a scan of a range finds them. Port 0 picks a port
+    /// free on the first address and uses it for all (retried a few times if another address
+    /// has it taken).
+    pub async fn start_on_addresses(
+        specs: Vec<DeviceSpec>,
+        first: std::net::Ipv4Addr,
+        port: u16,
+    ) -> io::Result<Plant> {
+        let base = u32::from(first);
+        let addresses = |port: u16| -> io::Result<Vec<SocketAddr>> {
+            (0..specs.len())
+                .map(|i| {
+                    u32::try_from(i)
+                        .ok()
+                        .and_then(|i| base.checked_add(i))
+                        .map(|ip| SocketAddr::from((std::net::Ipv4Addr::from(ip), port)))
+                        .ok_or_else(|| {
+                            io::Error::new(
+                                io::ErrorKind::InvalidInput,
+                                format!("no room for {} addresses after {first}", specs.len()),
+                            )
+                        })
+                })
+                .collect()
+        };
+        if port != 0 {
+            return Self::start(specs.clone(), addresses(port)?).await;
+        }
+        let mut last = io::Error::other("no attempt made");
+        for _ in 0..5 {
+            let probe = std::net::TcpListener::bind((first, 0))?;
+            let port = probe.local_addr()?.port();
+            drop(probe);
+            match Self::start(specs.clone(), addresses(port)?).await {
+                Ok(plant) => return Ok(plant),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
     /// Starts every device on 127.0.0.1 with a free port each.
     pub async fn start_local(specs: Vec<DeviceSpec>) -> io::Result<Plant> {
         let binds = vec![SocketAddr::from(([127, 0, 0, 1], 0)); specs.len()];

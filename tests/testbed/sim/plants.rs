@@ -4,7 +4,9 @@
 //! drift detection watches) and a "process" input block at 0.. (changes on every read).
 //! Vendor names, product codes and revisions imitate real products; the devices are simulated.
 
-use super::spec::{Behaviour, DeviceSpec, SimIdentity};
+use std::time::Duration;
+
+use super::spec::{Behaviour, DeviceSpec, Fc43Fault, SimIdentity};
 
 /// Where the configuration holding block starts on every simulated device.
 pub const CONFIG_START: u16 = 100;
@@ -240,6 +242,46 @@ pub fn generated_plant(n: usize) -> Vec<DeviceSpec> {
             }
         })
         .collect()
+}
+
+/// `n` devices for discovery: [`generated_plant`] with a mix of what a scan meets in the field.
+/// By index `i`:
+/// - `i % 10 == 9`: an older device without FC 43 (FC 17 only);
+/// - `i % 16 == 7`: a multi-unit gateway answering unit ids 1, 2 and 3;
+/// - `i % 25 == 11`: answers "server busy" (exception 06) to its first two requests;
+/// - `i % 25 == 13`: slow (answers after 150 ms);
+/// - `i % 50 == 17`: a FC 43 fault, rotating through [`Fc43Fault`];
+/// - `i` in `silent`: accepts connections and never answers.
+///
+/// Everything else answers normally. Deterministic.
+pub fn varied_plant(n: usize, silent: &[usize]) -> Vec<DeviceSpec> {
+    const FAULTS: [Fc43Fault; 6] = [
+        Fc43Fault::WrongCount,
+        Fc43Fault::Truncated,
+        Fc43Fault::InvalidUtf8,
+        Fc43Fault::EndlessMoreFollows,
+        Fc43Fault::IndividualOnly,
+        Fc43Fault::FewerObjects,
+    ];
+    let mut plant = generated_plant(n);
+    for (i, d) in plant.iter_mut().enumerate() {
+        if i % 10 == 9 {
+            d.behaviour = Behaviour::NoDeviceId;
+        } else if i % 25 == 11 {
+            d.behaviour = Behaviour::Busy(2);
+        } else if i % 25 == 13 {
+            d.behaviour = Behaviour::Slow(Duration::from_millis(150));
+        } else if i % 50 == 17 {
+            d.behaviour = Behaviour::BadFc43(FAULTS[(i / 50) % FAULTS.len()]);
+        }
+        if i % 16 == 7 {
+            d.unit_ids = vec![1, 2, 3];
+        }
+        if silent.contains(&i) {
+            d.behaviour = Behaviour::Silent;
+        }
+    }
+    plant
 }
 
 #[cfg(test)]

@@ -16,6 +16,8 @@ fn behaviour(b: Behaviour) -> String {
         Behaviour::Silent => "silent".into(),
         Behaviour::NoDeviceId => "no_device_id".into(),
         Behaviour::Slow(d) => format!("slow:{}ms", d.as_millis()),
+        Behaviour::Busy(n) => format!("busy:{n}"),
+        Behaviour::BadFc43(f) => format!("bad_fc43:{f:?}"),
     }
 }
 

@@ -121,6 +121,27 @@ pub enum Behaviour {
     NoDeviceId,
     /// Answers like `Normal`, but only after this delay (a slow serial gateway).
     Slow(Duration),
+    /// Answers exception 06 ServerDeviceBusy to its first `n` requests, then like `Normal`.
+    Busy(u32),
+    /// Answers FC 43 wrongly in one way (everything else like `Normal`).
+    BadFc43(Fc43Fault),
+}
+
+/// A way of getting FC 43 / MEI 14 wrong, as devices in the field do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fc43Fault {
+    /// The object count says two more objects than the response holds.
+    WrongCount,
+    /// The last object's length runs past the end of the response.
+    Truncated,
+    /// Object values are not UTF-8 (vendor name `\xFF\xFEACME`).
+    InvalidUtf8,
+    /// Every stream answer says "more follows" from the next object id, forever.
+    EndlessMoreFollows,
+    /// Stream access (codes 01–03) refused with exception 03; individual access (04) works.
+    IndividualOnly,
+    /// Streams leave out object 0x02 (the revision); individual access has it.
+    FewerObjects,
 }
 
 impl DeviceSpec {
