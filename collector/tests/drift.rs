@@ -344,10 +344,25 @@ fn new_device_in_a_baselined_zone_and_unreachable_baselined_device_alert() {
     let mut ingest = f.ingest();
     apply(&mut f, &mut ingest, vec![plc(1, vec![1])], T0 + 1_000);
     approve_all(ingest.cmdb_mut());
-    let mut down = plc(1, vec![]);
-    down.status = PollStatus::Unreachable("connect timed out".into());
-    down.blocks.clear();
-    apply(&mut f, &mut ingest, vec![down, plc(2, vec![5])], T0 + 2_000);
+    apply(
+        &mut f,
+        &mut ingest,
+        vec![down(1), plc(2, vec![5])],
+        T0 + 2_000,
+    );
+    // Unreachable for the default three consecutive polls before the presence alert.
+    apply(
+        &mut f,
+        &mut ingest,
+        vec![down(1), plc(2, vec![5])],
+        T0 + 3_000,
+    );
+    apply(
+        &mut f,
+        &mut ingest,
+        vec![down(1), plc(2, vec![5])],
+        T0 + 4_000,
+    );
     let alerts = ingest.cmdb().alerts(None).unwrap();
     let kinds: Vec<(&str, &str, i64)> = alerts
         .iter()
@@ -356,12 +371,113 @@ fn new_device_in_a_baselined_zone_and_unreachable_baselined_device_alert() {
     assert_eq!(
         kinds,
         [
+            ("new_device", "new_device", 4),
             ("device_unreachable", "presence", 2),
-            ("new_device", "new_device", 4)
         ]
     );
-    assert_eq!(alerts[1].asset, plc_key(2));
-    assert_eq!(alerts[1].detail["revision"], "1.0");
+    assert_eq!(alerts[0].asset, plc_key(2));
+    assert_eq!(alerts[0].detail["revision"], "1.0");
+    assert_eq!(alerts[1].detail["unreachable_polls"], 3);
+    assert_eq!(alerts[1].detail["reason"], "connect timed out");
+    assert_eq!(alerts[1].raised_at.ms(), (T0 + 4_000) as i64);
+}
+
+/// plc-`n` not answering.
+fn down(n: u32) -> AssetObservation {
+    let mut d = plc(n, vec![]);
+    d.status = PollStatus::Unreachable("connect timed out".into());
+    d.blocks.clear();
+    d
+}
+
+fn events_of(cmdb: &Cmdb, kind: &str) -> Vec<Value> {
+    let conn = cmdb.connection();
+    let mut stmt = conn
+        .prepare("SELECT detail FROM events WHERE kind = ?1 ORDER BY event_id")
+        .unwrap();
+    stmt.query_map([kind], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|d| serde_json::from_str(&d.unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_flapping_device_raises_no_presence_alert_and_a_long_outage_exactly_one() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    assert_eq!(ingest.cmdb().unreachable_polls().unwrap(), 3, "the default");
+    let mut at = T0 + 1_000;
+    let mut poll = |f: &mut Fixture, ingest: &mut Ingest, obs: AssetObservation| {
+        apply(f, ingest, vec![obs], at);
+        at += 1_000;
+    };
+    poll(&mut f, &mut ingest, plc(1, vec![1]));
+    approve_all(ingest.cmdb_mut());
+    // Flapping: down for two polls, back, down for two, back (the second time with a new
+    // reason, so the changed-observation path counts too).
+    for round in 0..2 {
+        poll(&mut f, &mut ingest, down(1));
+        let mut again = down(1);
+        if round == 1 {
+            again.status = PollStatus::Unreachable("connection refused".into());
+        }
+        poll(&mut f, &mut ingest, again);
+        poll(&mut f, &mut ingest, plc(1, vec![1]));
+    }
+    assert_eq!(
+        ingest.cmdb().alerts(None).unwrap().len(),
+        0,
+        "flapping: no alert"
+    );
+    let returned = events_of(ingest.cmdb(), "device_returned");
+    assert_eq!(returned.len(), 2, "{returned:#?}");
+    assert_eq!(returned[0]["unreachable_polls"], 2);
+    assert!(returned[0]["unreachable_alert_id"].is_null());
+
+    // A real outage: five polls, one alert at the third.
+    for _ in 0..5 {
+        poll(&mut f, &mut ingest, down(1));
+    }
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].kind, "device_unreachable");
+    assert_eq!(alerts[0].detail["unreachable_polls"], 3);
+    assert_eq!(alerts[0].detail["threshold_polls"], 3);
+    // Back: an informational device_returned alert naming the outage.
+    poll(&mut f, &mut ingest, plc(1, vec![1]));
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    let back = &alerts[1];
+    assert_eq!(
+        (back.kind.as_str(), back.category.as_str(), back.severity_id),
+        ("device_returned", "presence", 1)
+    );
+    assert_eq!(back.detail["unreachable_polls"], 5);
+    assert_eq!(back.detail["unreachable_alert_id"], alerts[0].alert_id);
+    let event = outpost_collector::alert::ocsf::event(back);
+    assert_eq!(event["class_uid"], 5019);
+    assert_eq!(event["severity"], "Informational");
+    let returned = events_of(ingest.cmdb(), "device_returned");
+    assert_eq!(returned.len(), 3);
+    assert_eq!(returned[2]["alert_id"], alerts[1].alert_id);
+}
+
+#[test]
+fn unreachable_polls_of_one_alerts_at_the_first_unreachable_poll() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    ingest.cmdb_mut().set_unreachable_polls(1).unwrap();
+    assert_eq!(ingest.cmdb().unreachable_polls().unwrap(), 1);
+    apply(&mut f, &mut ingest, vec![plc(1, vec![1])], T0 + 1_000);
+    approve_all(ingest.cmdb_mut());
+    apply(&mut f, &mut ingest, vec![down(1)], T0 + 2_000);
+    apply(&mut f, &mut ingest, vec![down(1)], T0 + 3_000);
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].detail["unreachable_polls"], 1);
+    // Still gone: no second alert.
+    apply(&mut f, &mut ingest, vec![down(1)], T0 + 4_000);
+    assert_eq!(ingest.cmdb().alerts(None).unwrap().len(), 1);
 }
 
 /// Applies one summary with the gateway's facts.

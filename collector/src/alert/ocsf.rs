@@ -46,7 +46,11 @@ pub fn message(alert: &AlertRow) -> String {
         }
         "new_device" => "new device".to_owned(),
         "unstable_value" => "value changing every poll (unauthorised, reported once) on".to_owned(),
-        "device_unreachable" => "baselined device unreachable:".to_owned(),
+        "device_unreachable" => match alert.detail["unreachable_polls"].as_i64() {
+            Some(n) => format!("baselined device unreachable for {n} consecutive polls:"),
+            None => "baselined device unreachable:".to_owned(),
+        },
+        "device_returned" => "device answering again after being reported unreachable:".to_owned(),
         other => other.to_owned(),
     };
     format!(

@@ -23,6 +23,8 @@ pub enum Category {
     Config,
     /// A baselined device stopped answering.
     Presence,
+    /// A device reported unreachable answers again (informational: closes a presence alert).
+    PresenceCleared,
 }
 
 impl Category {
@@ -31,16 +33,18 @@ impl Category {
             Category::Identity => "identity",
             Category::NewDevice => "new_device",
             Category::Config => "config",
-            Category::Presence => "presence",
+            Category::Presence | Category::PresenceCleared => "presence",
         }
     }
 
-    /// OCSF `severity_id`: 4 high (identity, new device), 3 medium (config), 2 low (presence).
+    /// OCSF `severity_id`: 4 high (identity, new device), 3 medium (config), 2 low (presence),
+    /// 1 informational (a device that was reported unreachable answers again).
     pub fn severity_id(self) -> i64 {
         match self {
             Category::Identity | Category::NewDevice => 4,
             Category::Config => 3,
             Category::Presence => 2,
+            Category::PresenceCleared => 1,
         }
     }
 }

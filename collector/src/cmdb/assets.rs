@@ -61,6 +61,7 @@ impl Writer<'_, '_> {
             seen.insert(key);
         }
         self.touch(&unchanged)?;
+        self.presence_unchanged(&unchanged)?;
         Ok(known)
     }
 
@@ -270,13 +271,15 @@ impl Writer<'_, '_> {
                 self.count("assets_unreachable", 1);
                 let detail = json!({ "reason": why, "previous_status": stored.status });
                 self.event(kind::ASSET_UNREACHABLE, Some(key), detail)?;
-                self.judge_unreachable(key, stored.id, &obs.name, why)?;
+                self.presence_down(stored.id)?;
             }
+            (PollStatus::Unreachable(_), false) => self.presence_again(stored.id)?,
             (status, false) if answered(status) => {
                 self.count("assets_recovered", 1);
                 let detail =
                     json!({ "status": status_name(status), "previous_status": "unreachable" });
                 self.event(kind::ASSET_RECOVERED, Some(key), detail)?;
+                self.presence_up(key, stored.id, &obs.name)?;
             }
             _ => {}
         }

@@ -25,6 +25,7 @@ pub mod ci_key;
 mod gateway_baseline;
 mod judge;
 pub mod key_lifecycle;
+pub mod presence;
 pub mod query;
 pub mod record;
 pub mod schema;
