@@ -855,3 +855,126 @@ fn a_webhook_gets_the_ocsf_event_and_an_error_answer_is_retried() {
         "{sink:?}"
     );
 }
+
+#[test]
+fn confirm_polls_holds_a_change_until_seen_m_times_and_a_glitch_never_alerts() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    assert_eq!(ingest.cmdb().confirm_polls().unwrap(), 1, "the default");
+    ingest.cmdb_mut().set_confirm_polls(3).unwrap();
+    let mut at = T0 + 1_000;
+    let mut poll = |f: &mut Fixture, ingest: &mut Ingest, obs: AssetObservation| {
+        apply(f, ingest, vec![obs], at);
+        at += 1_000;
+    };
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![10, 20]), vec![0]),
+    );
+    approve_all(ingest.cmdb_mut());
+    // A one-poll glitch, then back: never judged, recorded as not confirmed.
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![10, 99]), vec![1]),
+    );
+    for pv in 2..5 {
+        poll(
+            &mut f,
+            &mut ingest,
+            with_volatile(plc(1, vec![10, 20]), vec![pv]),
+        );
+    }
+    // (The glitch's return was its first flap; the value is back where it was.)
+    assert_eq!(ingest.cmdb().alerts(None).unwrap().len(), 0);
+    assert_eq!(events_of(ingest.cmdb(), "change_not_confirmed").len(), 1);
+
+    // A real change: pending for two polls (a volatile block changing counts as a sighting,
+    // and so does an unchanged summary), judged at the third with that envelope as evidence.
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![10, 77]), vec![5]),
+    );
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![10, 77]), vec![6]),
+    );
+    assert_eq!(
+        ingest.cmdb().alerts(None).unwrap().len(),
+        0,
+        "not yet confirmed"
+    );
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![10, 77]), vec![6]),
+    );
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].kind, "unauthorised_change");
+    assert_eq!(
+        alerts[0].detail["changes"][0]["registers"],
+        serde_json::json!([{"address": 101, "before": 20, "after": 77}])
+    );
+    assert_eq!(alerts[0].envelope_seq, 8, "the confirming envelope");
+    // Unreachable polls never confirm: a change, then the device drops, then it answers.
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![11, 77]), vec![7]),
+    );
+    for _ in 0..4 {
+        poll(&mut f, &mut ingest, down(1));
+    }
+    assert_eq!(
+        ingest.cmdb().alerts(None).unwrap().len(),
+        2,
+        "only the presence alert"
+    );
+    assert_eq!(
+        ingest.cmdb().alerts(None).unwrap()[1].kind,
+        "device_unreachable"
+    );
+}
+
+#[test]
+fn with_confirm_polls_a_flapping_config_value_raises_one_unstable_alert() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    ingest.cmdb_mut().set_confirm_polls(2).unwrap();
+    apply(&mut f, &mut ingest, vec![plc(1, vec![10, 20])], T0 + 1_000);
+    approve_all(ingest.cmdb_mut());
+    for i in 0..20u64 {
+        let v = 30 + (i % 7) as u16;
+        apply(
+            &mut f,
+            &mut ingest,
+            vec![plc(1, vec![10, v])],
+            T0 + 2_000 + i * 1_000,
+        );
+    }
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].kind, "unstable_value");
+    assert_eq!(alerts[0].category, "config");
+    assert_eq!(
+        alerts[0].detail["changes"][0]["attribute"],
+        "block.setpoints"
+    );
+    // It settles on a new value: recorded as unstable, no second alert.
+    for i in 0..3u64 {
+        apply(
+            &mut f,
+            &mut ingest,
+            vec![plc(1, vec![10, 50])],
+            T0 + 30_000 + i * 1_000,
+        );
+    }
+    assert_eq!(ingest.cmdb().alerts(None).unwrap().len(), 1);
+    let totals = ingest.cmdb().change_totals().unwrap();
+    assert_eq!(totals.unauthorised, 0);
+    assert_eq!(ingest.cmdb().drift().unwrap()[0].state, "drift");
+}

@@ -62,6 +62,7 @@ impl Writer<'_, '_> {
         }
         self.touch(&unchanged)?;
         self.presence_unchanged(&unchanged)?;
+        self.confirm_unchanged(&unchanged)?;
         Ok(known)
     }
 
@@ -284,6 +285,9 @@ impl Writer<'_, '_> {
             _ => {}
         }
         if drift.is_empty() {
+            if answered(&obs.status) {
+                self.confirm_step(stored.id)?;
+            }
             self.out.assets_unchanged += 1;
         } else {
             self.out.assets_changed += 1;

@@ -73,8 +73,37 @@ impl Writer<'_, '_> {
             .filter(|(n, _, after)| is_judged(n, after.as_deref()))
             .collect();
         if relevant.is_empty() {
+            // Nothing judged changed (e.g. only a volatile block): one more sighting of a
+            // pending value.
+            return self.confirm_step(asset_id);
+        }
+        let baselined = self
+            .db
+            .prepare_cached("SELECT 1 FROM baselines WHERE asset_id = ?1")?
+            .exists([asset_id])?;
+        if !baselined {
+            self.count("changes_without_baseline", 1);
             return Ok(());
         }
+        if self.debounce(key, asset_id, name, &relevant, current)? {
+            return Ok(());
+        }
+        self.judge_now(key, asset_id, name, changes, current)
+    }
+
+    /// Judges changes seen often enough (see [`super::debounce`]).
+    pub(super) fn judge_now(
+        &mut self,
+        key: &str,
+        asset_id: i64,
+        name: &str,
+        changes: &[Changed],
+        current: &HashMap<String, Option<String>>,
+    ) -> rusqlite::Result<()> {
+        let relevant: Vec<&Changed> = changes
+            .iter()
+            .filter(|(n, _, after)| is_judged(n, after.as_deref()))
+            .collect();
         let Some(approved) = baseline::approved(self.db, asset_id)? else {
             self.count("changes_without_baseline", 1);
             return Ok(());
@@ -345,7 +374,7 @@ impl Writer<'_, '_> {
         Ok(id)
     }
 
-    fn detected(
+    pub(super) fn detected(
         &mut self,
         key: &str,
         verdict: &str,

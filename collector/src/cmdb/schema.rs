@@ -326,8 +326,8 @@ CREATE TABLE alert_deliveries (
 ) WITHOUT ROWID;
 "#;
 
-/// Presence debounce (issue 4): consecutive unreachable polls per asset, and the collector's
-/// drift settings as `serve` last recorded them.
+/// Presence and confirmation debounce (issue 4): consecutive unreachable polls per asset,
+/// changes waiting for confirmation, and the drift settings as `serve` last recorded them.
 const MIGRATION_5: &str = r#"
 CREATE TABLE presence_streaks (
     asset_id        INTEGER PRIMARY KEY REFERENCES assets(asset_id),
@@ -344,6 +344,19 @@ INSERT INTO presence_streaks (asset_id, agent_id, polls, since_ms, alert_id)
            (SELECT MAX(alert_id) FROM alerts
              WHERE alerts.asset = a.ci_key AND alerts.kind = 'device_unreachable')
     FROM assets a WHERE a.status = 'unreachable';
+
+-- Confirmation-count debounce: a judged change waiting to be seen in M consecutive polls.
+CREATE TABLE pending_changes (
+    asset_id        INTEGER PRIMARY KEY REFERENCES assets(asset_id),
+    agent_id        TEXT NOT NULL,
+    seen            INTEGER NOT NULL,         -- consecutive observations of the current value
+    flaps           INTEGER NOT NULL,         -- further changes before it was confirmed
+    first_seen_ms   INTEGER NOT NULL,
+    first_seq       INTEGER NOT NULL,
+    before          TEXT NOT NULL,            -- JSON object: attribute -> value before the change
+    unstable_alert_id INTEGER                 -- the unstable_value alert, once raised
+);
+CREATE INDEX pending_changes_by_agent ON pending_changes(agent_id);
 
 CREATE TABLE drift_settings (
     name            TEXT PRIMARY KEY,
