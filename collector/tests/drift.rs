@@ -978,3 +978,108 @@ fn with_confirm_polls_a_flapping_config_value_raises_one_unstable_alert() {
     assert_eq!(totals.unauthorised, 0);
     assert_eq!(ingest.cmdb().drift().unwrap()[0].state, "drift");
 }
+
+/// A second agent, `gw-2`, enrolled for the same zone of `f`'s CMDB.
+fn second_agent(f: &Fixture, ingest: &mut Ingest) -> Fixture {
+    let (key2, _) = outpost_proto::SigningKey::generate().unwrap();
+    let gw2 = outpost_proto::AgentId::new("gw-2").unwrap();
+    ingest
+        .cmdb_mut()
+        .enroll(&key2.public_key(), &gw2, std::slice::from_ref(&f.zone), T0)
+        .unwrap();
+    Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        db: f.db.clone(),
+        key: key2,
+        agent: gw2,
+        zone: f.zone.clone(),
+        tip: outpost_proto::ChainTip::GENESIS,
+    }
+}
+
+#[test]
+fn two_agents_reporting_one_device_differently_raise_one_conflict_and_no_drift_verdicts() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    apply(&mut f, &mut ingest, vec![plc(1, vec![10, 20])], T0 + 1_000);
+    approve_all(ingest.cmdb_mut());
+    // An auto-confirming change record covering the CI: a conflict must not move the baseline.
+    let mut rec = change("CHG1", "plc-1", T0, T0 + 10 * MINUTE, &[]);
+    rec.auto_confirm = true;
+    ingest
+        .cmdb_mut()
+        .add_changes(&[("cli".into(), rec)], "cli", T0)
+        .unwrap();
+    let mut g = second_agent(&f, &mut ingest);
+    // gw-2 sees 99 where gw-1 sees 20, alternating for ten polls each.
+    for i in 0..10u64 {
+        apply(
+            &mut g,
+            &mut ingest,
+            vec![plc(1, vec![10, 99])],
+            T0 + 2_000 + i * 1_000,
+        );
+        apply(
+            &mut f,
+            &mut ingest,
+            vec![plc(1, vec![10, 20])],
+            T0 + 2_500 + i * 1_000,
+        );
+    }
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(
+        (a.kind.as_str(), a.category.as_str(), a.severity_id),
+        ("conflicting_observation", "config", 3)
+    );
+    assert_eq!(a.detail["agents"], serde_json::json!(["gw-1", "gw-2"]));
+    let c = &a.detail["changes"][0];
+    assert_eq!(
+        (&c["before_agent"], &c["after_agent"]),
+        (&"gw-1".into(), &"gw-2".into())
+    );
+    assert_eq!(
+        c["registers"],
+        serde_json::json!([{"address": 101, "before": 20, "after": 99}])
+    );
+    // Every alternation is an event; none was judged; the record was not used and the baseline
+    // did not move.
+    assert_eq!(
+        events_of(ingest.cmdb(), "conflicting_observation").len(),
+        20
+    );
+    let totals = ingest.cmdb().change_totals().unwrap();
+    assert_eq!((totals.unauthorised, totals.authorised), (0, 0));
+    assert_eq!(count(ingest.cmdb(), "detected_changes", "1"), 0);
+    assert_eq!(
+        count(ingest.cmdb(), "change_records", "state = 'open'"),
+        1,
+        "the change record is untouched"
+    );
+    assert_eq!(
+        count(ingest.cmdb(), "baselines", "approved_by = 'alice'"),
+        1
+    );
+    let reports: i64 = ingest
+        .cmdb()
+        .connection()
+        .query_row("SELECT reports FROM observation_conflicts", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(reports, 20);
+
+    // gw-2 now agrees: the conflict closes; a later real change by one agent is judged again.
+    apply(&mut g, &mut ingest, vec![plc(1, vec![10, 20])], T0 + 30_000);
+    assert_eq!(events_of(ingest.cmdb(), "conflict_resolved").len(), 1);
+    assert_eq!(count(ingest.cmdb(), "observation_conflicts", "1"), 0);
+    apply(&mut g, &mut ingest, vec![plc(1, vec![10, 21])], T0 + 31_000);
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(
+        alerts.len(),
+        1,
+        "inside CHG1's window with no expectations: authorised"
+    );
+    assert_eq!(ingest.cmdb().change_totals().unwrap().authorised, 1);
+}

@@ -50,6 +50,16 @@ pub fn message(alert: &AlertRow) -> String {
             Some(n) => format!("baselined device unreachable for {n} consecutive polls:"),
             None => "baselined device unreachable:".to_owned(),
         },
+        "conflicting_observation" => {
+            let agents: Vec<&str> = alert.detail["agents"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            format!(
+                "agents {} report different values for",
+                agents.join(" and ")
+            )
+        }
         "device_returned" => "device answering again after being reported unreachable:".to_owned(),
         other => other.to_owned(),
     };

@@ -253,6 +253,7 @@ impl Writer<'_, '_> {
                 self.now,
                 sql_int(self.meta.seq),
             ])?;
+        let conflict = self.conflicting(key, stored.id, &obs.name, &stored.agent, &judged)?;
         if stored.agent != self.meta.agent.as_str() {
             self.moved_between_agents = true;
             self.db
@@ -293,7 +294,9 @@ impl Writer<'_, '_> {
             self.out.assets_changed += 1;
             self.count("assets_changed", 1);
             self.event(kind::ASSET_CHANGED, Some(key), json!({ "changes": drift }))?;
-            self.judge_change(key, stored.id, &obs.name, &judged, &current)?;
+            if !conflict {
+                self.judge_change(key, stored.id, &obs.name, &judged, &current)?;
+            }
         }
         Ok(stored.id)
     }

@@ -22,6 +22,7 @@ pub mod baseline;
 pub mod change_record;
 pub mod checkpoint;
 pub mod ci_key;
+mod conflict;
 pub mod debounce;
 mod gateway_baseline;
 mod judge;

@@ -358,6 +358,17 @@ CREATE TABLE pending_changes (
 );
 CREATE INDEX pending_changes_by_agent ON pending_changes(agent_id);
 
+-- Two agents reporting one CI with different judged values (open conflicts only).
+CREATE TABLE observation_conflicts (
+    asset_id        INTEGER PRIMARY KEY REFERENCES assets(asset_id),
+    agent_a         TEXT NOT NULL,
+    agent_b         TEXT NOT NULL,
+    first_ms        INTEGER NOT NULL,
+    last_ms         INTEGER NOT NULL,
+    reports         INTEGER NOT NULL,
+    alert_id        INTEGER
+);
+
 CREATE TABLE drift_settings (
     name            TEXT PRIMARY KEY,
     value           INTEGER NOT NULL
