@@ -8,12 +8,16 @@
 //!   on drop, bounded waiting, free loopback ports, temp dirs, ready files).
 //! - [`mosquitto`]: a real mosquitto broker with a test-time PKI, password file and ACL.
 //! - [`relay`]: a lossy UDP relay (seeded loss, bursts, reordering, duplication, truncation).
+//! - [`netns`]: plant, agent and IT network namespaces with the agent sealed by nftables.
+//! - [`procnet`]: a process's sockets as the kernel sees them (`/proc/<pid>/fd`, `/proc/net`).
 //! - [`scenario`]: agent configurations for a running simulated plant.
 //! - [`workload`]: synthetic summaries for benchmarks.
 
 pub mod ews;
 pub mod harness;
 pub mod mosquitto;
+pub mod netns;
+pub mod procnet;
 pub mod relay;
 pub mod scenario;
 pub mod sim;
