@@ -413,6 +413,8 @@ fn firmware_new_device_and_vanished_device_get_their_categories() {
                 path(&ready),
                 "--alert-file",
                 path(&ocsf),
+                "--unreachable-polls",
+                "2",
             ])
             .stdin(Stdio::null()),
     )
@@ -511,6 +513,8 @@ fn firmware_new_device_and_vanished_device_get_their_categories() {
         "{a:#}"
     );
     assert_eq!(a["asset_name"], "pump-vfd");
+    // After `serve --unreachable-polls 2` consecutive unreachable polls, not the first.
+    assert_eq!(a["detail"]["unreachable_polls"], 2, "{a:#}");
 
     // Nothing else, and every alert in the OCSF file with its class.
     wait_envelopes(&db, last_seq(&db), 2);

@@ -45,12 +45,15 @@ use serde_json::json;
 
 use crate::budget::{Admission, QuarantineBudget};
 use crate::check::{Checked, Claimed, Refusal, authorise, check};
+use crate::cmdb::alerts::{Category, NewAlert};
 use crate::cmdb::apply::{ApplyOutcome, EnvelopeMeta, verdict_name};
+use crate::cmdb::ci_key;
 use crate::cmdb::record::{
     EventScope, MAX_DATAGRAM_COPY, MAX_QUARANTINE_BYTES, QuarantineRow, kind,
 };
 use crate::cmdb::{Cmdb, CmdbError};
 use crate::lograte::LogLimiter;
+use crate::time::sql_int;
 
 pub use crate::check::Reason;
 
@@ -358,9 +361,25 @@ impl Ingest {
             agent,
             ..EventScope::default()
         };
-        if let Err(e) =
-            self.cmdb
-                .event_and_count(now_ms, kind::REVOKED_KEY_USED, scope, &detail, &[])
+        // Also an alert (OCSF Detection Finding) for the SIEM sinks, on the agent's CI.
+        let agent_name = agent.unwrap_or("-");
+        let alert = NewAlert {
+            raised_at_ms: sql_int(now_ms),
+            kind: kind::REVOKED_KEY_USED,
+            category: Category::Security,
+            asset: &ci_key::agent(agent_name),
+            asset_name: agent_name,
+            zone: "-",
+            agent: agent_name,
+            // Not verified: the collector's receive time stands in for the agent's clock.
+            agent_time_ms: sql_int(now_ms),
+            envelope_seq: claimed.seq.map_or(0, sql_int),
+            envelope_hash: "",
+            detail: &detail,
+        };
+        if let Err(e) = self
+            .cmdb
+            .event_and_alert(kind::REVOKED_KEY_USED, scope, &detail, &alert)
         {
             tracing::error!(%peer, "could not record a revoked_key_used event: {e}");
         }

@@ -199,6 +199,16 @@ struct AlertArgs {
     /// POST each alert's OCSF event as JSON to this http:// or https:// URL (repeatable).
     #[arg(long, value_name = "URL")]
     alert_webhook: Vec<String>,
+    /// Consecutive unreachable observations of a baselined device before `device_unreachable`
+    /// is raised (once); recorded in the CMDB.
+    #[arg(long, value_name = "N", default_value_t = outpost_collector::cmdb::presence::DEFAULT_UNREACHABLE_POLLS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    unreachable_polls: u32,
+    /// Consecutive observations a changed identity/register value of a baselined device needs
+    /// before it is judged (1: at once); recorded in the CMDB.
+    #[arg(long, value_name = "M", default_value_t = outpost_collector::cmdb::debounce::DEFAULT_CONFIRM_POLLS,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    confirm_polls: u32,
 }
 
 #[derive(Subcommand)]
@@ -441,6 +451,17 @@ fn run(cli: Cli) -> Result<()> {
             for url in &alerts.alert_webhook {
                 sinks.push(SinkSpec::webhook(url).map_err(anyhow::Error::msg)?);
             }
+            Cmdb::open(&db)
+                .and_then(|mut c| {
+                    c.set_unreachable_polls(alerts.unreachable_polls)?;
+                    c.set_confirm_polls(alerts.confirm_polls)
+                })
+                .with_context(|| {
+                    format!(
+                        "recording --unreachable-polls and --confirm-polls in {}",
+                        db.display()
+                    )
+                })?;
             let alert_cfg = AlertConfig {
                 db: db.clone(),
                 sinks,

@@ -344,10 +344,25 @@ fn new_device_in_a_baselined_zone_and_unreachable_baselined_device_alert() {
     let mut ingest = f.ingest();
     apply(&mut f, &mut ingest, vec![plc(1, vec![1])], T0 + 1_000);
     approve_all(ingest.cmdb_mut());
-    let mut down = plc(1, vec![]);
-    down.status = PollStatus::Unreachable("connect timed out".into());
-    down.blocks.clear();
-    apply(&mut f, &mut ingest, vec![down, plc(2, vec![5])], T0 + 2_000);
+    apply(
+        &mut f,
+        &mut ingest,
+        vec![down(1), plc(2, vec![5])],
+        T0 + 2_000,
+    );
+    // Unreachable for the default three consecutive polls before the presence alert.
+    apply(
+        &mut f,
+        &mut ingest,
+        vec![down(1), plc(2, vec![5])],
+        T0 + 3_000,
+    );
+    apply(
+        &mut f,
+        &mut ingest,
+        vec![down(1), plc(2, vec![5])],
+        T0 + 4_000,
+    );
     let alerts = ingest.cmdb().alerts(None).unwrap();
     let kinds: Vec<(&str, &str, i64)> = alerts
         .iter()
@@ -356,12 +371,113 @@ fn new_device_in_a_baselined_zone_and_unreachable_baselined_device_alert() {
     assert_eq!(
         kinds,
         [
+            ("new_device", "new_device", 4),
             ("device_unreachable", "presence", 2),
-            ("new_device", "new_device", 4)
         ]
     );
-    assert_eq!(alerts[1].asset, plc_key(2));
-    assert_eq!(alerts[1].detail["revision"], "1.0");
+    assert_eq!(alerts[0].asset, plc_key(2));
+    assert_eq!(alerts[0].detail["revision"], "1.0");
+    assert_eq!(alerts[1].detail["unreachable_polls"], 3);
+    assert_eq!(alerts[1].detail["reason"], "connect timed out");
+    assert_eq!(alerts[1].raised_at.ms(), (T0 + 4_000) as i64);
+}
+
+/// plc-`n` not answering.
+fn down(n: u32) -> AssetObservation {
+    let mut d = plc(n, vec![]);
+    d.status = PollStatus::Unreachable("connect timed out".into());
+    d.blocks.clear();
+    d
+}
+
+fn events_of(cmdb: &Cmdb, kind: &str) -> Vec<Value> {
+    let conn = cmdb.connection();
+    let mut stmt = conn
+        .prepare("SELECT detail FROM events WHERE kind = ?1 ORDER BY event_id")
+        .unwrap();
+    stmt.query_map([kind], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|d| serde_json::from_str(&d.unwrap()).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_flapping_device_raises_no_presence_alert_and_a_long_outage_exactly_one() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    assert_eq!(ingest.cmdb().unreachable_polls().unwrap(), 3, "the default");
+    let mut at = T0 + 1_000;
+    let mut poll = |f: &mut Fixture, ingest: &mut Ingest, obs: AssetObservation| {
+        apply(f, ingest, vec![obs], at);
+        at += 1_000;
+    };
+    poll(&mut f, &mut ingest, plc(1, vec![1]));
+    approve_all(ingest.cmdb_mut());
+    // Flapping: down for two polls, back, down for two, back (the second time with a new
+    // reason, so the changed-observation path counts too).
+    for round in 0..2 {
+        poll(&mut f, &mut ingest, down(1));
+        let mut again = down(1);
+        if round == 1 {
+            again.status = PollStatus::Unreachable("connection refused".into());
+        }
+        poll(&mut f, &mut ingest, again);
+        poll(&mut f, &mut ingest, plc(1, vec![1]));
+    }
+    assert_eq!(
+        ingest.cmdb().alerts(None).unwrap().len(),
+        0,
+        "flapping: no alert"
+    );
+    let returned = events_of(ingest.cmdb(), "device_returned");
+    assert_eq!(returned.len(), 2, "{returned:#?}");
+    assert_eq!(returned[0]["unreachable_polls"], 2);
+    assert!(returned[0]["unreachable_alert_id"].is_null());
+
+    // A real outage: five polls, one alert at the third.
+    for _ in 0..5 {
+        poll(&mut f, &mut ingest, down(1));
+    }
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].kind, "device_unreachable");
+    assert_eq!(alerts[0].detail["unreachable_polls"], 3);
+    assert_eq!(alerts[0].detail["threshold_polls"], 3);
+    // Back: an informational device_returned alert naming the outage.
+    poll(&mut f, &mut ingest, plc(1, vec![1]));
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    let back = &alerts[1];
+    assert_eq!(
+        (back.kind.as_str(), back.category.as_str(), back.severity_id),
+        ("device_returned", "presence", 1)
+    );
+    assert_eq!(back.detail["unreachable_polls"], 5);
+    assert_eq!(back.detail["unreachable_alert_id"], alerts[0].alert_id);
+    let event = outpost_collector::alert::ocsf::event(back);
+    assert_eq!(event["class_uid"], 5019);
+    assert_eq!(event["severity"], "Informational");
+    let returned = events_of(ingest.cmdb(), "device_returned");
+    assert_eq!(returned.len(), 3);
+    assert_eq!(returned[2]["alert_id"], alerts[1].alert_id);
+}
+
+#[test]
+fn unreachable_polls_of_one_alerts_at_the_first_unreachable_poll() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    ingest.cmdb_mut().set_unreachable_polls(1).unwrap();
+    assert_eq!(ingest.cmdb().unreachable_polls().unwrap(), 1);
+    apply(&mut f, &mut ingest, vec![plc(1, vec![1])], T0 + 1_000);
+    approve_all(ingest.cmdb_mut());
+    apply(&mut f, &mut ingest, vec![down(1)], T0 + 2_000);
+    apply(&mut f, &mut ingest, vec![down(1)], T0 + 3_000);
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].detail["unreachable_polls"], 1);
+    // Still gone: no second alert.
+    apply(&mut f, &mut ingest, vec![down(1)], T0 + 4_000);
+    assert_eq!(ingest.cmdb().alerts(None).unwrap().len(), 1);
 }
 
 /// Applies one summary with the gateway's facts.
@@ -738,4 +854,232 @@ fn a_webhook_gets_the_ocsf_event_and_an_error_answer_is_retried() {
         sink.last_error.as_deref().unwrap_or("").contains("503"),
         "{sink:?}"
     );
+}
+
+#[test]
+fn confirm_polls_holds_a_change_until_seen_m_times_and_a_glitch_never_alerts() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    assert_eq!(ingest.cmdb().confirm_polls().unwrap(), 1, "the default");
+    ingest.cmdb_mut().set_confirm_polls(3).unwrap();
+    let mut at = T0 + 1_000;
+    let mut poll = |f: &mut Fixture, ingest: &mut Ingest, obs: AssetObservation| {
+        apply(f, ingest, vec![obs], at);
+        at += 1_000;
+    };
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![10, 20]), vec![0]),
+    );
+    approve_all(ingest.cmdb_mut());
+    // A one-poll glitch, then back: never judged, recorded as not confirmed.
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![10, 99]), vec![1]),
+    );
+    for pv in 2..5 {
+        poll(
+            &mut f,
+            &mut ingest,
+            with_volatile(plc(1, vec![10, 20]), vec![pv]),
+        );
+    }
+    // (The glitch's return was its first flap; the value is back where it was.)
+    assert_eq!(ingest.cmdb().alerts(None).unwrap().len(), 0);
+    assert_eq!(events_of(ingest.cmdb(), "change_not_confirmed").len(), 1);
+
+    // A real change: pending for two polls (a volatile block changing counts as a sighting,
+    // and so does an unchanged summary), judged at the third with that envelope as evidence.
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![10, 77]), vec![5]),
+    );
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![10, 77]), vec![6]),
+    );
+    assert_eq!(
+        ingest.cmdb().alerts(None).unwrap().len(),
+        0,
+        "not yet confirmed"
+    );
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![10, 77]), vec![6]),
+    );
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].kind, "unauthorised_change");
+    assert_eq!(
+        alerts[0].detail["changes"][0]["registers"],
+        serde_json::json!([{"address": 101, "before": 20, "after": 77}])
+    );
+    assert_eq!(alerts[0].envelope_seq, 8, "the confirming envelope");
+    // Unreachable polls never confirm: a change, then the device drops, then it answers.
+    poll(
+        &mut f,
+        &mut ingest,
+        with_volatile(plc(1, vec![11, 77]), vec![7]),
+    );
+    for _ in 0..4 {
+        poll(&mut f, &mut ingest, down(1));
+    }
+    assert_eq!(
+        ingest.cmdb().alerts(None).unwrap().len(),
+        2,
+        "only the presence alert"
+    );
+    assert_eq!(
+        ingest.cmdb().alerts(None).unwrap()[1].kind,
+        "device_unreachable"
+    );
+}
+
+#[test]
+fn with_confirm_polls_a_flapping_config_value_raises_one_unstable_alert() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    ingest.cmdb_mut().set_confirm_polls(2).unwrap();
+    apply(&mut f, &mut ingest, vec![plc(1, vec![10, 20])], T0 + 1_000);
+    approve_all(ingest.cmdb_mut());
+    for i in 0..20u64 {
+        let v = 30 + (i % 7) as u16;
+        apply(
+            &mut f,
+            &mut ingest,
+            vec![plc(1, vec![10, v])],
+            T0 + 2_000 + i * 1_000,
+        );
+    }
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].kind, "unstable_value");
+    assert_eq!(alerts[0].category, "config");
+    assert_eq!(
+        alerts[0].detail["changes"][0]["attribute"],
+        "block.setpoints"
+    );
+    // It settles on a new value: recorded as unstable, no second alert.
+    for i in 0..3u64 {
+        apply(
+            &mut f,
+            &mut ingest,
+            vec![plc(1, vec![10, 50])],
+            T0 + 30_000 + i * 1_000,
+        );
+    }
+    assert_eq!(ingest.cmdb().alerts(None).unwrap().len(), 1);
+    let totals = ingest.cmdb().change_totals().unwrap();
+    assert_eq!(totals.unauthorised, 0);
+    assert_eq!(ingest.cmdb().drift().unwrap()[0].state, "drift");
+}
+
+/// A second agent, `gw-2`, enrolled for the same zone of `f`'s CMDB.
+fn second_agent(f: &Fixture, ingest: &mut Ingest) -> Fixture {
+    let (key2, _) = outpost_proto::SigningKey::generate().unwrap();
+    let gw2 = outpost_proto::AgentId::new("gw-2").unwrap();
+    ingest
+        .cmdb_mut()
+        .enroll(&key2.public_key(), &gw2, std::slice::from_ref(&f.zone), T0)
+        .unwrap();
+    Fixture {
+        dir: tempfile::tempdir().unwrap(),
+        db: f.db.clone(),
+        key: key2,
+        agent: gw2,
+        zone: f.zone.clone(),
+        tip: outpost_proto::ChainTip::GENESIS,
+    }
+}
+
+#[test]
+fn two_agents_reporting_one_device_differently_raise_one_conflict_and_no_drift_verdicts() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    apply(&mut f, &mut ingest, vec![plc(1, vec![10, 20])], T0 + 1_000);
+    approve_all(ingest.cmdb_mut());
+    // An auto-confirming change record covering the CI: a conflict must not move the baseline.
+    let mut rec = change("CHG1", "plc-1", T0, T0 + 10 * MINUTE, &[]);
+    rec.auto_confirm = true;
+    ingest
+        .cmdb_mut()
+        .add_changes(&[("cli".into(), rec)], "cli", T0)
+        .unwrap();
+    let mut g = second_agent(&f, &mut ingest);
+    // gw-2 sees 99 where gw-1 sees 20, alternating for ten polls each.
+    for i in 0..10u64 {
+        apply(
+            &mut g,
+            &mut ingest,
+            vec![plc(1, vec![10, 99])],
+            T0 + 2_000 + i * 1_000,
+        );
+        apply(
+            &mut f,
+            &mut ingest,
+            vec![plc(1, vec![10, 20])],
+            T0 + 2_500 + i * 1_000,
+        );
+    }
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(
+        (a.kind.as_str(), a.category.as_str(), a.severity_id),
+        ("conflicting_observation", "config", 3)
+    );
+    assert_eq!(a.detail["agents"], serde_json::json!(["gw-1", "gw-2"]));
+    let c = &a.detail["changes"][0];
+    assert_eq!(
+        (&c["before_agent"], &c["after_agent"]),
+        (&"gw-1".into(), &"gw-2".into())
+    );
+    assert_eq!(
+        c["registers"],
+        serde_json::json!([{"address": 101, "before": 20, "after": 99}])
+    );
+    // Every alternation is an event; none was judged; the record was not used and the baseline
+    // did not move.
+    assert_eq!(
+        events_of(ingest.cmdb(), "conflicting_observation").len(),
+        20
+    );
+    let totals = ingest.cmdb().change_totals().unwrap();
+    assert_eq!((totals.unauthorised, totals.authorised), (0, 0));
+    assert_eq!(count(ingest.cmdb(), "detected_changes", "1"), 0);
+    assert_eq!(
+        count(ingest.cmdb(), "change_records", "state = 'open'"),
+        1,
+        "the change record is untouched"
+    );
+    assert_eq!(
+        count(ingest.cmdb(), "baselines", "approved_by = 'alice'"),
+        1
+    );
+    let reports: i64 = ingest
+        .cmdb()
+        .connection()
+        .query_row("SELECT reports FROM observation_conflicts", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(reports, 20);
+
+    // gw-2 now agrees: the conflict closes; a later real change by one agent is judged again.
+    apply(&mut g, &mut ingest, vec![plc(1, vec![10, 20])], T0 + 30_000);
+    assert_eq!(events_of(ingest.cmdb(), "conflict_resolved").len(), 1);
+    assert_eq!(count(ingest.cmdb(), "observation_conflicts", "1"), 0);
+    apply(&mut g, &mut ingest, vec![plc(1, vec![10, 21])], T0 + 31_000);
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(
+        alerts.len(),
+        1,
+        "inside CHG1's window with no expectations: authorised"
+    );
+    assert_eq!(ingest.cmdb().change_totals().unwrap().authorised, 1);
 }

@@ -196,6 +196,20 @@ fn declared_restart_after_state_loss_is_reported_not_refused() {
     assert_eq!(lost[0]["previous_seq"], last.seq);
     assert_eq!(lost[0]["new_seq"], T0 + 5_000);
     assert_eq!(lost[0]["peer"], "192.0.2.9:1");
+    // And an alert in the outbox for the SIEM sinks, on the gateway's CI.
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(
+        (a.kind.as_str(), a.category.as_str(), a.severity_id),
+        ("agent_state_lost", "agent", 3)
+    );
+    assert_eq!(a.asset, "gateway/gw-1");
+    assert_eq!(a.envelope_seq, (T0 + 5_000) as i64);
+    assert_eq!(a.detail["previous_seq"], last.seq);
+    let ocsf = outpost_collector::alert::ocsf::event(a);
+    assert_eq!(ocsf["class_uid"], 5019);
+    assert!(ocsf["message"].as_str().unwrap().contains("lost state"));
     assert_eq!(ingest.cmdb().counter("envelopes_rejected").unwrap(), 0);
     // The new chain continues normally.
     let t = tip_of(&w, &f.key);
@@ -235,6 +249,7 @@ fn undeclared_rewind_and_rewinding_restart_are_replays() {
     let err = ingest.envelope(&w, "p", T0 + 100).unwrap_err();
     assert_eq!(err.reason, Reason::Replay, "{err}");
     assert!(events(&f, "agent_state_lost").is_empty());
+    assert!(ingest.cmdb().alerts(None).unwrap().is_empty());
 }
 
 #[test]

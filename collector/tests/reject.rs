@@ -244,6 +244,31 @@ fn revoked_key_is_refused_quarantined_and_alerted() {
     assert_eq!(detail["key_id"], f.key.key_id().to_string());
     assert_eq!(detail["peer"], "192.0.2.7:4000");
     assert_eq!(detail["agent"], "gw-1");
+    // The same as an alert in the outbox: an OCSF Detection Finding for the SIEM sinks.
+    let alerts = cmdb.alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(
+        (a.kind.as_str(), a.category.as_str(), a.severity_id),
+        ("revoked_key_used", "security", 4)
+    );
+    assert_eq!(
+        (a.asset.as_str(), a.agent_id.as_str()),
+        ("agent/gw-1", "gw-1")
+    );
+    assert_eq!(a.detail["peer"], "192.0.2.7:4000");
+    let ocsf = outpost_collector::alert::ocsf::event(a);
+    assert_eq!(
+        (&ocsf["class_uid"], &ocsf["category_uid"]),
+        (&2004.into(), &2.into())
+    );
+    assert!(
+        ocsf["finding_info"]["title"]
+            .as_str()
+            .unwrap()
+            .contains("192.0.2.7:4000")
+    );
+    assert_eq!(cmdb.counter("alerts_raised").unwrap(), 1);
     let revoked_events: i64 = cmdb
         .connection()
         .query_row(

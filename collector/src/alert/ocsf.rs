@@ -13,12 +13,18 @@ pub const CLASS_INVENTORY_INFO: i64 = 5001;
 /// Activity 2: "Collect" (discovered by a collection process).
 const ACTIVITY_COLLECT: i64 = 2;
 
+/// Class 2004 *Detection Finding* (category 2 Findings): a security detection with no device
+/// state change behind it (an envelope sealed with a revoked key).
+pub const CLASS_DETECTION_FINDING: i64 = 2004;
+/// Detection Finding activity 1: "Create" (a finding was created).
+const ACTIVITY_CREATE: i64 = 1;
+
 /// The OCSF class an alert is written as.
 pub fn class_uid(alert: &AlertRow) -> i64 {
-    if alert.kind == "new_device" {
-        CLASS_INVENTORY_INFO
-    } else {
-        CLASS_CONFIG_STATE_CHANGE
+    match alert.kind.as_str() {
+        "new_device" => CLASS_INVENTORY_INFO,
+        "revoked_key_used" => CLASS_DETECTION_FINDING,
+        _ => CLASS_CONFIG_STATE_CHANGE,
     }
 }
 
@@ -46,7 +52,30 @@ pub fn message(alert: &AlertRow) -> String {
         }
         "new_device" => "new device".to_owned(),
         "unstable_value" => "value changing every poll (unauthorised, reported once) on".to_owned(),
-        "device_unreachable" => "baselined device unreachable:".to_owned(),
+        "device_unreachable" => match alert.detail["unreachable_polls"].as_i64() {
+            Some(n) => format!("baselined device unreachable for {n} consecutive polls:"),
+            None => "baselined device unreachable:".to_owned(),
+        },
+        "conflicting_observation" => {
+            let agents: Vec<&str> = alert.detail["agents"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            format!(
+                "agents {} report different values for",
+                agents.join(" and ")
+            )
+        }
+        "revoked_key_used" => format!(
+            "envelope sealed with revoked key {} refused (peer {}; the key may be in someone \
+             else's hands):",
+            alert.detail["key_id"].as_str().unwrap_or("-"),
+            alert.detail["peer"].as_str().unwrap_or("-")
+        ),
+        "agent_state_lost" => "agent declared lost state (new chain above the last accepted \
+                               sequence):"
+            .to_owned(),
+        "device_returned" => "device answering again after being reported unreachable:".to_owned(),
         other => other.to_owned(),
     };
     format!(
@@ -71,17 +100,36 @@ fn device_ip(ci_key: &str) -> Option<String> {
 /// The OCSF event for an alert.
 pub fn event(alert: &AlertRow) -> Value {
     let class = class_uid(alert);
-    let class_name = if class == CLASS_INVENTORY_INFO {
-        "Device Inventory Info"
-    } else {
-        "Device Config State Change"
+    let (class_name, category_uid, category_name, activity_id, activity_name) = match class {
+        CLASS_INVENTORY_INFO => (
+            "Device Inventory Info",
+            5,
+            "Discovery",
+            ACTIVITY_COLLECT,
+            "Collect",
+        ),
+        CLASS_DETECTION_FINDING => (
+            "Detection Finding",
+            2,
+            "Findings",
+            ACTIVITY_CREATE,
+            "Create",
+        ),
+        _ => (
+            "Device Config State Change",
+            5,
+            "Discovery",
+            ACTIVITY_COLLECT,
+            "Collect",
+        ),
     };
     let d = &alert.detail;
-    let (type_id, type_name) = if alert.asset.starts_with("gateway/") {
-        (1, "Server")
-    } else {
-        (99, "Modbus field device")
-    };
+    let (type_id, type_name) =
+        if alert.asset.starts_with("gateway/") || alert.asset.starts_with("agent/") {
+            (1, "Server")
+        } else {
+            (99, "Modbus field device")
+        };
     let mut device = json!({
         "type_id": type_id,
         "type": type_name,
@@ -99,14 +147,14 @@ pub fn event(alert: &AlertRow) -> Value {
         device["model"] = json!(m);
     }
     let mut event = json!({
-        "activity_id": ACTIVITY_COLLECT,
-        "activity_name": "Collect",
-        "category_uid": 5,
-        "category_name": "Discovery",
+        "activity_id": activity_id,
+        "activity_name": activity_name,
+        "category_uid": category_uid,
+        "category_name": category_name,
         "class_uid": class,
         "class_name": class_name,
-        "type_uid": class * 100 + ACTIVITY_COLLECT,
-        "type_name": format!("{class_name}: Collect"),
+        "type_uid": class * 100 + activity_id,
+        "type_name": format!("{class_name}: {activity_name}"),
         "severity_id": alert.severity_id,
         "severity": severity_name(alert.severity_id),
         "time": alert.raised_at.ms(),
@@ -141,8 +189,15 @@ pub fn event(alert: &AlertRow) -> Value {
             }
         }
     });
-    if class == CLASS_CONFIG_STATE_CHANGE {
+    if class == CLASS_CONFIG_STATE_CHANGE || class == CLASS_DETECTION_FINDING {
         event["is_alert"] = json!(true);
+    }
+    if class == CLASS_DETECTION_FINDING {
+        event["finding_info"] = json!({
+            "uid": format!("outpost-alert-{}", alert.alert_id),
+            "title": message(alert),
+            "types": [alert.kind],
+        });
     }
     event
 }
@@ -193,6 +248,32 @@ mod tests {
         assert_eq!(e["device"]["ip"], "127.0.1.1");
         assert_eq!(e["unmapped"]["outpost"]["evidence"]["envelope_seq"], 12);
         assert!(e["message"].as_str().unwrap().contains("mixer-plc"));
+    }
+
+    #[test]
+    fn revoked_key_used_is_a_detection_finding() {
+        let mut a = alert("revoked_key_used");
+        a.asset = "agent/gw-line1".into();
+        a.detail = json!({ "key_id": "k1", "peer": "192.0.2.7:4000", "agent": "gw-line1" });
+        let e = event(&a);
+        for field in [
+            "activity_id",
+            "category_uid",
+            "class_uid",
+            "finding_info",
+            "metadata",
+            "severity_id",
+            "time",
+            "type_uid",
+        ] {
+            assert!(!e[field].is_null(), "{field} missing: {e:#}");
+        }
+        assert_eq!(e["class_uid"], 2004);
+        assert_eq!(e["category_uid"], 2);
+        assert_eq!(e["type_uid"], 200401);
+        assert_eq!(e["finding_info"]["uid"], "outpost-alert-7");
+        assert!(e["finding_info"]["title"].as_str().unwrap().contains("k1"));
+        assert_eq!(e["device"]["type_id"], 1);
     }
 
     #[test]

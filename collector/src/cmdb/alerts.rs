@@ -23,6 +23,12 @@ pub enum Category {
     Config,
     /// A baselined device stopped answering.
     Presence,
+    /// A device reported unreachable answers again (informational: closes a presence alert).
+    PresenceCleared,
+    /// An envelope sealed with a revoked key: the key may be in someone else's hands.
+    Security,
+    /// An agent declared that it lost its state (a new chain above the last accepted one).
+    Agent,
 }
 
 impl Category {
@@ -31,16 +37,21 @@ impl Category {
             Category::Identity => "identity",
             Category::NewDevice => "new_device",
             Category::Config => "config",
-            Category::Presence => "presence",
+            Category::Presence | Category::PresenceCleared => "presence",
+            Category::Security => "security",
+            Category::Agent => "agent",
         }
     }
 
-    /// OCSF `severity_id`: 4 high (identity, new device), 3 medium (config), 2 low (presence).
+    /// OCSF `severity_id`: 4 high (identity, new device), 3 medium (config), 2 low (presence),
+    /// 1 informational (a device that was reported unreachable answers again); a revoked key
+    /// in use is 4 high, an agent's declared state loss 3 medium.
     pub fn severity_id(self) -> i64 {
         match self {
-            Category::Identity | Category::NewDevice => 4,
-            Category::Config => 3,
+            Category::Identity | Category::NewDevice | Category::Security => 4,
+            Category::Config | Category::Agent => 3,
             Category::Presence => 2,
+            Category::PresenceCleared => 1,
         }
     }
 }
@@ -83,6 +94,31 @@ pub(crate) fn insert(conn: &Connection, a: &NewAlert<'_>) -> rusqlite::Result<i6
         a.detail.to_string(),
     ])?;
     Ok(conn.last_insert_rowid())
+}
+
+impl Cmdb {
+    /// Records an event and raises its alert in one transaction (for alerts raised outside an
+    /// envelope's apply transaction, e.g. a refused envelope sealed with a revoked key).
+    pub(crate) fn event_and_alert(
+        &mut self,
+        kind: &str,
+        scope: record::EventScope<'_>,
+        detail: &Value,
+        alert: &NewAlert<'_>,
+    ) -> Result<i64, CmdbError> {
+        let time_ms = u64::try_from(alert.raised_at_ms).unwrap_or(0);
+        let path = self.path().to_owned();
+        let sqlite = |source| CmdbError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn_mut().transaction().map_err(sqlite)?;
+        record::event(&tx, time_ms, kind, scope, detail).map_err(sqlite)?;
+        let id = insert(&tx, alert).map_err(sqlite)?;
+        record::bump(&tx, "alerts_raised", 1, time_ms).map_err(sqlite)?;
+        tx.commit().map_err(sqlite)?;
+        Ok(id)
+    }
 }
 
 /// One stored alert.

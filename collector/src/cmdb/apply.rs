@@ -20,6 +20,7 @@ use outpost_proto::{AgentId, ChainTip, Digest, KeyId, SequenceVerdict, ZoneId};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
+use super::alerts::Category;
 use super::record::{self, EventScope, kind};
 use super::{Cmdb, CmdbError, attributes, ci_key};
 use crate::time::sql_int;
@@ -457,6 +458,16 @@ impl Writer<'_, '_> {
                     "note": "agent reported state loss: it started a new chain (zero prev_hash) \
                              above the last accepted sequence number",
                 });
+                // Also an alert for the SIEM sinks, on the agent's gateway CI.
+                let gateway = ci_key::gateway(self.meta.agent.as_str());
+                let agent = self.meta.agent.as_str().to_owned();
+                self.alert(
+                    &gateway,
+                    &agent,
+                    kind::AGENT_STATE_LOST,
+                    Category::Agent,
+                    &detail,
+                )?;
                 self.event(kind::AGENT_STATE_LOST, None, detail)?;
             }
             SequenceVerdict::Next | SequenceVerdict::Replay { .. } => {}

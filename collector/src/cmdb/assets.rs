@@ -60,6 +60,8 @@ impl Writer<'_, '_> {
             }
         }
         self.touch(&unchanged)?;
+        self.presence_unchanged(&unchanged)?;
+        self.confirm_unchanged(&unchanged)?;
         Ok(known)
     }
 
@@ -263,6 +265,7 @@ impl Writer<'_, '_> {
                 self.now,
                 sql_int(self.meta.seq),
             ])?;
+        let conflict = self.conflicting(key, stored.id, &obs.name, &stored.agent, &judged)?;
         if stored.agent != self.meta.agent.as_str() {
             self.moved_between_agents = true;
             self.db
@@ -282,23 +285,30 @@ impl Writer<'_, '_> {
                 self.count("assets_unreachable", 1);
                 let detail = json!({ "reason": why, "previous_status": stored.status });
                 self.event(kind::ASSET_UNREACHABLE, Some(key), detail)?;
-                self.judge_unreachable(key, stored.id, &obs.name, why)?;
+                self.presence_down(stored.id)?;
             }
+            (PollStatus::Unreachable(_), false) => self.presence_again(stored.id)?,
             (status, false) if answered(status) => {
                 self.count("assets_recovered", 1);
                 let detail =
                     json!({ "status": status_name(status), "previous_status": "unreachable" });
                 self.event(kind::ASSET_RECOVERED, Some(key), detail)?;
+                self.presence_up(key, stored.id, &obs.name)?;
             }
             _ => {}
         }
         if drift.is_empty() {
+            if answered(&obs.status) {
+                self.confirm_step(stored.id)?;
+            }
             self.out.assets_unchanged += 1;
         } else {
             self.out.assets_changed += 1;
             self.count("assets_changed", 1);
             self.event(kind::ASSET_CHANGED, Some(key), json!({ "changes": drift }))?;
-            self.judge_change(key, stored.id, &obs.name, &judged, &current)?;
+            if !conflict {
+                self.judge_change(key, stored.id, &obs.name, &judged, &current)?;
+            }
         }
         Ok(stored.id)
     }

@@ -575,8 +575,13 @@ impl Cmdb {
             let alerts: i64 = c.query_row("SELECT COUNT(*) FROM alerts", [], |r| r.get(0))?;
             let mut lat: Vec<i64> = c
                 .prepare(
+                    // Detection of observed changes only (not revoked keys, state loss or
+                    // a device's return).
                     "SELECT MIN(d.delivered_at_ms) - a.agent_time_ms FROM alerts a
-                     JOIN alert_deliveries d ON d.alert_id = a.alert_id GROUP BY a.alert_id",
+                     JOIN alert_deliveries d ON d.alert_id = a.alert_id
+                     WHERE a.kind IN ('unauthorised_change', 'unstable_value', 'new_device',
+                                      'device_unreachable', 'conflicting_observation')
+                     GROUP BY a.alert_id",
                 )?
                 .query_map([], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;

@@ -12,8 +12,8 @@
 //!   `unstable_value` alert is raised instead and further consecutive changes only recorded
 //!   (noise control for values that change every poll but are not marked volatile).
 //!
-//! A device appearing in a baselined zone is a `new_device` alert; a baselined device becoming
-//! unreachable is a `device_unreachable` alert. Assets and zones without a baseline raise no
+//! A device appearing in a baselined zone is a `new_device` alert; a baselined device that stays
+//! unreachable is a `device_unreachable` alert (see [`super::presence`]). Assets and zones without a baseline raise no
 //! alerts (their changes are still in the history and the event log).
 
 use std::collections::{BTreeMap, HashMap};
@@ -73,8 +73,37 @@ impl Writer<'_, '_> {
             .filter(|(n, _, after)| is_judged(n, after.as_deref()))
             .collect();
         if relevant.is_empty() {
+            // Nothing judged changed (e.g. only a volatile block): one more sighting of a
+            // pending value.
+            return self.confirm_step(asset_id);
+        }
+        let baselined = self
+            .db
+            .prepare_cached("SELECT 1 FROM baselines WHERE asset_id = ?1")?
+            .exists([asset_id])?;
+        if !baselined {
+            self.count("changes_without_baseline", 1);
             return Ok(());
         }
+        if self.debounce(key, asset_id, name, &relevant, current)? {
+            return Ok(());
+        }
+        self.judge_now(key, asset_id, name, changes, current)
+    }
+
+    /// Judges changes seen often enough (see [`super::debounce`]).
+    pub(super) fn judge_now(
+        &mut self,
+        key: &str,
+        asset_id: i64,
+        name: &str,
+        changes: &[Changed],
+        current: &HashMap<String, Option<String>>,
+    ) -> rusqlite::Result<()> {
+        let relevant: Vec<&Changed> = changes
+            .iter()
+            .filter(|(n, _, after)| is_judged(n, after.as_deref()))
+            .collect();
         let Some(approved) = baseline::approved(self.db, asset_id)? else {
             self.count("changes_without_baseline", 1);
             return Ok(());
@@ -317,26 +346,7 @@ impl Writer<'_, '_> {
         )
     }
 
-    /// A baselined device stopped answering: a presence alert.
-    pub(super) fn judge_unreachable(
-        &mut self,
-        key: &str,
-        asset_id: i64,
-        name: &str,
-        why: &str,
-    ) -> rusqlite::Result<()> {
-        let baselined = self
-            .db
-            .prepare_cached("SELECT 1 FROM baselines WHERE asset_id = ?1")?
-            .exists([asset_id])?;
-        if baselined {
-            let detail = json!({ "name": name, "reason": why });
-            self.alert(key, name, "device_unreachable", Category::Presence, &detail)?;
-        }
-        Ok(())
-    }
-
-    fn alert(
+    pub(super) fn alert(
         &mut self,
         key: &str,
         name: &str,
@@ -364,7 +374,7 @@ impl Writer<'_, '_> {
         Ok(id)
     }
 
-    fn detected(
+    pub(super) fn detected(
         &mut self,
         key: &str,
         verdict: &str,

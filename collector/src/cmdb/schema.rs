@@ -19,7 +19,13 @@ use rusqlite::{Connection, TransactionBehavior};
 use crate::cmdb::CmdbError;
 
 /// Schema migrations, in order. Migration `n` (1-based) brings the schema to version `n`.
-pub const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_4];
+pub const MIGRATIONS: &[&str] = &[
+    MIGRATION_1,
+    MIGRATION_2,
+    MIGRATION_3,
+    MIGRATION_4,
+    MIGRATION_5,
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -318,6 +324,55 @@ CREATE TABLE alert_deliveries (
     attempts        INTEGER NOT NULL,
     PRIMARY KEY (alert_id, sink)
 ) WITHOUT ROWID;
+"#;
+
+/// Presence and confirmation debounce (issue 4): consecutive unreachable polls per asset,
+/// changes waiting for confirmation, and the drift settings as `serve` last recorded them.
+const MIGRATION_5: &str = r#"
+CREATE TABLE presence_streaks (
+    asset_id        INTEGER PRIMARY KEY REFERENCES assets(asset_id),
+    agent_id        TEXT NOT NULL,
+    polls           INTEGER NOT NULL,         -- consecutive unreachable observations
+    since_ms        INTEGER NOT NULL,         -- first of them (collector clock)
+    alert_id        INTEGER                   -- the device_unreachable alert, once raised
+);
+CREATE INDEX presence_streaks_by_agent ON presence_streaks(agent_id);
+-- Devices already unreachable when this migration runs: one poll counted, and the alert the
+-- earlier rule raised (on the first unreachable poll) remembered so it is not raised again.
+INSERT INTO presence_streaks (asset_id, agent_id, polls, since_ms, alert_id)
+    SELECT a.asset_id, a.agent_id, 1, COALESCE(a.last_polled_ms, a.first_seen_ms, 0),
+           (SELECT MAX(alert_id) FROM alerts
+             WHERE alerts.asset = a.ci_key AND alerts.kind = 'device_unreachable')
+    FROM assets a WHERE a.status = 'unreachable';
+
+-- Confirmation-count debounce: a judged change waiting to be seen in M consecutive polls.
+CREATE TABLE pending_changes (
+    asset_id        INTEGER PRIMARY KEY REFERENCES assets(asset_id),
+    agent_id        TEXT NOT NULL,
+    seen            INTEGER NOT NULL,         -- consecutive observations of the current value
+    flaps           INTEGER NOT NULL,         -- further changes before it was confirmed
+    first_seen_ms   INTEGER NOT NULL,
+    first_seq       INTEGER NOT NULL,
+    before          TEXT NOT NULL,            -- JSON object: attribute -> value before the change
+    unstable_alert_id INTEGER                 -- the unstable_value alert, once raised
+);
+CREATE INDEX pending_changes_by_agent ON pending_changes(agent_id);
+
+-- Two agents reporting one CI with different judged values (open conflicts only).
+CREATE TABLE observation_conflicts (
+    asset_id        INTEGER PRIMARY KEY REFERENCES assets(asset_id),
+    agent_a         TEXT NOT NULL,
+    agent_b         TEXT NOT NULL,
+    first_ms        INTEGER NOT NULL,
+    last_ms         INTEGER NOT NULL,
+    reports         INTEGER NOT NULL,
+    alert_id        INTEGER
+);
+
+CREATE TABLE drift_settings (
+    name            TEXT PRIMARY KEY,
+    value           INTEGER NOT NULL
+);
 "#;
 
 /// Reads the schema version of an open database.
