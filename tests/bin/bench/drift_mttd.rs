@@ -92,9 +92,11 @@ pub async fn run(changes: u32) -> anyhow::Result<()> {
     let mut latencies = Vec::with_capacity(changes as usize);
     let mut buf = vec![0u8; 65536];
     for i in 0..changes {
-        // Spread the writes over the poll phase (deterministic, no RNG needed).
+        // Spread the writes over the poll phase (deterministic, no RNG needed). Two whole polls
+        // pass first, so at least one unchanged summary separates two writes: a change in
+        // consecutive polls is judged `unstable_value` (reported once), not a new alert.
         let phase = u64::from(i.wrapping_mul(389) % 1000);
-        tokio::time::sleep(Duration::from_millis(phase)).await;
+        tokio::time::sleep(POLL * 2 + Duration::from_millis(phase)).await;
         let value = 2000 + u16::try_from(i % 30_000)?;
         let t0 = Instant::now();
         write_register(mixer.addr, 1, 100, value)
