@@ -451,17 +451,17 @@ fn run(cli: Cli) -> Result<()> {
             for url in &alerts.alert_webhook {
                 sinks.push(SinkSpec::webhook(url).map_err(anyhow::Error::msg)?);
             }
-            Cmdb::open(&db)
-                .and_then(|mut c| {
-                    c.set_unreachable_polls(alerts.unreachable_polls)?;
-                    c.set_confirm_polls(alerts.confirm_polls)
-                })
+            // serve never creates the CMDB (an operator enrols agents first): open_existing.
+            let mut cmdb = Cmdb::open_existing(&db)?;
+            cmdb.set_unreachable_polls(alerts.unreachable_polls)
+                .and_then(|()| cmdb.set_confirm_polls(alerts.confirm_polls))
                 .with_context(|| {
                     format!(
                         "recording --unreachable-polls and --confirm-polls in {}",
                         db.display()
                     )
                 })?;
+            drop(cmdb);
             let alert_cfg = AlertConfig {
                 db: db.clone(),
                 sinks,

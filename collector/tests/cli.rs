@@ -14,12 +14,30 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_outpost-collector");
 
+/// Runs the binary to completion, bounded: a command that should return but does not (a
+/// `serve` that should have refused to start, say) is killed by its PID after 60 s and fails
+/// the test instead of hanging it.
 fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
+    let child = Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "warn")
-        .output()
-        .expect("run outpost-collector")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run outpost-collector");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.expect("wait for outpost-collector"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("{args:?} did not finish within 60 s (killed PID {pid})");
+        }
+    }
 }
 
 fn ok(args: &[&str]) -> String {
