@@ -50,6 +50,7 @@ pub fn collect() -> Result<HostFacts, HostError> {
         boot_time: System::boot_time().unwrap_or(0),
         interfaces,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..HostFacts::default()
     })
 }
 

@@ -330,6 +330,114 @@ pub struct HostFacts {
     pub interfaces: Vec<NetInterface>,
     /// The agent's own version.
     pub agent_version: String,
+    /// The CPU model as the kernel names it (`/proc/cpuinfo` "model name"), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_model: Option<String>,
+    /// Mounted block-device filesystems, sorted by mount point, at most [`MAX_HOST_DISKS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<HostDisk>,
+    /// Sockets open for inbound traffic: TCP in LISTEN state and unconnected UDP sockets,
+    /// sorted and deduplicated, at most [`MAX_LISTENING`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listening: Vec<ListeningSocket>,
+    /// The distinct executables of running user-space processes (no PIDs, no command lines:
+    /// they churn and can hold secrets), sorted, at most [`MAX_EXECUTABLES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub executables: Vec<HostExecutable>,
+    /// The lists above (or `interfaces`) that hit their cap and were cut: a receiver must not
+    /// read a missing entry in a truncated list as "vanished".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<HostList>,
+    /// Facts that could not be collected, one stable line each (no counts or times, so an
+    /// unchanged gateway yields identical facts), at most [`MAX_HOST_PROBLEMS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// Most network interfaces reported in [`HostFacts::interfaces`].
+pub const MAX_HOST_INTERFACES: usize = 64;
+/// Most addresses reported per interface.
+pub const MAX_INTERFACE_ADDRESSES: usize = 16;
+/// Most entries in [`HostFacts::disks`].
+pub const MAX_HOST_DISKS: usize = 64;
+/// Most entries in [`HostFacts::listening`].
+pub const MAX_LISTENING: usize = 256;
+/// Most entries in [`HostFacts::executables`].
+pub const MAX_EXECUTABLES: usize = 256;
+/// Most entries in [`HostFacts::problems`].
+pub const MAX_HOST_PROBLEMS: usize = 8;
+/// Longest text (path, name, model…) in host facts, in characters; longer text is cut.
+pub const MAX_HOST_TEXT: usize = 512;
+
+/// A list in [`HostFacts`] that can be cut at its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostList {
+    Interfaces,
+    Disks,
+    Listening,
+    Executables,
+}
+
+impl HostList {
+    /// The field name (`listening`, …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostList::Interfaces => "interfaces",
+            HostList::Disks => "disks",
+            HostList::Listening => "listening",
+            HostList::Executables => "executables",
+        }
+    }
+}
+
+/// One mounted filesystem of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HostDisk {
+    pub mount_point: String,
+    /// Filesystem type (`ext4`, `vfat`, …).
+    pub file_system: String,
+    pub total_bytes: u64,
+}
+
+/// The transport protocol of a [`ListeningSocket`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketProtocol {
+    Tcp,
+    Udp,
+}
+
+impl SocketProtocol {
+    /// `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SocketProtocol::Tcp => "tcp",
+            SocketProtocol::Udp => "udp",
+        }
+    }
+}
+
+/// A socket on the gateway that accepts inbound traffic.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ListeningSocket {
+    pub protocol: SocketProtocol,
+    pub port: u16,
+    /// The local address it is bound to (`0.0.0.0`, `::`, `127.0.0.1`, …).
+    pub address: String,
+    /// The owning process's executable path, when the agent may see it (`/proc/<pid>/fd`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+}
+
+/// One distinct executable among the gateway's running processes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HostExecutable {
+    /// The process name (`/proc/<pid>/comm`).
+    pub name: String,
+    /// The executable path (`/proc/<pid>/exe`), when the agent may read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
 }
 
 /// One network interface of the gateway.
@@ -392,6 +500,44 @@ mod tests {
             "{bytes:02x?}"
         );
         assert_eq!(crate::cbor::decode::<RegisterBlock>(&bytes).unwrap(), block);
+    }
+
+    #[test]
+    fn host_facts_without_the_inventory_lists_still_decode() {
+        #[derive(Serialize)]
+        struct OldHostFacts {
+            hostname: Option<String>,
+            os_name: Option<String>,
+            os_version: Option<String>,
+            kernel_version: Option<String>,
+            cpu_arch: String,
+            cpu_count: u32,
+            memory_bytes: u64,
+            boot_time: u64,
+            interfaces: Vec<NetInterface>,
+            agent_version: String,
+        }
+        let old = OldHostFacts {
+            hostname: Some("gw".into()),
+            os_name: None,
+            os_version: None,
+            kernel_version: Some("6.1".into()),
+            cpu_arch: "aarch64".into(),
+            cpu_count: 4,
+            memory_bytes: 1 << 30,
+            boot_time: 1_700_000_000,
+            interfaces: vec![],
+            agent_version: "0.1.0".into(),
+        };
+        let facts: HostFacts = crate::cbor::decode(&crate::cbor::encode(&old).unwrap()).unwrap();
+        assert_eq!(facts.kernel_version.as_deref(), Some("6.1"));
+        assert!(facts.listening.is_empty() && facts.executables.is_empty());
+        assert!(facts.truncated.is_empty() && facts.cpu_model.is_none());
+        // and empty lists stay off the wire, so old and new encodings of such facts agree
+        assert_eq!(
+            crate::cbor::encode(&facts).unwrap(),
+            crate::cbor::encode(&old).unwrap()
+        );
     }
 
     #[test]

@@ -13,8 +13,9 @@ use outpost_proto::chain::ChainTip;
 use outpost_proto::envelope::{self, Digest, MAX_ENVELOPE_BYTES};
 use outpost_proto::frame::{self, MAX_DATAGRAM, MAX_PAYLOAD};
 use outpost_proto::model::{
-    AssetObservation, Body, DeviceIdentity, Endpoint, Heartbeat, HostFacts, IdentMethod,
-    NetInterface, PollStatus, RegisterBlock, RegisterKind, Summary,
+    AssetObservation, Body, DeviceIdentity, Endpoint, Heartbeat, HostDisk, HostExecutable,
+    HostFacts, HostList, IdentMethod, ListeningSocket, NetInterface, PollStatus, RegisterBlock,
+    RegisterKind, SocketProtocol, Summary,
 };
 use outpost_proto::reassembly::{Reassembler, ReassemblyLimits};
 use outpost_proto::{AgentId, SigningKey, ZoneId};
@@ -162,9 +163,76 @@ fn host() -> impl Strategy<Value = HostFacts> {
                     boot_time,
                     interfaces,
                     agent_version,
+                    ..HostFacts::default()
                 }
             },
         )
+        .prop_flat_map(|base| (Just(base), host_lists()))
+        .prop_map(
+            |(base, (cpu_model, disks, listening, executables, truncated, problems))| HostFacts {
+                cpu_model,
+                disks,
+                listening,
+                executables,
+                truncated,
+                problems,
+                ..base
+            },
+        )
+}
+
+type HostLists = (
+    Option<String>,
+    Vec<HostDisk>,
+    Vec<ListeningSocket>,
+    Vec<HostExecutable>,
+    Vec<HostList>,
+    Vec<String>,
+);
+
+fn host_lists() -> impl Strategy<Value = HostLists> {
+    (
+        option::of(text()),
+        vec(
+            (text(), text(), any::<u64>()).prop_map(|(mount_point, file_system, total_bytes)| {
+                HostDisk {
+                    mount_point,
+                    file_system,
+                    total_bytes,
+                }
+            }),
+            0..3,
+        ),
+        vec(
+            (any::<bool>(), any::<u16>(), text(), option::of(text())).prop_map(
+                |(tcp, port, address, exe)| ListeningSocket {
+                    protocol: if tcp {
+                        SocketProtocol::Tcp
+                    } else {
+                        SocketProtocol::Udp
+                    },
+                    port,
+                    address,
+                    exe,
+                },
+            ),
+            0..4,
+        ),
+        vec(
+            (text(), option::of(text())).prop_map(|(name, exe)| HostExecutable { name, exe }),
+            0..4,
+        ),
+        vec(
+            prop_oneof![
+                Just(HostList::Interfaces),
+                Just(HostList::Disks),
+                Just(HostList::Listening),
+                Just(HostList::Executables),
+            ],
+            0..2,
+        ),
+        vec(text(), 0..2),
+    )
 }
 
 fn summary() -> impl Strategy<Value = Summary> {

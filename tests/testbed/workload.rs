@@ -72,6 +72,7 @@ pub fn summary_body(agent: &AgentId, zone: &ZoneId, assets: usize, round: u64) -
                 addresses: vec!["10.20.0.1/24".into()],
             }],
             agent_version: env!("CARGO_PKG_VERSION").into(),
+            ..HostFacts::default()
         }),
         assets,
     })

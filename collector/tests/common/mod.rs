@@ -159,6 +159,7 @@ pub fn gateway() -> HostFacts {
             addresses: vec!["10.0.0.254/24".into()],
         }],
         agent_version: "0.1.0".into(),
+        ..HostFacts::default()
     }
 }
 
