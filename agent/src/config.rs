@@ -33,6 +33,9 @@ use outpost_proto::model::{Endpoint, RegisterKind};
 use outpost_proto::{AgentId, ZoneId};
 use serde::Deserialize;
 
+pub use crate::discover_config::{DiscoverConfig, ProfilesConfig};
+use crate::discover_config::{RawDiscover, RawProfiles, check_discover, check_profiles};
+
 /// Largest register count one FC 3 / FC 4 request may ask for.
 pub const MAX_REGISTERS_PER_READ: u16 = 125;
 /// Largest bit count one FC 1 / FC 2 request may ask for.
@@ -96,6 +99,10 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     pub modbus: ModbusConfig,
     pub devices: Vec<DeviceConfig>,
+    /// `[profiles]`: device profiles for devices whose config names no blocks.
+    pub profiles: ProfilesConfig,
+    /// `[[discover]]`: ranges swept for devices polled like explicit ones.
+    pub discover: Vec<DiscoverConfig>,
 }
 
 /// Where and how fast envelopes leave.
@@ -316,6 +323,9 @@ struct RawConfig {
     #[serde(default)]
     modbus: ModbusConfig,
     devices: Option<Vec<RawDevice>>,
+    profiles: Option<RawProfiles>,
+    #[serde(default)]
+    discover: Vec<RawDiscover>,
 }
 
 fn default_poll_interval() -> Duration {
@@ -676,11 +686,15 @@ impl Config {
             );
         }
 
+        let has_discover = !raw.discover.is_empty();
+        let discover = check_discover(raw.discover, &mut problem);
         let mut devices = Vec::new();
         match raw.devices {
+            // Discovery alone is a complete source of devices.
+            None if has_discover => {}
             None => problem(
                 "devices".into(),
-                "no [[devices]] configured; add one, or, for a gateway-only agent that reports host facts alone, write `devices = []` near the top of the file (before the first [table])".into(),
+                "no [[devices]] configured; add one (or a [[discover]] range), or, for a gateway-only agent that reports host facts alone, write `devices = []` near the top of the file (before the first [table])".into(),
             ),
             Some(raw_devices) => {
                 let mut names = HashSet::new();
@@ -740,6 +754,8 @@ impl Config {
             mqtt,
             modbus: raw.modbus,
             devices,
+            profiles: check_profiles(raw.profiles, base),
+            discover,
         })
     }
 

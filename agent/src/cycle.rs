@@ -25,10 +25,12 @@ use tokio::time::Instant;
 
 use crate::AgentError;
 use crate::config::{Config, DeviceConfig};
+use crate::discovery::running::Discovery;
 use crate::host;
 use crate::keyfile;
-use crate::modbus::poll::{poll_device, unreachable};
+use crate::modbus::poll::{poll_device_with, unreachable};
 use crate::modbus::read_only::Timing;
+use crate::profile::Library;
 use crate::state::StateDir;
 use crate::transport::diode::{DiodeError, DiodeSender, SendReport};
 use crate::transport::mqtt::MqttLink;
@@ -59,6 +61,10 @@ pub struct Agent {
     /// Sequence numbers lost and not yet reported, with why.
     unreported_loss: Vec<(Vec<u64>, &'static str)>,
     last_summary_seq: u64,
+    /// Device profiles (`[profiles]`), `None` when disabled.
+    profiles: Option<Arc<Library>>,
+    /// `[[discover]]` ranges and what their last sweeps found.
+    discovery: Discovery,
 }
 
 /// The MQTT transport and its spool.
@@ -89,6 +95,8 @@ impl Agent {
     /// tip, opens the diode socket and starts the MQTT transport (which needs a tokio runtime:
     /// call this inside one when `[mqtt]` is configured).
     pub fn new(config: Config) -> Result<Agent, AgentError> {
+        // A broken profile stops the start, like a bad config.
+        let profiles = config.profiles.load()?.map(Arc::new);
         let key = keyfile::load_private(&config.key_file)?;
         let state = StateDir::open(&config.state_dir)?;
         let tip = match state.load_tip()? {
@@ -138,10 +146,14 @@ impl Agent {
             diode = ?config.diode.map(|d| d.target),
             mqtt = ?config.mqtt.as_ref().map(|m| &m.url),
             devices = config.devices.len(),
+            discover = config.discover.len(),
+            profiles = profiles.as_ref().map_or(0, |l| l.profiles().count()),
             "agent ready"
         );
         Ok(Agent {
             devices: config.devices.iter().cloned().map(Arc::new).collect(),
+            discovery: Discovery::new(config.discover.clone()),
+            profiles,
             config,
             key,
             state,
@@ -317,6 +329,11 @@ impl Agent {
         self.hand_over_staged_key().await?;
         let started = Instant::now();
         let started_ms = now_ms();
+        if self.discovery.is_configured() {
+            self.discovery
+                .start_cycle(Timing::from(&self.config.modbus))
+                .await;
+        }
         let assets = self.poll_all().await;
         let gateway = match tokio::task::spawn_blocking(host::collect).await {
             Ok(Ok(facts)) => Some(facts),
@@ -409,21 +426,26 @@ impl Agent {
         Ok(seq)
     }
 
-    /// Polls every device, at most `max_parallel_devices` at once; results in config order.
+    /// Polls every device (explicit ones, then discovered ones), at most
+    /// `max_parallel_devices` at once; results in that order.
     async fn poll_all(&self) -> Vec<AssetObservation> {
         let timing = Timing::from(&self.config.modbus);
         let limit = self.config.modbus.max_parallel_devices.max(1);
         let deadline = self.config.poll_interval.max(Duration::from_secs(1));
-        let mut results: Vec<Option<Vec<AssetObservation>>> = vec![None; self.devices.len()];
+        let mut devices = self.devices.clone();
+        devices.extend(self.discovery.devices(&self.devices));
+        let mut results: Vec<Option<Vec<AssetObservation>>> = vec![None; devices.len()];
         let mut tasks = JoinSet::new();
         let mut ids = std::collections::HashMap::new();
         let mut next = 0;
         loop {
-            while next < self.devices.len() && tasks.len() < limit {
-                let device = Arc::clone(&self.devices[next]);
+            while next < devices.len() && tasks.len() < limit {
+                let device = Arc::clone(&devices[next]);
+                let profiles = self.profiles.clone();
                 let index = next;
                 let handle = tasks.spawn(async move {
-                    match tokio::time::timeout(deadline, poll_device(&device, timing)).await {
+                    let poll = poll_device_with(&device, timing, profiles.as_deref());
+                    match tokio::time::timeout(deadline, poll).await {
                         Ok(obs) => (index, obs),
                         Err(_) => {
                             let why = format!(
@@ -449,8 +471,8 @@ impl Agent {
                 Ok((_, (index, obs))) => results[index] = Some(obs),
                 Err(e) => {
                     if let Some(&index) = ids.get(&e.id()) {
-                        tracing::error!(device = %self.devices[index].name, "poll task failed: {e}");
-                        let device = &self.devices[index];
+                        tracing::error!(device = %devices[index].name, "poll task failed: {e}");
+                        let device = &devices[index];
                         results[index] = Some(
                             device
                                 .unit_ids

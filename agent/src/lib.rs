@@ -20,6 +20,7 @@
 
 pub mod config;
 pub mod cycle;
+pub mod discover_config;
 pub mod discovery;
 pub mod host;
 pub mod keyfile;
@@ -49,6 +50,8 @@ pub enum AgentError {
     Mqtt(#[from] transport::mqtt::MqttError),
     #[error("mqtt spool lock poisoned (an internal error); restart the agent")]
     SpoolPoisoned,
+    #[error("{0}; fix or remove the profile (or set [profiles] enabled = false) and restart")]
+    Profile(#[from] profile::ProfileError),
     #[error("cannot seal the summary: {0}")]
     Seal(#[from] outpost_proto::EnvelopeError),
 }

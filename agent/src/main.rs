@@ -9,7 +9,8 @@
 //!   discovery sweep under the politeness budget (see `outpost_agent::discovery`).
 //! - `rotate-key --config FILE [--force]`: stage a new signing key; the agent announces it at
 //!   its next cycle (see `outpost_agent::rotate`).
-//! - `check-config --config FILE`: validate and print what would be polled.
+//! - `check-config --config FILE`: validate (config and device profiles) and print what would
+//!   be polled.
 //!
 //! Logs go to stderr (`RUST_LOG` respected, default `info`); the runtime is tokio's
 //! current-thread one, to keep a small gateway's footprint small.
@@ -169,7 +170,33 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
         humantime::format_duration(m.min_request_gap),
         m.max_parallel_devices
     );
-    if c.devices.is_empty() {
+    match c.profiles.load()? {
+        None => println!("profiles: off (devices without blocks report identity only)"),
+        Some(lib) => println!(
+            "profiles: {} ({}) for devices without blocks",
+            lib.profiles().count(),
+            c.profiles
+                .dir
+                .as_ref()
+                .map_or("built-in".to_owned(), |d| format!(
+                    "built-in + {}",
+                    d.display()
+                ))
+        ),
+    }
+    for d in &c.discover {
+        let units: Vec<String> = d.unit_ids.iter().map(u8::to_string).collect();
+        println!(
+            "discover {} ({} addresses) port {} unit ids [{}], every {} cycles, {} connections at once",
+            d.ranges.join(" "),
+            d.addresses.len(),
+            d.port,
+            units.join(", "),
+            d.every,
+            d.max_connections
+        );
+    }
+    if c.devices.is_empty() && c.discover.is_empty() {
         println!("no devices: gateway facts only");
     }
     for d in &c.devices {

@@ -157,6 +157,10 @@ pub struct AssetObservation {
     /// Problems short of unreachability (a block that raised an exception, …), one line each.
     #[serde(rename = "p")]
     pub problems: Vec<String>,
+    /// The device profile whose blocks (and firmware register) the agent read for this unit,
+    /// when the agent's config named no blocks for it. Absent in envelopes of older agents.
+    #[serde(rename = "pf", default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
 /// The outcome of polling one device.

@@ -127,6 +127,7 @@ fn asset() -> impl Strategy<Value = AssetObservation> {
                 identity,
                 blocks,
                 problems,
+                profile: None,
             },
         )
 }

@@ -49,6 +49,7 @@ pub fn summary_body(agent: &AgentId, zone: &ZoneId, assets: usize, round: u64) -
                     ),
                 ],
                 problems: vec![],
+                profile: None,
             }
         })
         .collect();

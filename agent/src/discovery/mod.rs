@@ -24,9 +24,17 @@
 //! - [`scan`]: the sweep under the budget.
 //! - [`report`]: table, JSON, starter config.
 //! - [`command`]: the `scan` subcommand (arguments, progress, output).
+//! - [`running`]: `[[discover]]` in `run`: sweeps every `every` cycles, found devices polled
+//!   with their profile's blocks, explicit devices winning.
+//!
+//! In `run`, a `[[discover]]` section keeps the same budget with the config's words: K is
+//! `max_connections` (default 16), the timeouts and the gap between requests (1 / R) are
+//! `[modbus] connect_timeout`, `request_timeout` and `min_request_gap`, and the size limit is
+//! lifted with `force = true`. Sections are swept one after the other.
 
 pub mod command;
 pub mod report;
+pub mod running;
 pub mod scan;
 pub mod targets;
 

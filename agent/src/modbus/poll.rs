@@ -12,6 +12,11 @@
 //! never answered, or after [`MAX_TIMEOUTS`] timeouts in all; the blocks left are reported as
 //! skipped. That bounds the time a silent device costs to a few request timeouts. Blocks larger
 //! than one request allows are read in legal chunks. Nothing here panics on device input.
+//!
+//! Profiles ([`poll_device_with`]): for a device whose config names no blocks, the best matching
+//! profile of the [`Library`] (chosen per unit, after identification) supplies the blocks and,
+//! when identification gave no revision, the firmware register; the observation names the
+//! profile. Blocks written in the config always win: no profile is applied to such a device.
 
 use std::net::SocketAddr;
 
@@ -22,6 +27,7 @@ use outpost_proto::model::{
 use super::identify::identify;
 use super::read_only::{ModbusError, ReadOnlyClient, Timing};
 use crate::config::{BlockConfig, DeviceConfig, MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ};
+use crate::profile::{Library, Profile};
 
 /// Requests in a row without an answer, from a unit that never answered, before giving up.
 pub const MAX_SILENT: u32 = 3;
@@ -30,8 +36,18 @@ pub const MAX_TIMEOUTS: u32 = 3;
 /// Resolved addresses tried per device.
 const MAX_ADDRESSES: usize = 4;
 
-/// Polls every unit id of `device`.
+/// Polls every unit id of `device`, reading only the blocks its config names.
 pub async fn poll_device(device: &DeviceConfig, timing: Timing) -> Vec<AssetObservation> {
+    poll_device_with(device, timing, None).await
+}
+
+/// Polls every unit id of `device`; with `profiles`, a device without configured blocks gets
+/// the blocks of the profile matching each unit's identity.
+pub async fn poll_device_with(
+    device: &DeviceConfig,
+    timing: Timing,
+    profiles: Option<&Library>,
+) -> Vec<AssetObservation> {
     let mut client = match connect(device, timing).await {
         Ok(c) => c,
         Err(reason) => {
@@ -45,7 +61,7 @@ pub async fn poll_device(device: &DeviceConfig, timing: Timing) -> Vec<AssetObse
     let mut out = Vec::with_capacity(device.unit_ids.len());
     for &unit in &device.unit_ids {
         client.set_unit(unit);
-        out.push(poll_unit(&mut client, device, unit).await);
+        out.push(poll_unit_with(&mut client, device, unit, profiles).await);
     }
     client.disconnect().await;
     out
@@ -61,6 +77,7 @@ pub fn unreachable(device: &DeviceConfig, unit: u8, reason: String) -> AssetObse
         identity: DeviceIdentity::default(),
         blocks: Vec::new(),
         problems: Vec::new(),
+        profile: None,
     }
 }
 
@@ -133,8 +150,53 @@ pub async fn poll_unit(
     device: &DeviceConfig,
     unit: u8,
 ) -> AssetObservation {
+    poll_unit_with(client, device, unit, None).await
+}
+
+/// The profile applied to a unit of `device`: none when the config names blocks.
+fn applied_profile<'a>(
+    device: &DeviceConfig,
+    profiles: Option<&'a Library>,
+    identity: &DeviceIdentity,
+) -> Option<&'a Profile> {
+    if !device.blocks.is_empty() {
+        return None;
+    }
+    profiles?.find(identity)
+}
+
+/// A profile's blocks in the config's shape.
+fn profile_blocks(profile: &Profile) -> Vec<BlockConfig> {
+    profile
+        .blocks
+        .iter()
+        .map(|b| BlockConfig {
+            name: b.name.clone(),
+            kind: b.kind,
+            start: b.start,
+            count: b.count,
+            volatile: b.volatile,
+        })
+        .collect()
+}
+
+/// [`poll_unit`], with the matching profile's blocks and firmware register for a device whose
+/// config names no blocks.
+pub async fn poll_unit_with(
+    client: &mut ReadOnlyClient,
+    device: &DeviceConfig,
+    unit: u8,
+    profiles: Option<&Library>,
+) -> AssetObservation {
     let before = client.requests();
-    let ident = identify(client).await;
+    let mut ident = identify(client).await;
+    let profile = if ident.answered {
+        applied_profile(device, profiles, &ident.identity)
+    } else {
+        None
+    };
+    let profile_blocks = profile.map(profile_blocks);
+    let to_read = profile_blocks.as_deref().unwrap_or(&device.blocks);
     let ident_requests = u32::try_from(client.requests() - before).unwrap_or(u32::MAX);
     let mut health = Health {
         answered: ident.answered,
@@ -146,9 +208,33 @@ pub async fn poll_unit(
             .cloned()
             .unwrap_or_else(|| "no answer".into()),
     };
-    let mut problems = ident.problems;
-    let mut blocks = Vec::with_capacity(device.blocks.len());
-    for block in &device.blocks {
+    let mut problems = std::mem::take(&mut ident.problems);
+    if let Some(p) = profile
+        && let Some(fw) = &p.firmware
+        && ident.identity.revision.is_none()
+        && !health.give_up()
+    {
+        let block = BlockConfig {
+            name: "firmware".into(),
+            kind: fw.kind,
+            start: fw.start,
+            count: fw.count,
+            volatile: false,
+        };
+        let result = read_block(client, &block).await;
+        health.record(result.as_ref().map(|_| ()));
+        match result {
+            Ok(words) => {
+                let version = fw.render(&words);
+                if !version.is_empty() {
+                    ident.identity.revision = Some(version);
+                }
+            }
+            Err(e) => problems.push(format!("firmware register (profile {}): {e}", p.name)),
+        }
+    }
+    let mut blocks = Vec::with_capacity(to_read.len());
+    for block in to_read {
         if health.give_up() {
             problems.push(format!(
                 "block {}: skipped, the device stopped answering",
@@ -190,6 +276,7 @@ pub async fn poll_unit(
         identity: ident.identity,
         blocks,
         problems,
+        profile: profile.map(|p| p.name.clone()),
     }
 }
 

@@ -221,6 +221,7 @@ mod tests {
                 vec![1, 2],
             )],
             problems: vec![],
+            profile: None,
         }
     }
 

@@ -131,6 +131,7 @@ pub fn plc(i: u32, values: Vec<u16>) -> AssetObservation {
             values,
         )],
         problems: vec![],
+        profile: None,
     }
 }
 
