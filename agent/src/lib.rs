@@ -6,6 +6,7 @@
 //! through an on-disk spool).
 //!
 //! - [`config`]: the strict TOML config and its validation.
+//! - [`discover_config`]: the `[profiles]` and `[[discover]]` sections of the config.
 //! - [`keyfile`]: generating and loading the agent's Ed25519 key (mode 0600).
 //! - [`modbus`]: the read-only client, FC 43 identification, polling one device.
 //! - [`discovery`]: sweeping address ranges (`outpost-agent scan`) under a politeness budget.
@@ -50,7 +51,9 @@ pub enum AgentError {
     Mqtt(#[from] transport::mqtt::MqttError),
     #[error("mqtt spool lock poisoned (an internal error); restart the agent")]
     SpoolPoisoned,
-    #[error("{0}; fix or remove the profile (or set [profiles] enabled = false) and restart")]
+    #[error(
+        "a device profile was refused; fix or remove it (or set [profiles] enabled = false) and restart"
+    )]
     Profile(#[from] profile::ProfileError),
     #[error("cannot seal the summary: {0}")]
     Seal(#[from] outpost_proto::EnvelopeError),

@@ -142,6 +142,7 @@ fn rotate_key(path: PathBuf, force: bool) -> anyhow::Result<()> {
 
 fn check_config(path: PathBuf) -> anyhow::Result<()> {
     let c = Config::load(&path)?;
+    let profiles = c.profiles.load()?;
     println!("{}: OK", path.display());
     println!("agent {} in zone {}", c.agent_id, c.zone);
     println!("key file:  {}", c.key_file.display());
@@ -170,7 +171,7 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
         humantime::format_duration(m.min_request_gap),
         m.max_parallel_devices
     );
-    match c.profiles.load()? {
+    match profiles {
         None => println!("profiles: off (devices without blocks report identity only)"),
         Some(lib) => println!(
             "profiles: {} ({}) for devices without blocks",
@@ -218,7 +219,14 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
             );
         }
     }
-    println!("{} assets per cycle", c.asset_count());
+    if c.discover.is_empty() {
+        println!("{} assets per cycle", c.asset_count());
+    } else {
+        println!(
+            "{} assets per cycle from [[devices]], plus what discovery finds",
+            c.asset_count()
+        );
+    }
     Ok(())
 }
 
