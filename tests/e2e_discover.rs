@@ -291,3 +291,69 @@ fn a_discover_range_reaches_the_cmdb_with_identities_and_profile_blocks() {
         .expect("collector stops");
     runtime.block_on(plant.stop());
 }
+
+/// The sweep schedule against real sockets: the first cycle sweeps, found devices are polled
+/// until their section's next sweep, which drops what no longer answers; unit 0 never leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn found_devices_last_until_the_next_sweep() {
+    use outpost_agent::config::Config;
+    use outpost_agent::discovery::running::Discovery;
+    use outpost_agent::modbus::read_only::Timing;
+
+    let specs: Vec<_> = outpost_testbed::sim::default_plant()
+        .into_iter()
+        .take(2)
+        .collect();
+    let plant = Plant::start_on_addresses(specs, Ipv4Addr::new(127, 0, 96, 1), 0)
+        .await
+        .expect("plant starts");
+    let port = plant.devices()[0].addr.port();
+    let config = Config::parse(
+        &format!(
+            "agent_id = \"gw\"\nzone = \"z\"\nstate_dir = \"s\"\nkey_file = \"k\"\n\n[diode]\ntarget = \"127.0.0.1:9\"\n\n[[discover]]\nranges = [\"127.0.96.0/29\"]\nport = {port}\nunit_ids = [1, 2, 3]\nevery = 3\nmax_connections = 2\n"
+        ),
+        "/tmp/agent.toml",
+    )
+    .expect("config");
+    let timing = Timing {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_millis(1000),
+        min_request_gap: Duration::from_millis(5),
+    };
+    let mut discovery = Discovery::new(config.discover.clone());
+    let units = |d: &Discovery| -> Vec<(String, Vec<u8>)> {
+        d.devices(&[])
+            .iter()
+            .map(|d| (d.address.to_string(), d.unit_ids.clone()))
+            .collect()
+    };
+    let first = discovery.start_cycle(timing).await;
+    assert_eq!(first.sections, 1);
+    assert_eq!(first.addresses, 6);
+    assert_eq!(first.devices, 2);
+    // The mixer (unit 1) and the press gateway (units 1 and 2; unit 3 is absent).
+    let found = vec![
+        (format!("127.0.96.1:{port}"), vec![1]),
+        (format!("127.0.96.2:{port}"), vec![1, 2]),
+    ];
+    assert_eq!(units(&discovery), found);
+    let fcs_after_sweep: Vec<_> = (0..2).map(|i| plant.function_codes_seen(i)).collect();
+    for fcs in &fcs_after_sweep {
+        assert!(fcs.keys().all(|fc| [0x11, 0x2B].contains(fc)), "{fcs:?}");
+    }
+
+    plant.stop().await;
+    // Cycles 1 and 2 do not sweep: the devices stay (their polls will say unreachable).
+    for _ in 0..2 {
+        assert_eq!(
+            discovery.start_cycle(timing).await,
+            Default::default(),
+            "no sweep between"
+        );
+        assert_eq!(units(&discovery), found);
+    }
+    // Cycle 3 sweeps again and finds nothing.
+    let again = discovery.start_cycle(timing).await;
+    assert_eq!((again.sections, again.devices), (1, 0));
+    assert!(units(&discovery).is_empty());
+}

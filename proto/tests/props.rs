@@ -117,17 +117,20 @@ fn asset() -> impl Strategy<Value = AssetObservation> {
         identity(),
         vec(block(), 0..4),
         vec(text(), 0..3),
+        option::of(text()),
     )
         .prop_map(
-            |(name, endpoint, unit_id, status, identity, blocks, problems)| AssetObservation {
-                name,
-                endpoint,
-                unit_id,
-                status,
-                identity,
-                blocks,
-                problems,
-                profile: None,
+            |(name, endpoint, unit_id, status, identity, blocks, problems, profile)| {
+                AssetObservation {
+                    name,
+                    endpoint,
+                    unit_id,
+                    status,
+                    identity,
+                    blocks,
+                    problems,
+                    profile,
+                }
             },
         )
 }
