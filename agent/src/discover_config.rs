@@ -6,7 +6,7 @@
 //! dir = "/etc/outpost/profiles"   # optional: user profiles besides the built-in ones
 //!
 //! [[discover]]
-//! ranges = ["10.20.0.0/24", "10.20.1.7"]
+//! ranges = ["10.20.0.0/24", "10.20.1.10-10.20.1.50", "10.20.2.7"]
 //! port = 502                      # default
 //! unit_ids = [1, 255]             # default [1]; never 0
 //! every = 10                      # sweep every 10th cycle (the first cycle always sweeps)

@@ -19,7 +19,8 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// Arguments of `outpost-agent scan`.
 #[derive(Debug, clap::Args)]
 pub struct ScanArgs {
-    /// CIDR ranges or single addresses to sweep (e.g. 10.20.0.0/24 10.20.1.7).
+    /// CIDR ranges, address ranges or single addresses to sweep (e.g. 10.20.0.0/24
+    /// 10.20.1.10-10.20.1.50 10.20.2.7).
     #[arg(required = true, value_name = "CIDR")]
     pub ranges: Vec<String>,
     /// Modbus TCP port.

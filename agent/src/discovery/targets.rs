@@ -1,4 +1,5 @@
-//! What a scan sweeps: addresses from CIDR ranges (or single addresses) and a list of unit ids.
+//! What a scan sweeps: addresses from CIDR ranges, address ranges (`10.20.0.10-10.20.0.50`,
+//! both ends included) or single addresses, and a list of unit ids.
 //!
 //! - A range larger than [`MAX_ADDRESSES`] addresses (a /20 in IPv4) is refused unless forced: a
 //!   /8 typed by mistake would otherwise mean sixteen million connection attempts on a plant
@@ -19,7 +20,9 @@ pub const MAX_ADDRESSES_FORCED: u64 = 65536;
 /// Why the targets of a scan were refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    #[error("{0:?} is neither an IP address nor a CIDR range (e.g. 10.20.0.0/24)")]
+    #[error(
+        "{0:?} is neither an IP address, a CIDR range (e.g. 10.20.0.0/24) nor an address range (e.g. 10.20.0.10-10.20.0.50, low to high, one address family)"
+    )]
     BadRange(String),
     #[error(
         "{range} holds {count} addresses, more than {MAX_ADDRESSES} (a /20); scanning that much of a plant network is usually a typo. Narrow the range, or pass --force to sweep up to {MAX_ADDRESSES_FORCED}"
@@ -39,6 +42,48 @@ pub enum TargetError {
     BroadcastUnit,
 }
 
+/// One item of a target list.
+#[derive(Debug, Clone, Copy)]
+enum Span {
+    Net(IpNet),
+    /// First and last address, same family, first <= last.
+    Range(IpAddr, IpAddr),
+}
+
+impl Span {
+    fn count(&self) -> u64 {
+        match self {
+            Span::Net(net) => count(net),
+            Span::Range(a, b) => {
+                let n = ip_value(*b) - ip_value(*a);
+                u64::try_from(n).map_or(u64::MAX, |n| n.saturating_add(1))
+            }
+        }
+    }
+
+    fn addresses(&self) -> Box<dyn Iterator<Item = IpAddr> + '_> {
+        match self {
+            Span::Net(IpNet::V4(v4)) if v4.prefix_len() < 31 => {
+                Box::new(v4.hosts().map(IpAddr::V4))
+            }
+            Span::Net(net) => Box::new(net.hosts()),
+            Span::Range(IpAddr::V4(a), IpAddr::V4(b)) => {
+                Box::new((u32::from(*a)..=u32::from(*b)).map(|v| IpAddr::from(v.to_be_bytes())))
+            }
+            Span::Range(a, b) => {
+                Box::new((ip_value(*a)..=ip_value(*b)).map(|v| IpAddr::from(v.to_be_bytes())))
+            }
+        }
+    }
+}
+
+fn ip_value(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
 /// Addresses in one range or address, network and broadcast skipped for IPv4 below /31.
 fn count(net: &IpNet) -> u64 {
     let host_bits = u32::from(net.max_prefix_len() - net.prefix_len());
@@ -53,14 +98,25 @@ fn count(net: &IpNet) -> u64 {
     }
 }
 
-fn parse_one(text: &str) -> Result<IpNet, TargetError> {
+fn parse_one(text: &str) -> Result<Span, TargetError> {
     let text = text.trim();
+    let bad = || TargetError::BadRange(text.to_owned());
     if let Ok(net) = text.parse::<IpNet>() {
-        return Ok(net.trunc());
+        return Ok(Span::Net(net.trunc()));
+    }
+    if let Some((a, b)) = text.split_once('-') {
+        let (a, b) = (
+            a.trim().parse::<IpAddr>().map_err(|_| bad())?,
+            b.trim().parse::<IpAddr>().map_err(|_| bad())?,
+        );
+        if a.is_ipv4() != b.is_ipv4() || ip_value(a) > ip_value(b) {
+            return Err(bad());
+        }
+        return Ok(Span::Range(a, b));
     }
     text.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| TargetError::BadRange(text.to_owned()))
+        .map(|ip| Span::Net(IpNet::from(ip)))
+        .map_err(|_| bad())
 }
 
 /// Expands `ranges` (CIDR ranges or single addresses) into the addresses to sweep, in order,
@@ -72,7 +128,7 @@ pub fn expand(ranges: &[String], force: bool) -> Result<Vec<IpAddr>, TargetError
         .collect::<Result<Vec<_>, _>>()?;
     let mut total = 0u64;
     for (net, text) in nets.iter().zip(ranges) {
-        let n = count(net);
+        let n = net.count();
         if n > MAX_ADDRESSES && !force {
             return Err(TargetError::TooLarge {
                 range: text.trim().to_owned(),
@@ -94,11 +150,7 @@ pub fn expand(ranges: &[String], force: bool) -> Result<Vec<IpAddr>, TargetError
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for net in &nets {
-        let hosts: Box<dyn Iterator<Item = IpAddr>> = match net {
-            IpNet::V4(v4) if v4.prefix_len() < 31 => Box::new(v4.hosts().map(IpAddr::V4)),
-            _ => Box::new(net.hosts()),
-        };
-        for ip in hosts {
+        for ip in net.addresses() {
             if seen.insert(ip) {
                 out.push(ip);
             }
@@ -184,6 +236,44 @@ mod tests {
         ));
         // Several ranges add up.
         assert!(expand(&v(&["10.0.0.0/20", "10.1.0.0/24"]), false).is_err());
+    }
+
+    #[test]
+    fn address_ranges_include_both_ends_and_share_the_limits() {
+        let a = expand(&v(&["10.0.0.254-10.0.1.1"]), false).unwrap();
+        let want: Vec<IpAddr> = ["10.0.0.254", "10.0.0.255", "10.0.1.0", "10.0.1.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(a, want);
+        assert_eq!(
+            expand(&v(&["10.0.0.9 - 10.0.0.9"]), false).unwrap().len(),
+            1
+        );
+        assert_eq!(expand(&v(&["fd00::1-fd00::3"]), false).unwrap().len(), 3);
+        assert!(matches!(
+            expand(&v(&["10.0.0.0-10.0.16.0"]), false),
+            Err(TargetError::TooLarge { count: 4097, .. })
+        ));
+        assert!(matches!(
+            expand(&v(&["0.0.0.0-255.255.255.255"]), true),
+            Err(TargetError::TooLargeForced { .. })
+        ));
+        assert!(matches!(
+            expand(&v(&["::-ffff::"]), true),
+            Err(TargetError::TooLargeForced { .. })
+        ));
+        for bad in [
+            "10.0.0.9-10.0.0.1",
+            "10.0.0.1-fd00::1",
+            "10.0.0.1-",
+            "10.0.0.1-x",
+        ] {
+            assert!(
+                matches!(expand(&v(&[bad]), false), Err(TargetError::BadRange(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
