@@ -11,6 +11,7 @@
 //! unit_ids = [1, 255]             # default [1]; never 0
 //! every = 10                      # sweep every 10th cycle (the first cycle always sweeps)
 //! max_connections = 16            # K: connections open at once during the sweep
+//! connect_timeout = "500ms"       # what an address where nothing answers costs, once per sweep
 //! force = false                   # allow more than a /20 (4096 addresses), never more than a /16
 //! ```
 //!
@@ -19,6 +20,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -29,6 +31,8 @@ use crate::profile::{Library, ProfileError};
 pub const DEFAULT_DISCOVER_EVERY: u32 = 10;
 /// Default for `discover.max_connections` (K).
 pub const DEFAULT_DISCOVER_CONNECTIONS: usize = 16;
+/// Default for `discover.connect_timeout` (as `outpost-agent scan`'s).
+pub const DEFAULT_DISCOVER_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Most connections one sweep may hold open at once.
 pub const MAX_DISCOVER_CONNECTIONS: usize = crate::discovery::command::MAX_CONNECTIONS;
 
@@ -54,6 +58,8 @@ pub struct RawDiscover {
     every: u32,
     #[serde(default = "default_connections")]
     max_connections: usize,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    connect_timeout: Duration,
     #[serde(default)]
     force: bool,
 }
@@ -72,6 +78,9 @@ fn default_every() -> u32 {
 }
 fn default_connections() -> usize {
     DEFAULT_DISCOVER_CONNECTIONS
+}
+fn default_connect_timeout() -> Duration {
+    DEFAULT_DISCOVER_CONNECT_TIMEOUT
 }
 
 /// Device profiles in `run`: whether they apply, and the user directory.
@@ -120,12 +129,23 @@ pub struct DiscoverConfig {
     pub every: u32,
     /// K: connections open at once during a sweep.
     pub max_connections: usize,
+    /// Connect timeout during a sweep (the polls use `[modbus] connect_timeout`).
+    pub connect_timeout: Duration,
 }
 
 impl DiscoverConfig {
     /// Whether cycle number `cycle` (0 for the first) sweeps this section's ranges.
     pub fn sweeps_at(&self, cycle: u64) -> bool {
         cycle.is_multiple_of(u64::from(self.every.max(1)))
+    }
+
+    /// The longest a sweep of this section can take when no address answers the connection:
+    /// one connect timeout per address, `max_connections` at a time.
+    pub fn worst_case_unreachable(&self) -> Duration {
+        let k = self.max_connections.max(1);
+        let rounds = self.addresses.len().div_ceil(k);
+        self.connect_timeout
+            .saturating_mul(u32::try_from(rounds).unwrap_or(u32::MAX))
     }
 }
 
@@ -176,6 +196,15 @@ pub fn check_discover(
                 ),
             );
         }
+        if d.connect_timeout.is_zero() || d.connect_timeout > Duration::from_secs(10) {
+            bad(
+                "connect_timeout",
+                format!(
+                    "{} is outside 1ms..=10s",
+                    humantime::format_duration(d.connect_timeout)
+                ),
+            );
+        }
         if d.unit_ids.is_empty() {
             bad(
                 "unit_ids",
@@ -208,6 +237,7 @@ pub fn check_discover(
                 unit_ids: d.unit_ids,
                 every: d.every,
                 max_connections: d.max_connections,
+                connect_timeout: d.connect_timeout,
             });
         }
     }
@@ -272,6 +302,12 @@ key_file = "agent.key"
         assert_eq!(d.unit_ids, vec![1]);
         assert_eq!(d.every, super::DEFAULT_DISCOVER_EVERY);
         assert_eq!(d.max_connections, super::DEFAULT_DISCOVER_CONNECTIONS);
+        assert_eq!(d.connect_timeout, super::DEFAULT_DISCOVER_CONNECT_TIMEOUT);
+        // 255 addresses, 16 at a time, 500 ms each when nothing answers: 16 rounds, 8 s.
+        assert_eq!(
+            d.worst_case_unreachable(),
+            std::time::Duration::from_secs(8)
+        );
         // The first cycle sweeps, then every tenth.
         let sweeps: Vec<u64> = (0..25).filter(|&c| d.sweeps_at(c)).collect();
         assert_eq!(sweeps, vec![0, 10, 20]);

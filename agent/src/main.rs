@@ -188,13 +188,14 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
     for d in &c.discover {
         let units: Vec<String> = d.unit_ids.iter().map(u8::to_string).collect();
         println!(
-            "discover {} ({} addresses) port {} unit ids [{}], every {} cycles, {} connections at once",
+            "discover {} ({} addresses) port {} unit ids [{}], every {} cycles, {} connections at once; a sweep where nothing answers takes up to {}",
             d.ranges.join(" "),
             d.addresses.len(),
             d.port,
             units.join(", "),
             d.every,
-            d.max_connections
+            d.max_connections,
+            humantime::format_duration(d.worst_case_unreachable())
         );
     }
     if c.devices.is_empty() && c.discover.is_empty() {

@@ -28,9 +28,10 @@
 //!   with their profile's blocks, explicit devices winning.
 //!
 //! In `run`, a `[[discover]]` section keeps the same budget with the config's words: K is
-//! `max_connections` (default 16), the timeouts and the gap between requests (1 / R) are
-//! `[modbus] connect_timeout`, `request_timeout` and `min_request_gap`, and the size limit is
-//! lifted with `force = true`. Sections are swept one after the other.
+//! `max_connections` (default 16), the connect timeout is the section's `connect_timeout`
+//! (default 500 ms), the request timeout and the gap between requests (1 / R) are `[modbus]
+//! request_timeout` and `min_request_gap`, and the size limit is lifted with `force = true`.
+//! Sections are swept one after the other.
 
 pub mod command;
 pub mod report;

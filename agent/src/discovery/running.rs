@@ -77,7 +77,10 @@ impl Discovery {
                 units: section.unit_ids.clone(),
                 budget: Budget {
                     max_connections: section.max_connections,
-                    timing,
+                    timing: Timing {
+                        connect_timeout: section.connect_timeout,
+                        ..timing
+                    },
                 },
             };
             let results = scan(&plan, |_| {}).await;
