@@ -96,6 +96,39 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     pub modbus: ModbusConfig,
     pub devices: Vec<DeviceConfig>,
+    /// Which gateway self-inventory lists are collected (`[gateway]`).
+    pub gateway: GatewayConfig,
+}
+
+/// `[gateway]`: the optional lists of the gateway's self-inventory (both on by default). A list
+/// switched off is named in the facts (`switched_off`), so the collector keeps what it knew
+/// instead of reading "everything vanished".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Listening TCP/UDP sockets and their owning executables.
+    pub listening: bool,
+    /// Distinct running executables (name and path).
+    pub processes: bool,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listening: true,
+            processes: true,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// What the host collection should gather.
+    pub fn collect(self) -> crate::host::Collect {
+        crate::host::Collect {
+            listening: self.listening,
+            processes: self.processes,
+        }
+    }
 }
 
 /// Where and how fast envelopes leave.
@@ -316,6 +349,8 @@ struct RawConfig {
     #[serde(default)]
     modbus: ModbusConfig,
     devices: Option<Vec<RawDevice>>,
+    #[serde(default)]
+    gateway: GatewayConfig,
 }
 
 fn default_poll_interval() -> Duration {
@@ -740,6 +775,7 @@ impl Config {
             mqtt,
             modbus: raw.modbus,
             devices,
+            gateway: raw.gateway,
         })
     }
 

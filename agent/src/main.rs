@@ -10,6 +10,8 @@
 //! - `rotate-key --config FILE [--force]`: stage a new signing key; the agent announces it at
 //!   its next cycle (see `outpost_agent::rotate`).
 //! - `check-config --config FILE`: validate and print what would be polled.
+//! - `gateway [--config FILE] [--json]`: print the gateway's self-inventory without sending it
+//!   (`[gateway]` switches from the config when one is given).
 //!
 //! Logs go to stderr (`RUST_LOG` respected, default `info`); the runtime is tokio's
 //! current-thread one, to keep a small gateway's footprint small.
@@ -75,6 +77,15 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print the gateway's self-inventory (what a summary carries about this host); sends nothing.
+    Gateway {
+        /// The agent's TOML config, for its `[gateway]` switches (default: every list on).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// JSON (`outpost.gateway.v1`) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -106,7 +117,22 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { config, once } => run(config, once),
         Command::Scan(args) => outpost_agent::discovery::command::run(args),
         Command::RotateKey { config, force } => rotate_key(config, force),
+        Command::Gateway { config, json } => gateway(config, json),
     }
+}
+
+fn gateway(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let collect = match config {
+        Some(path) => Config::load(&path)?.gateway.collect(),
+        None => outpost_agent::host::Collect::default(),
+    };
+    let facts = outpost_agent::host::collect(collect)?;
+    if json {
+        println!("{}", outpost_agent::host::report::json(&facts)?);
+    } else {
+        print!("{}", outpost_agent::host::report::table(&facts));
+    }
+    Ok(())
 }
 
 fn keygen(out: PathBuf, agent: Option<AgentId>, force: bool) -> anyhow::Result<()> {
