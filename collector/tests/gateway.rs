@@ -319,3 +319,48 @@ fn a_port_opened_under_a_change_record_is_authorised() {
         .unwrap();
     assert_eq!(row.state, "in_baseline", "{row:#?}");
 }
+
+#[test]
+fn the_evidence_pack_lists_programs_and_listening_ports_per_gateway() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    apply_gw(&mut f, &mut ingest, inventoried(), T0 + 1_000);
+    drop(ingest);
+    let (key, _) = outpost_proto::SigningKey::generate().unwrap();
+    let out = f.dir.path().join("pack");
+    let day = 24 * 60 * 60 * 1000;
+    outpost_collector::evidence::build(&outpost_collector::evidence::BuildRequest {
+        db: &f.db,
+        zone: "cell-1",
+        from_ms: (T0 - day) as i64,
+        to_ms: (T0 + day) as i64,
+        out: &out,
+        key: &key,
+        now_ms: (T0 + day) as i64,
+    })
+    .unwrap();
+    let verified = outpost_collector::evidence::verify(&out, Some(&key.public_key())).unwrap();
+    assert!(verified.clean());
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let gw = report["inventory"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["class"] == "gateway")
+        .expect("the gateway CI")
+        .clone();
+    let software = gw["cip010"]["software"].as_str().unwrap();
+    assert!(
+        software.starts_with("outpost-agent 0.1.0; running programs: /usr/bin/outpost-agent, "),
+        "{software}"
+    );
+    assert!(software.contains("/usr/sbin/sshd"), "{software}");
+    assert_eq!(
+        gw["cip010"]["ports"],
+        "tcp 0.0.0.0:22 (/usr/sbin/sshd), tcp 0.0.0.0:502 (/usr/bin/plc-gw), \
+         udp 0.0.0.0:45000 (/usr/lib/systemd/systemd-resolved)"
+    );
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("tcp 0.0.0.0:502 (/usr/bin/plc-gw)"), "not in report.html");
+}
