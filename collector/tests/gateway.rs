@@ -362,5 +362,8 @@ fn the_evidence_pack_lists_programs_and_listening_ports_per_gateway() {
          udp 0.0.0.0:45000 (/usr/lib/systemd/systemd-resolved)"
     );
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(html.contains("tcp 0.0.0.0:502 (/usr/bin/plc-gw)"), "not in report.html");
+    assert!(
+        html.contains("tcp 0.0.0.0:502 (/usr/bin/plc-gw)"),
+        "not in report.html"
+    );
 }
