@@ -367,3 +367,47 @@ fn the_evidence_pack_lists_programs_and_listening_ports_per_gateway() {
         "not in report.html"
     );
 }
+
+#[test]
+fn a_program_that_comes_and_goes_is_reported_the_first_time_only() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    apply_gw(&mut f, &mut ingest, inventoried(), T0 + 1_000);
+    approve(&mut ingest);
+    let mut job = inventoried();
+    job.executables.push(exe("/usr/sbin/logrotate"));
+    let first = json!([{"attribute": "executable /usr/sbin/logrotate",
+        "before": null, "after": "logrotate"}]);
+    for (i, g) in [
+        job.clone(),
+        inventoried(),
+        inventoried(),
+        job.clone(),
+        inventoried(),
+        job,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        apply_gw(&mut f, &mut ingest, g, T0 + 2_000 + i as u64 * 1_000);
+    }
+    assert_eq!(alerts(&ingest), [gateway_alert(first)]);
+    // still a difference from the approved baseline until it is approved
+    let row = ingest
+        .cmdb()
+        .drift()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.ci_key == GW)
+        .unwrap();
+    assert_eq!(row.differences.len(), 1, "{row:#?}");
+    approve(&mut ingest);
+    let row = ingest
+        .cmdb()
+        .drift()
+        .unwrap()
+        .into_iter()
+        .find(|d| d.ci_key == GW)
+        .unwrap();
+    assert_eq!(row.state, "in_baseline", "{row:#?}");
+}

@@ -37,7 +37,7 @@ fn interfaces_text(mut list: Vec<NetInterface>) -> String {
 /// (`stored_attributes`: a list the agent switched off keeps its stored value).
 pub(crate) fn facts(g: &HostFacts, stored_attributes: &BTreeMap<String, String>) -> Facts {
     let mut attributes = stored_attributes.clone();
-    for (name, value) in gateway_facts::attributes(g) {
+    for (name, value) in gateway_facts::attributes(g, stored_attributes) {
         match value {
             Some(v) => attributes.insert(name.to_owned(), v),
             None => attributes.remove(name),

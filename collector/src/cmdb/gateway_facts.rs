@@ -10,8 +10,10 @@
 //!
 //! - a listening socket opened, closed, or owned by another executable (UDP sockets on
 //!   ephemeral ports, [`EPHEMERAL_UDP`], are client sockets and never judged);
-//! - a program executable that was not there before (a process that stopped is not a change:
-//!   processes come and go).
+//! - a program executable never seen on this gateway before (`executables_seen`, the
+//!   cumulative set, at most [`MAX_SEEN`]): a process that stopped is not a change, and a job
+//!   that runs now and then (cron, logrotate) is reported the first time only — until the
+//!   baseline is approved again, it stays in the drift.
 //!
 //! Memory, uptime, disks and problems are stored but never judged. A list cut at its cap
 //! (`truncated`) is judged for additions only. A list is judged only once a baseline covering it
@@ -31,12 +33,16 @@ use crate::time::sql_int;
 /// (`net.ipv4.ip_local_port_range`): such sockets are stored but not judged.
 pub const EPHEMERAL_UDP: RangeInclusive<u16> = 32768..=60999;
 
+/// Most entries of the cumulative `executables_seen` set.
+pub const MAX_SEEN: usize = 1024;
+
 /// The attribute names stored for a gateway, in `gateway_attributes`.
-pub const ATTRIBUTES: [&str; 7] = [
+pub const ATTRIBUTES: [&str; 8] = [
     "cpu_model",
     "disks",
     "listening",
     "executables",
+    "executables_seen",
     "truncated",
     "switched_off",
     "problems",
@@ -65,9 +71,12 @@ pub fn collected(g: &HostFacts) -> bool {
     !g.executables.is_empty() || g.switched_off.contains(&HostList::Executables)
 }
 
-/// The attributes this report sets; a list switched off (or not collected) is left out, so the
-/// stored one stays.
-pub fn attributes(g: &HostFacts) -> Vec<(&'static str, Option<String>)> {
+/// The attributes this report sets over the `stored` ones; a list switched off (or not
+/// collected) is left out, so the stored one stays.
+pub fn attributes(
+    g: &HostFacts,
+    stored: &BTreeMap<String, String>,
+) -> Vec<(&'static str, Option<String>)> {
     let mut out = vec![
         ("cpu_model", g.cpu_model.clone()),
         ("disks", list_or_none(&g.disks)),
@@ -78,6 +87,19 @@ pub fn attributes(g: &HostFacts) -> Vec<(&'static str, Option<String>)> {
     }
     if collected && !g.switched_off.contains(&HostList::Executables) {
         out.push(("executables", Some(json(&g.executables))));
+        let mut seen: BTreeSet<HostExecutable> = stored
+            .get("executables_seen")
+            .and_then(|t| serde_json::from_str::<Vec<HostExecutable>>(t).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        for e in &g.executables {
+            if seen.len() >= MAX_SEEN {
+                break;
+            }
+            seen.insert(e.clone());
+        }
+        out.push(("executables_seen", Some(json(&seen))));
     }
     out.push(("truncated", list_or_none(&g.truncated)));
     out.push(("switched_off", list_or_none(&g.switched_off)));
@@ -149,7 +171,8 @@ pub fn add_stored_item_facts(
         .get("listening")
         .map(|t| serde_json::from_str(t).unwrap_or_default());
     let executables: Option<Vec<HostExecutable>> = attributes
-        .get("executables")
+        .get("executables_seen")
+        .or_else(|| attributes.get("executables"))
         .map(|t| serde_json::from_str(t).unwrap_or_default());
     add_item_facts(facts, listening.as_deref(), executables.as_deref());
 }
@@ -225,7 +248,8 @@ impl Writer<'_, '_> {
         ci_key: &str,
         g: &HostFacts,
     ) -> rusqlite::Result<()> {
-        for (name, value) in attributes(g) {
+        let stored = stored(self.db, ci_key)?;
+        for (name, value) in attributes(g, &stored) {
             let old: Option<Option<String>> = self
                 .db
                 .prepare_cached(
