@@ -1218,6 +1218,20 @@ count = 1
     }
 
     #[test]
+    fn gateway_lists_default_on_and_can_be_switched_off() {
+        let c = Config::parse(GOOD, "a.toml").unwrap();
+        assert_eq!(c.gateway, GatewayConfig::default());
+        assert!(c.gateway.listening && c.gateway.processes);
+        let head = GOOD.split("[[devices]]").next().unwrap_or_default();
+        let text = format!("devices = []\n{head}\n[gateway]\nlistening = false\n");
+        let c = Config::parse(&text, "a.toml").unwrap();
+        assert!(!c.gateway.listening && c.gateway.processes);
+        let typo = format!("devices = []\n{head}\n[gateway]\nprocess = false\n");
+        let err = Config::parse(&typo, "a.toml").unwrap_err().to_string();
+        assert!(err.contains("unknown field `process`"), "{err}");
+    }
+
+    #[test]
     fn missing_file_is_named() {
         let err = Config::load("/nonexistent/outpost/agent.toml")
             .unwrap_err()

@@ -195,6 +195,12 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
         humantime::format_duration(m.min_request_gap),
         m.max_parallel_devices
     );
+    let on_off = |on: bool| if on { "on" } else { "off" };
+    println!(
+        "gateway inventory: listening sockets {}, running programs {}",
+        on_off(c.gateway.listening),
+        on_off(c.gateway.processes)
+    );
     if c.devices.is_empty() {
         println!("no devices: gateway facts only");
     }
