@@ -103,6 +103,39 @@ pub struct Config {
     pub profiles: ProfilesConfig,
     /// `[[discover]]`: ranges swept for devices polled like explicit ones.
     pub discover: Vec<DiscoverConfig>,
+    /// Which gateway self-inventory lists are collected (`[gateway]`).
+    pub gateway: GatewayConfig,
+}
+
+/// `[gateway]`: the optional lists of the gateway's self-inventory (both on by default). A list
+/// switched off is named in the facts (`switched_off`), so the collector keeps what it knew
+/// instead of reading "everything vanished".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    /// Listening TCP/UDP sockets and their owning executables.
+    pub listening: bool,
+    /// Distinct running executables (name and path).
+    pub processes: bool,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listening: true,
+            processes: true,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// What the host collection should gather.
+    pub fn collect(self) -> crate::host::Collect {
+        crate::host::Collect {
+            listening: self.listening,
+            processes: self.processes,
+        }
+    }
 }
 
 /// Where and how fast envelopes leave.
@@ -326,6 +359,8 @@ struct RawConfig {
     profiles: Option<RawProfiles>,
     #[serde(default)]
     discover: Vec<RawDiscover>,
+    #[serde(default)]
+    gateway: GatewayConfig,
 }
 
 fn default_poll_interval() -> Duration {
@@ -756,6 +791,7 @@ impl Config {
             devices,
             profiles: check_profiles(raw.profiles, base),
             discover,
+            gateway: raw.gateway,
         })
     }
 
@@ -1195,6 +1231,20 @@ count = 1
         let err = Config::parse(&text, "agent.toml").unwrap_err().to_string();
         assert_eq!(err.lines().count(), 3, "{err}");
         assert!(err.lines().all(|l| l.starts_with("agent.toml: ")), "{err}");
+    }
+
+    #[test]
+    fn gateway_lists_default_on_and_can_be_switched_off() {
+        let c = Config::parse(GOOD, "a.toml").unwrap();
+        assert_eq!(c.gateway, GatewayConfig::default());
+        assert!(c.gateway.listening && c.gateway.processes);
+        let head = GOOD.split("[[devices]]").next().unwrap_or_default();
+        let text = format!("devices = []\n{head}\n[gateway]\nlistening = false\n");
+        let c = Config::parse(&text, "a.toml").unwrap();
+        assert!(!c.gateway.listening && c.gateway.processes);
+        let typo = format!("devices = []\n{head}\n[gateway]\nprocess = false\n");
+        let err = Config::parse(&typo, "a.toml").unwrap_err().to_string();
+        assert!(err.contains("unknown field `process`"), "{err}");
     }
 
     #[test]

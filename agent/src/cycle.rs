@@ -335,7 +335,8 @@ impl Agent {
                 .await;
         }
         let assets = self.poll_all().await;
-        let gateway = match tokio::task::spawn_blocking(host::collect).await {
+        let collect = self.config.gateway.collect();
+        let gateway = match tokio::task::spawn_blocking(move || host::collect(collect)).await {
             Ok(Ok(facts)) => Some(facts),
             Ok(Err(e)) => {
                 tracing::warn!("{e}; the summary goes without gateway facts");

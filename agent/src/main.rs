@@ -11,6 +11,8 @@
 //!   its next cycle (see `outpost_agent::rotate`).
 //! - `check-config --config FILE`: validate (config and device profiles) and print what would
 //!   be polled.
+//! - `gateway [--config FILE] [--json]`: print the gateway's self-inventory without sending it
+//!   (`[gateway]` switches from the config when one is given).
 //!
 //! Logs go to stderr (`RUST_LOG` respected, default `info`); the runtime is tokio's
 //! current-thread one, to keep a small gateway's footprint small.
@@ -76,6 +78,15 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Print the gateway's self-inventory (what a summary carries about this host); sends nothing.
+    Gateway {
+        /// The agent's TOML config, for its `[gateway]` switches (default: every list on).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// JSON (`outpost.gateway.v1`) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -107,7 +118,22 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run { config, once } => run(config, once),
         Command::Scan(args) => outpost_agent::discovery::command::run(args),
         Command::RotateKey { config, force } => rotate_key(config, force),
+        Command::Gateway { config, json } => gateway(config, json),
     }
+}
+
+fn gateway(config: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let collect = match config {
+        Some(path) => Config::load(&path)?.gateway.collect(),
+        None => outpost_agent::host::Collect::default(),
+    };
+    let facts = outpost_agent::host::collect(collect)?;
+    if json {
+        println!("{}", outpost_agent::host::report::json(&facts)?);
+    } else {
+        print!("{}", outpost_agent::host::report::table(&facts));
+    }
+    Ok(())
 }
 
 fn keygen(out: PathBuf, agent: Option<AgentId>, force: bool) -> anyhow::Result<()> {
@@ -198,6 +224,12 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
             humantime::format_duration(d.worst_case_unreachable())
         );
     }
+    let on_off = |on: bool| if on { "on" } else { "off" };
+    println!(
+        "gateway inventory: listening sockets {}, running programs {}",
+        on_off(c.gateway.listening),
+        on_off(c.gateway.processes)
+    );
     if c.devices.is_empty() && c.discover.is_empty() {
         println!("no devices: gateway facts only");
     }

@@ -171,3 +171,26 @@ fn run_stops_cleanly_on_sigterm() {
     }
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
 }
+
+#[test]
+fn gateway_prints_the_self_inventory_without_a_config() {
+    let out = agent(&["gateway"]);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for section in [
+        "hostname ",
+        "kernel ",
+        "interfaces (",
+        "listening (",
+        "executables (",
+    ] {
+        assert!(stdout.contains(section), "{section:?} missing:\n{stdout}");
+    }
+    let out = agent(&["gateway", "--config", "/nonexistent/agent.toml", "--json"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("/nonexistent/agent.toml"),
+        "{}",
+        text(&out.stderr)
+    );
+}

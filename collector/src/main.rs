@@ -150,7 +150,8 @@ enum Command {
     History {
         #[command(flatten)]
         query: Query,
-        /// Only this asset (its CI key, as shown by `assets --json`).
+        /// Only this asset (its CI key, as shown by `assets --json`; `gateway/<agent>` for a
+        /// gateway's self-inventory attributes).
         #[arg(long)]
         asset: Option<String>,
         /// Show only the newest N.

@@ -360,6 +360,10 @@ pub struct HostFacts {
     /// unchanged gateway yields identical facts), at most [`MAX_HOST_PROBLEMS`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
+    /// The lists the agent's config switched off (`[gateway] listening/processes = false`): a
+    /// receiver keeps what it knew of them and must not read their emptiness as "vanished".
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub switched_off: Vec<HostList>,
 }
 
 /// Most network interfaces reported in [`HostFacts::interfaces`].

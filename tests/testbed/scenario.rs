@@ -24,6 +24,10 @@ pub struct AgentSetup<'a> {
     /// Also poll each device's process input block, marked `volatile = true` (its values change
     /// on every read: never judged as drift).
     pub volatile_process: bool,
+    /// Collect the gateway's listening sockets and running executables (`[gateway]`). Off by
+    /// default: other processes on a test machine open and close sockets, which would make
+    /// assertions about gateway alerts flaky. The benchmark and `e2e_gateway` switch it on.
+    pub gateway_inventory: bool,
 }
 
 impl<'a> AgentSetup<'a> {
@@ -46,6 +50,7 @@ impl<'a> AgentSetup<'a> {
             request_timeout: Duration::from_millis(1000),
             min_request_gap: Duration::from_millis(5),
             volatile_process: false,
+            gateway_inventory: false,
         }
     }
 }
@@ -153,6 +158,11 @@ pub fn agent_config(setup: &AgentSetup<'_>, devices: &[PlantDevice]) -> String {
         setup.request_timeout.as_millis(),
         setup.request_timeout.as_millis(),
         setup.min_request_gap.as_millis()
+    );
+    let _ = writeln!(
+        t,
+        "\n[gateway]\nlistening = {0}\nprocesses = {0}",
+        setup.gateway_inventory
     );
     for d in devices {
         let _ = writeln!(

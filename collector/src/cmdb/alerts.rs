@@ -29,6 +29,9 @@ pub enum Category {
     Security,
     /// An agent declared that it lost its state (a new chain above the last accepted one).
     Agent,
+    /// The gateway's self-inventory: a listening socket opened, closed or re-owned, or a new
+    /// program executable.
+    Gateway,
 }
 
 impl Category {
@@ -40,6 +43,7 @@ impl Category {
             Category::Presence | Category::PresenceCleared => "presence",
             Category::Security => "security",
             Category::Agent => "agent",
+            Category::Gateway => "gateway",
         }
     }
 
@@ -48,7 +52,7 @@ impl Category {
     /// in use is 4 high, an agent's declared state loss 3 medium.
     pub fn severity_id(self) -> i64 {
         match self {
-            Category::Identity | Category::NewDevice | Category::Security => 4,
+            Category::Identity | Category::NewDevice | Category::Security | Category::Gateway => 4,
             Category::Config | Category::Agent => 3,
             Category::Presence => 2,
             Category::PresenceCleared => 1,

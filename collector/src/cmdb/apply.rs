@@ -522,6 +522,7 @@ impl Writer<'_, '_> {
                 g.agent_version,
                 self.now,
             ])?;
+        self.gateway_attributes(&gateway_ci, g)?;
         let agent_ci = self.agent_ci.clone();
         self.relation(&gateway_ci, "hosts", &agent_ci)?;
         Ok(hash)

@@ -7,7 +7,8 @@
 //! changed facts; the judgement is the same as for field devices (`judge.rs`): a change record
 //! for the gateway's CI key covering the time and expected values authorises it; otherwise an
 //! `unauthorised_change` alert (identity for OS/kernel/hostname/architecture, config for
-//! interfaces).
+//! interfaces, `gateway` for the self-inventory: a listening socket opened, closed or re-owned,
+//! a new program executable — see [`super::gateway_facts`] for what is and is not judged).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,6 +19,7 @@ use serde_json::Value;
 use super::alerts::Category;
 use super::apply::Writer;
 use super::baseline::{self, describe_change};
+use super::gateway_facts;
 use super::judge::Target;
 
 /// The judged facts of a gateway.
@@ -31,9 +33,17 @@ fn interfaces_text(mut list: Vec<NetInterface>) -> String {
     serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
 }
 
-/// Judged facts from what an agent reported.
-pub(crate) fn facts(g: &HostFacts) -> Facts {
-    BTreeMap::from([
+/// Judged facts from what an agent reported, over the self-inventory attributes stored so far
+/// (`stored_attributes`: a list the agent switched off keeps its stored value).
+pub(crate) fn facts(g: &HostFacts, stored_attributes: &BTreeMap<String, String>) -> Facts {
+    let mut attributes = stored_attributes.clone();
+    for (name, value) in gateway_facts::attributes(g, stored_attributes) {
+        match value {
+            Some(v) => attributes.insert(name.to_owned(), v),
+            None => attributes.remove(name),
+        };
+    }
+    let mut facts = BTreeMap::from([
         ("hostname".into(), g.hostname.clone()),
         ("os_name".into(), g.os_name.clone()),
         ("os_version".into(), g.os_version.clone()),
@@ -43,28 +53,36 @@ pub(crate) fn facts(g: &HostFacts) -> Facts {
             "interfaces".into(),
             Some(interfaces_text(g.interfaces.clone())),
         ),
-    ])
+    ]);
+    gateway_facts::add_stored_item_facts(&mut facts, &attributes);
+    facts
 }
 
 /// Judged facts as stored in `gateways` (`None` if the gateway was never seen).
 pub(crate) fn stored(conn: &Connection, ci_key: &str) -> rusqlite::Result<Option<Facts>> {
-    conn.prepare_cached(
-        "SELECT hostname, os_name, os_version, kernel_version, cpu_arch, interfaces_json
+    let attributes = gateway_facts::stored(conn, ci_key)?;
+    let columns = conn
+        .prepare_cached(
+            "SELECT hostname, os_name, os_version, kernel_version, cpu_arch, interfaces_json
          FROM gateways WHERE ci_key = ?1",
-    )?
-    .query_row([ci_key], |r| {
-        let interfaces: String = r.get(5)?;
-        let list: Vec<NetInterface> = serde_json::from_str(&interfaces).unwrap_or_default();
-        Ok(BTreeMap::from([
-            ("hostname".into(), r.get(0)?),
-            ("os_name".into(), r.get(1)?),
-            ("os_version".into(), r.get(2)?),
-            ("kernel_version".into(), r.get(3)?),
-            ("cpu_arch".into(), r.get(4)?),
-            ("interfaces".into(), Some(interfaces_text(list))),
-        ]))
-    })
-    .optional()
+        )?
+        .query_row([ci_key], |r| {
+            let interfaces: String = r.get(5)?;
+            let list: Vec<NetInterface> = serde_json::from_str(&interfaces).unwrap_or_default();
+            Ok(BTreeMap::from([
+                ("hostname".into(), r.get(0)?),
+                ("os_name".into(), r.get(1)?),
+                ("os_version".into(), r.get(2)?),
+                ("kernel_version".into(), r.get(3)?),
+                ("cpu_arch".into(), r.get(4)?),
+                ("interfaces".into(), Some(interfaces_text(list))),
+            ]))
+        })
+        .optional()?;
+    Ok(columns.map(|mut facts| {
+        gateway_facts::add_stored_item_facts(&mut facts, &attributes);
+        facts
+    }))
 }
 
 /// The approved facts of a gateway, if approved.
@@ -116,16 +134,17 @@ pub(crate) fn advance(
     let (Some(mut base), Some(current)) = (approved(conn, ci_key)?, stored(conn, ci_key)?) else {
         return Ok((Vec::new(), Vec::new()));
     };
-    let (moved, _) = baseline::explained(conn, ci_key, &base, &current)?;
+    let (judged_base, current) = gateway_facts::comparable(&base, &current, &[]);
+    let (moved, _) = baseline::explained(conn, ci_key, &judged_base, &current)?;
     for name in &moved {
         base.insert(name.clone(), current.get(name).cloned().flatten());
     }
     if !moved.is_empty() {
         write(conn, ci_key, &base, now_ms, by, reason, Some(ticket))?;
     }
-    let unexplained = base
+    let unexplained = judged_base
         .iter()
-        .filter(|(n, v)| current.get(*n).cloned().flatten() != **v)
+        .filter(|(n, v)| !moved.contains(n) && current.get(*n).cloned().flatten() != **v)
         .map(|(n, _)| n.clone())
         .collect();
     Ok((moved, unexplained))
@@ -137,11 +156,19 @@ impl Writer<'_, '_> {
         let Some(before) = stored(self.db, ci_key)? else {
             return Ok(());
         };
-        let after = facts(g);
-        let changed: Vec<(String, Option<String>, Option<String>)> = after
+        let after = facts(g, &gateway_facts::stored(self.db, ci_key)?);
+        let (judged_before, judged_after) =
+            gateway_facts::comparable(&before, &after, &g.truncated);
+        let changed: Vec<(String, Option<String>, Option<String>)> = judged_after
             .iter()
-            .filter(|(n, v)| before.get(*n) != Some(*v))
-            .map(|(n, v)| (n.clone(), before.get(n).cloned().flatten(), v.clone()))
+            .filter(|(n, v)| judged_before.get(*n).cloned().flatten() != **v)
+            .map(|(n, v)| {
+                (
+                    n.clone(),
+                    judged_before.get(n).cloned().flatten(),
+                    v.clone(),
+                )
+            })
             .collect();
         if changed.is_empty() {
             return Ok(());
@@ -159,12 +186,19 @@ impl Writer<'_, '_> {
             .hostname
             .clone()
             .unwrap_or_else(|| format!("gateway of {}", self.meta.agent));
-        let category = if changed.iter().all(|(n, _, _)| n == "interfaces") {
+        let category = if changed
+            .iter()
+            .any(|(n, _, _)| gateway_facts::is_inventory_fact(n))
+        {
+            Category::Gateway
+        } else if changed.iter().all(|(n, _, _)| n == "interfaces") {
             Category::Config
         } else {
             Category::Identity
         };
-        let drift = baseline::differences(&approved, &after);
+        let (judged_approved, judged_now) =
+            gateway_facts::comparable(&approved, &after, &g.truncated);
+        let drift = baseline::differences(&judged_approved, &judged_now);
         self.judged(
             ci_key,
             &name,
@@ -220,6 +254,7 @@ pub(crate) fn drift_rows(conn: &Connection) -> rusqlite::Result<Vec<super::basel
     for mut row in rows {
         match (approved(conn, &row.ci_key)?, stored(conn, &row.ci_key)?) {
             (Some(base), Some(current)) => {
+                let (base, current) = gateway_facts::comparable(&base, &current, &[]);
                 baseline::fill_drift(conn, &mut row, &base, &current)?;
             }
             _ => row.state = "no_baseline".into(),

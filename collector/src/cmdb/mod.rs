@@ -25,6 +25,7 @@ pub mod ci_key;
 mod conflict;
 pub mod debounce;
 mod gateway_baseline;
+pub mod gateway_facts;
 mod judge;
 pub mod key_lifecycle;
 pub mod presence;

@@ -99,6 +99,10 @@ pub struct GatewayRow {
     pub agent_version: String,
     pub first_seen: Timestamp,
     pub last_seen: Timestamp,
+    /// The self-inventory attributes (cpu_model, disks, listening, executables, truncated,
+    /// switched_off, problems), lists as JSON (see `gateway_facts`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub inventory: BTreeMap<String, serde_json::Value>,
 }
 
 /// One event.
@@ -219,15 +223,22 @@ impl Cmdb {
         newest: Option<u32>,
     ) -> Result<Vec<HistoryRow>, CmdbError> {
         let conn = self.connection();
+        let gateway = asset.is_some_and(super::gateway_baseline::is_gateway_key);
         let run = || -> rusqlite::Result<Vec<HistoryRow>> {
-            let mut stmt = conn.prepare(
+            // A gateway CI's history is its self-inventory attributes (`gateway_facts`).
+            let mut stmt = conn.prepare(if gateway {
+                "SELECT * FROM (SELECT history_id, ci_key, attribute, old_value, new_value,
+                         observed_at_ms, agent_id, envelope_seq, envelope_hash
+                     FROM gateway_attribute_history WHERE ci_key = ?1
+                     ORDER BY history_id DESC LIMIT ?2) ORDER BY history_id"
+            } else {
                 "SELECT * FROM (SELECT h.history_id, a.ci_key, h.attribute, h.old_value,
                          h.new_value, h.observed_at_ms, h.agent_id, h.envelope_seq,
                          h.envelope_hash
                      FROM attribute_history h JOIN assets a ON a.asset_id = h.asset_id
                      WHERE ?1 IS NULL OR a.ci_key = ?1
-                     ORDER BY h.history_id DESC LIMIT ?2) ORDER BY history_id",
-            )?;
+                     ORDER BY h.history_id DESC LIMIT ?2) ORDER BY history_id"
+            })?;
             let rows = stmt.query_map(params![asset, limit(newest)], |r| {
                 Ok(HistoryRow {
                     history_id: r.get(0)?,
@@ -424,7 +435,11 @@ fn query_agents(conn: &Connection) -> rusqlite::Result<Vec<AgentRow>> {
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, gateway_row(r)?)))?;
         for row in rows {
-            let (agent, gateway) = row?;
+            let (agent, mut gateway) = row?;
+            for (name, text) in super::gateway_facts::stored(conn, &gateway.ci_key)? {
+                let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+                gateway.inventory.insert(name, value);
+            }
             gateways.insert(agent, gateway);
         }
     }
@@ -471,6 +486,7 @@ fn gateway_row(r: &Row<'_>) -> rusqlite::Result<GatewayRow> {
         agent_version: r.get(12)?,
         first_seen: r.get(13)?,
         last_seen: r.get(14)?,
+        inventory: BTreeMap::new(),
     })
 }
 

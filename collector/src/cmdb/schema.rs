@@ -25,6 +25,7 @@ pub const MIGRATIONS: &[&str] = &[
     MIGRATION_3,
     MIGRATION_4,
     MIGRATION_5,
+    MIGRATION_GATEWAY_FACTS,
 ];
 
 /// The schema version this build writes.
@@ -373,6 +374,32 @@ CREATE TABLE drift_settings (
     name            TEXT PRIMARY KEY,
     value           INTEGER NOT NULL
 );
+"#;
+
+/// Gateway self-inventory (issues 3 and 4): the gateway CI's attributes beyond the `gateways`
+/// columns (cpu_model, disks, listening, executables, truncated, switched_off, problems; lists
+/// as JSON arrays) and their history, like `asset_attributes` / `attribute_history`.
+const MIGRATION_GATEWAY_FACTS: &str = r#"
+CREATE TABLE gateway_attributes (
+    ci_key          TEXT NOT NULL REFERENCES gateways(ci_key),
+    attribute       TEXT NOT NULL,
+    value           TEXT,                     -- NULL = no longer reported
+    updated_at_ms   INTEGER NOT NULL,
+    PRIMARY KEY (ci_key, attribute)
+) WITHOUT ROWID;
+
+CREATE TABLE gateway_attribute_history (
+    history_id      INTEGER PRIMARY KEY,
+    ci_key          TEXT NOT NULL,
+    attribute       TEXT NOT NULL,
+    old_value       TEXT,                     -- NULL on the first observation
+    new_value       TEXT,
+    observed_at_ms  INTEGER NOT NULL,
+    agent_id        TEXT NOT NULL,
+    envelope_seq    INTEGER NOT NULL,
+    envelope_hash   TEXT NOT NULL
+);
+CREATE INDEX gateway_attribute_history_by_ci ON gateway_attribute_history(ci_key, history_id);
 "#;
 
 /// Reads the schema version of an open database.

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use outpost_proto::EnvelopeHeader;
 use outpost_proto::ZoneId;
-use outpost_proto::model::{Body, Endpoint, HostFacts, PollStatus};
+use outpost_proto::model::{Body, Endpoint, HostFacts, HostList, PollStatus};
 use serde::Serialize;
 
 use super::MONITORING_LIMIT_MS;
@@ -24,6 +24,7 @@ use super::collect::IndexRow;
 use crate::audit::Discontinuity;
 use crate::cmdb::attributes::status_name;
 use crate::cmdb::ci_key;
+use crate::cmdb::gateway_facts;
 use crate::time::rfc3339;
 
 /// `report.json`'s schema name.
@@ -387,11 +388,69 @@ fn gateway_items(g: &HostFacts) -> Cip010Items {
     };
     Cip010Items {
         os_firmware,
-        software: Some(format!("outpost-agent {}", g.agent_version)),
+        software: Some(gateway_software(g)),
         custom_software: None,
-        ports: None,
+        ports: gateway_ports(g),
         patches: None,
     }
+}
+
+/// R1.1.2 for a gateway: the agent, and the distinct program executables it saw running
+/// (when it collected them; an older agent or `[gateway] processes = false` lists none).
+fn gateway_software(g: &HostFacts) -> String {
+    let agent = format!("outpost-agent {}", g.agent_version);
+    if g.switched_off.contains(&HostList::Executables) {
+        return format!(
+            "{agent}; running programs not collected (switched off in the agent's [gateway] config)"
+        );
+    }
+    if !gateway_facts::collected(g) {
+        return agent;
+    }
+    let programs: Vec<String> = g
+        .executables
+        .iter()
+        .map(|e| match &e.exe {
+            Some(path) => path.clone(),
+            None => format!("{} (path not visible)", e.name),
+        })
+        .collect();
+    let cut = if g.truncated.contains(&HostList::Executables) {
+        " (list cut at its cap)"
+    } else {
+        ""
+    };
+    format!("{agent}; running programs{cut}: {}", programs.join(", "))
+}
+
+/// R1.1.4 for a gateway: its listening TCP and unconnected UDP sockets with their owners, when
+/// the agent collected them (`None` = not collected).
+fn gateway_ports(g: &HostFacts) -> Option<String> {
+    if g.switched_off.contains(&HostList::Listening) || !gateway_facts::collected(g) {
+        return None;
+    }
+    if g.listening.is_empty() {
+        return Some("none listening".into());
+    }
+    let ports: Vec<String> = g
+        .listening
+        .iter()
+        .map(|s| {
+            let owner = s.exe.as_deref().unwrap_or("owner not visible");
+            let address = if s.address.contains(':') {
+                format!("[{}]", s.address)
+            } else {
+                s.address.clone()
+            };
+            format!("{} {address}:{} ({owner})", s.protocol.as_str(), s.port)
+        })
+        .collect();
+    let cut = if g.truncated.contains(&HostList::Listening) {
+        " (list cut at its cap)"
+    } else {
+        ""
+    };
+    Some(format!("{}{cut}", ports.join(", ")))
 }
 
 /// The zone id the period names, validated (an invalid zone can have no envelopes).

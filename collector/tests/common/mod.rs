@@ -174,6 +174,8 @@ pub fn snapshot(cmdb: &Cmdb) -> Vec<String> {
         "key_zones",
         "assets",
         "gateways",
+        "gateway_attributes",
+        "gateway_attribute_history",
         "asset_attributes",
         "attribute_history",
         "relations",
