@@ -96,6 +96,8 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     pub modbus: ModbusConfig,
     pub devices: Vec<DeviceConfig>,
+    /// Segmentation probes, when `[segmentation]` is configured (see [`crate::segmentation`]).
+    pub segmentation: Option<crate::segmentation::SegmentationConfig>,
 }
 
 /// Where and how fast envelopes leave.
@@ -316,6 +318,7 @@ struct RawConfig {
     #[serde(default)]
     modbus: ModbusConfig,
     devices: Option<Vec<RawDevice>>,
+    segmentation: Option<crate::segmentation::targets::RawSegmentation>,
 }
 
 fn default_poll_interval() -> Duration {
@@ -715,6 +718,10 @@ impl Config {
             }
         }
 
+        let segmentation = raw
+            .segmentation
+            .and_then(|s| crate::segmentation::targets::validate(s, &devices, &mut problem));
+
         if raw.diode.is_none() && mqtt.is_none() && problems.is_empty() {
             problems.push(Problem {
                 field: "diode".into(),
@@ -740,6 +747,7 @@ impl Config {
             mqtt,
             modbus: raw.modbus,
             devices,
+            segmentation,
         })
     }
 

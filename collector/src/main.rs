@@ -185,6 +185,15 @@ enum Command {
         #[arg(long)]
         limit: Option<u32>,
     },
+    /// Segmentation probes: the latest result per agent and target (violations and conduits
+    /// down first); `--all` adds the history of results, newest first.
+    Probes {
+        #[command(flatten)]
+        query: Query,
+        /// Also list every stored probe result (newest first, at most 10000).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// `serve` alert delivery (see README "Drift and change authorisation").
@@ -580,6 +589,21 @@ fn run(cli: Cli) -> Result<()> {
             let (cmdb, f) = query.open()?;
             let rows = cmdb.alerts(limit)?;
             print(&render_drift::alerts(&rows, &cmdb.alert_sinks()?, f, now))
+        }
+        Command::Probes { query, all } => {
+            let (cmdb, f) = query.open()?;
+            let state = cmdb.probe_state()?;
+            let history = if all {
+                Some(cmdb.probe_history(outpost_collector::cmdb::probes::MAX_HISTORY_ROWS)?)
+            } else {
+                None
+            };
+            print(&outpost_collector::render_probes::probes(
+                &state,
+                history.as_deref(),
+                f,
+                now,
+            ))
         }
         Command::Key(KeyCommand::List(q)) => {
             let (cmdb, f) = q.open()?;
