@@ -36,6 +36,15 @@ pub async fn probe_one(target: &ProbeTarget, timeout: Duration) -> ProbeResult {
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             (ProbeOutcome::Refused, None)
         }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::PermissionDenied => (
+            ProbeOutcome::Error,
+            Some(
+                "connect not permitted on the gateway itself (the unit's IPAddressAllow= or a \
+                 local firewall): this probe tests nothing beyond the gateway; allow the target \
+                 in the agent's unit to probe the network"
+                    .into(),
+            ),
+        ),
         Ok(Err(e)) => {
             let mut text = e.to_string().replace(char::is_control, " ");
             text.truncate(
