@@ -81,6 +81,8 @@ fn start_collector(dir: &Path, db: &Path) -> (ChildGuard, SocketAddr) {
                 "127.0.0.1:0",
                 "--ready-file",
                 path(&ready),
+                "--alert-file",
+                path(&dir.join("alerts.ocsf.jsonl")),
             ])
             .stdin(Stdio::null()),
     )
@@ -194,6 +196,35 @@ fn probes_on_loopback_raise_violations_and_conduit_alerts() {
             "segmentation_violation"
         ]
     );
+    // The table says it in words, problems first.
+    let table = run_ok("outpost-collector", &["probes", "--db", path(&db)]);
+    let first_rows: Vec<&str> = table.lines().skip(1).take(3).collect();
+    assert!(
+        first_rows
+            .iter()
+            .all(|l| l.starts_with("VIOLATION") || l.starts_with("CONDUIT DOWN")),
+        "{table}"
+    );
+    assert!(table.contains("4 probe targets"), "{table}");
+    // Delivered through the alert pipeline as OCSF Detection Findings naming the target.
+    let ocsf = dir.join("alerts.ocsf.jsonl");
+    let findings = harness::wait_for(WAIT, || {
+        let text = std::fs::read_to_string(&ocsf).ok()?;
+        let events: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        (events.len() >= 3).then_some(events)
+    })
+    .expect("three OCSF events delivered to the alert file");
+    let violation = findings
+        .iter()
+        .find(|e| e["unmapped"]["outpost"]["kind"] == "segmentation_violation")
+        .expect("a violation event");
+    assert_eq!(violation["class_uid"], 2004);
+    assert_eq!(violation["severity_id"], 4);
+    assert_eq!(violation["dst_endpoint"]["ip"], "127.0.0.1");
+
     // The probe connected and closed without sending a byte.
     let sent = sniffer
         .join()
