@@ -105,6 +105,8 @@ pub struct Config {
     pub discover: Vec<DiscoverConfig>,
     /// Which gateway self-inventory lists are collected (`[gateway]`).
     pub gateway: GatewayConfig,
+    /// Segmentation probes, when `[segmentation]` is configured (see [`crate::segmentation`]).
+    pub segmentation: Option<crate::segmentation::SegmentationConfig>,
 }
 
 /// `[gateway]`: the optional lists of the gateway's self-inventory (both on by default). A list
@@ -361,6 +363,7 @@ struct RawConfig {
     discover: Vec<RawDiscover>,
     #[serde(default)]
     gateway: GatewayConfig,
+    segmentation: Option<crate::segmentation::targets::RawSegmentation>,
 }
 
 fn default_poll_interval() -> Duration {
@@ -764,6 +767,10 @@ impl Config {
             }
         }
 
+        let segmentation = raw
+            .segmentation
+            .and_then(|s| crate::segmentation::targets::validate(s, &devices, &mut problem));
+
         if raw.diode.is_none() && mqtt.is_none() && problems.is_empty() {
             problems.push(Problem {
                 field: "diode".into(),
@@ -792,6 +799,7 @@ impl Config {
             profiles: check_profiles(raw.profiles, base),
             discover,
             gateway: raw.gateway,
+            segmentation,
         })
     }
 

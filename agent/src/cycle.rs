@@ -18,7 +18,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use outpost_proto::envelope;
 use std::sync::Mutex;
 
-use outpost_proto::model::{AssetObservation, Body, DataLost, Heartbeat, PollStatus, Summary};
+use outpost_proto::model::{
+    AssetObservation, Body, DataLost, Heartbeat, PollStatus, ProbeReport, Summary,
+};
 use outpost_proto::{ChainTip, SigningKey};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -188,7 +190,9 @@ impl Agent {
         let seq = sealed.tip.seq;
         if let Some(m) = &self.mqtt {
             let kind = match body {
-                Body::Summary(_) => EntryKind::Summary,
+                // A probe round may be dropped like a snapshot (the drop is reported in a
+                // data-lost notice, and the next round repeats every probe).
+                Body::Summary(_) | Body::Probes(_) => EntryKind::Summary,
                 Body::Heartbeat(_) => EntryKind::Heartbeat,
                 // Notices are never dropped from the spool; a key handover is one.
                 Body::DataLost(_) | Body::KeyHandover(_) => EntryKind::DataLost,
@@ -427,6 +431,34 @@ impl Agent {
         Ok(seq)
     }
 
+    /// Runs one round of segmentation probes inline and sends its report (`run --once`, tests).
+    /// Returns the envelope's sequence number, or `None` without `[segmentation]`.
+    pub async fn run_probe_round(&mut self) -> Result<Option<u64>, AgentError> {
+        let Some(seg) = self.config.segmentation.clone() else {
+            return Ok(None);
+        };
+        let report =
+            crate::segmentation::probe::run_round(&self.config.agent_id, &self.config.zone, &seg)
+                .await;
+        self.send_probe_report(report).await.map(Some)
+    }
+
+    /// Seals and sends a probe report now.
+    async fn send_probe_report(&mut self, report: ProbeReport) -> Result<u64, AgentError> {
+        let targets = report.results.len();
+        let problems = report.results.iter().filter(|r| r.is_problem()).count();
+        let (seq, _, _) = self.emit(&Body::Probes(report)).await?;
+        self.report_losses().await?;
+        self.flush_diode().await?;
+        tracing::info!(
+            seq,
+            targets,
+            problems,
+            "segmentation probes: {targets} targets, {problems} contradicting the zone's design, sent as envelope {seq}"
+        );
+        Ok(seq)
+    }
+
     /// Polls every device (explicit ones, then discovered ones), at most
     /// `max_parallel_devices` at once; results in that order.
     async fn poll_all(&self) -> Vec<AssetObservation> {
@@ -507,7 +539,38 @@ impl Agent {
     /// `diode.heartbeat_interval` in between (no heartbeats without `[diode]`: MQTT has its
     /// status topic) (none while a cycle runs: its summary says as
     /// much). A failed cycle or heartbeat is logged and the next one runs on schedule.
+    /// With `[segmentation]`, probe rounds run in a background task every
+    /// `segmentation.interval` (the first at start); each report is sealed and sent between
+    /// cycles.
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+        let (probe_tx, mut probe_rx) = tokio::sync::mpsc::channel::<ProbeReport>(2);
+        let probes = self.config.segmentation.clone().map(|seg| {
+            let agent = self.config.agent_id.clone();
+            let zone = self.config.zone.clone();
+            tokio::spawn(async move {
+                let mut rounds = tokio::time::interval(seg.interval);
+                rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    rounds.tick().await;
+                    let report = crate::segmentation::probe::run_round(&agent, &zone, &seg).await;
+                    if probe_tx.send(report).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        });
+        let result = self.run_loop(shutdown, &mut probe_rx).await;
+        if let Some(task) = probes {
+            task.abort();
+        }
+        result
+    }
+
+    async fn run_loop(
+        &mut self,
+        shutdown: impl Future<Output = ()>,
+        probe_rx: &mut tokio::sync::mpsc::Receiver<ProbeReport>,
+    ) -> Result<(), AgentError> {
         let mut ticks = tokio::time::interval(self.config.poll_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut beats = self.config.diode.map(|d| {
@@ -521,6 +584,12 @@ impl Agent {
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = ticks.tick() => {}
+                Some(report) = probe_rx.recv() => {
+                    if let Err(e) = self.send_probe_report(report).await {
+                        tracing::error!("sending the segmentation probe report failed: {e}");
+                    }
+                    continue;
+                }
                 _ = async {
                     match &mut beats {
                         Some(b) => b.tick().await,

@@ -12,6 +12,7 @@
 //! - [`discovery`]: sweeping address ranges (`outpost-agent scan`) under a politeness budget.
 //! - [`profile`]: device profiles (built-in and user TOML files) matched by identity.
 //! - [`host`]: gateway facts.
+//! - [`segmentation`]: TCP connect probes of what the zone must not / may reach.
 //! - [`state`]: the persisted chain tip and the state directory lock.
 //! - [`transport`]: the diode sender, the MQTT publisher and its spool.
 //! - [`cycle`]: [`Agent`], one cycle and the loop of cycles.
@@ -28,6 +29,7 @@ pub mod keyfile;
 pub mod modbus;
 pub mod profile;
 pub mod rotate;
+pub mod segmentation;
 pub mod state;
 pub mod transport;
 

@@ -4,7 +4,8 @@
 //! - `run --config FILE [--once]`: poll and send every `poll_interval` until SIGTERM/SIGINT, or
 //!   one cycle with `--once` (exit 0 when the envelope was sent — or, for MQTT, spooled: `--once`
 //!   waits up to 10 s for the broker's acknowledgements; unreachable devices are reported inside
-//!   the summary, not as a failure).
+//!   the summary, not as a failure). With `[segmentation]`, `--once` also runs one probe round
+//!   after the cycle; `run` probes in the background every `segmentation.interval`.
 //! - `scan CIDR... [--port 502] [--units 1,2,255] [--json] [--write-config FILE]`: a one-shot
 //!   discovery sweep under the politeness budget (see `outpost_agent::discovery`).
 //! - `rotate-key --config FILE [--force]`: stage a new signing key; the agent announces it at
@@ -260,6 +261,19 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
             c.asset_count()
         );
     }
+    println!("{} assets per cycle", c.asset_count());
+    if let Some(seg) = &c.segmentation {
+        println!(
+            "segmentation probes every {}: {} targets, connect timeout {}, at most {} probes/s",
+            humantime::format_duration(seg.interval),
+            seg.targets.len(),
+            humantime::format_duration(seg.connect_timeout),
+            seg.max_probes_per_sec
+        );
+        for t in &seg.targets {
+            println!("  {} {} (from {:?})", t.expect.as_str(), t.addr, t.rule);
+        }
+    }
     Ok(())
 }
 
@@ -278,6 +292,8 @@ fn run(path: PathBuf, once: bool) -> anyhow::Result<()> {
         if once {
             let report = agent.run_cycle().await?;
             tracing::debug!(?report, "single cycle done");
+            // With [segmentation], one probe round runs inline after the cycle.
+            agent.run_probe_round().await?;
             if let Some(link) = agent.mqtt()
                 && !link.wait_drained(ONCE_FLUSH).await
             {

@@ -12,7 +12,7 @@ use std::fmt;
 
 use outpost_proto::envelope::{self, EnvelopeError, Verified};
 use outpost_proto::handover;
-use outpost_proto::model::{Body, DataLost, Heartbeat, KeyHandover, Summary};
+use outpost_proto::model::{Body, DataLost, Heartbeat, KeyHandover, ProbeReport, Summary};
 use outpost_proto::{AgentId, ZoneId};
 
 use crate::cmdb::Cmdb;
@@ -159,7 +159,7 @@ impl Checked {
     pub fn summary(&self) -> Option<&Summary> {
         match &self.body {
             Body::Summary(summary) => Some(summary),
-            Body::Heartbeat(_) | Body::DataLost(_) | Body::KeyHandover(_) => None,
+            Body::Heartbeat(_) | Body::DataLost(_) | Body::KeyHandover(_) | Body::Probes(_) => None,
         }
     }
 
@@ -224,6 +224,7 @@ fn check_inner(db: &Cmdb, wire: &[u8], claimed: &mut Claimed) -> Result<Checked,
         Body::DataLost(n) => check_data_lost(n, &h.agent, &h.zone, h.seq)?,
         Body::Heartbeat(beat) => check_heartbeat(beat, h)?,
         Body::KeyHandover(handover) => check_handover(handover, h)?,
+        Body::Probes(report) => check_probes(report, h)?,
     }
     Ok(Checked {
         verified,
@@ -333,6 +334,25 @@ fn check_handover(k: &KeyHandover, h: &envelope::EnvelopeHeader) -> Result<(), (
     handover::verify(k, &h.agent, &h.key_id, h.seq)
         .map(|_| ())
         .map_err(|e| (Reason::BadHandover, format!("agent {}: {e}", h.agent)))
+}
+
+/// A probe report must name its own agent and zone and stay within the protocol's bounds.
+fn check_probes(r: &ProbeReport, h: &envelope::EnvelopeHeader) -> Result<(), (Reason, String)> {
+    if r.agent != h.agent || r.zone != h.zone {
+        return Err((
+            Reason::BodyMismatch,
+            format!(
+                "envelope header says agent {} zone {} but its probe report says agent {} zone {}",
+                h.agent, h.zone, r.agent, r.zone
+            ),
+        ));
+    }
+    r.check_bounds().map_err(|why| {
+        (
+            Reason::BodyMismatch,
+            format!("agent {}: probe report refused: {why}", h.agent),
+        )
+    })
 }
 
 /// The body must describe the header's agent and zone, and every block hash must be honest.

@@ -659,6 +659,7 @@ fn apply_in(
                 h.agent, notice.from_seq, notice.to_seq, notice.reason);
             db.apply_data_lost(&meta, notice).map_err(storage)?
         }
+        Body::Probes(report) => db.apply_probes(&meta, report).map_err(storage)?,
         Body::KeyHandover(handover) => db
             .apply_key_handover(&meta, handover)
             .map_err(storage)?

@@ -37,6 +37,7 @@ pub mod mqtt;
 pub mod pipeline;
 pub mod render;
 pub mod render_drift;
+pub mod render_probes;
 pub mod serve;
 pub mod table;
 pub mod time;

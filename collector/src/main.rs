@@ -127,12 +127,14 @@ enum Command {
         /// servicenow-ire, csv or cyclonedx.
         #[arg(long, value_enum)]
         format: ExportFormat,
-        /// Where to write; `-` for stdout.
-        #[arg(long)]
-        out: PathBuf,
+        /// Where to write; `-` for stdout (optional with --post).
+        #[arg(long, required_unless_present = "post")]
+        out: Option<PathBuf>,
         /// Only this zone's CIs.
         #[arg(long)]
         zone: Option<String>,
+        #[command(flatten)]
+        post: ServiceNowPost,
     },
     /// Field devices (configuration items).
     Assets(Query),
@@ -185,6 +187,15 @@ enum Command {
         /// Show only the newest N.
         #[arg(long)]
         limit: Option<u32>,
+    },
+    /// Segmentation probes: the latest result per agent and target (violations and conduits
+    /// down first); `--all` adds the history of results, newest first.
+    Probes {
+        #[command(flatten)]
+        query: Query,
+        /// Also list every stored probe result (newest first, at most 10000).
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -334,6 +345,37 @@ struct EvidenceBuild {
     /// The collector evidence key (`evidence.key` from `evidence keygen`) that signs the manifest.
     #[arg(long, required = true)]
     key: Option<PathBuf>,
+}
+
+/// `export --format servicenow-ire --post URL` (docs/exports.md "POSTing to an instance").
+#[derive(Args, Debug)]
+struct ServiceNowPost {
+    /// POST the IRE payload to this ServiceNow instance (https://acme.service-now.com), in
+    /// batches, to /api/now/identifyreconcile.
+    #[arg(long, value_name = "URL")]
+    post: Option<String>,
+    /// Integration user for Basic authentication (with --sn-password-file).
+    #[arg(long, value_name = "USER", requires = "sn_password_file")]
+    sn_user: Option<String>,
+    /// File whose first line is the user's password.
+    #[arg(long, value_name = "FILE", requires = "sn_user")]
+    sn_password_file: Option<PathBuf>,
+    /// File whose first line is an OAuth bearer token (instead of user and password).
+    #[arg(long, value_name = "FILE", conflicts_with = "sn_user")]
+    sn_token_file: Option<PathBuf>,
+    /// PEM CA certificate(s) the instance's certificate chains to (trusted instead of the
+    /// built-in Mozilla roots).
+    #[arg(long, value_name = "FILE")]
+    sn_ca: Option<PathBuf>,
+    /// Most CIs per request (gateways travel with their devices on top).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    sn_batch_items: usize,
+    /// Further attempts after a transient failure (no connection, timeout, 429, 502-504).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    sn_retries: u32,
+    /// Pause before the first retry (doubles each time).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = humantime::parse_duration)]
+    sn_retry_pause: std::time::Duration,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -582,6 +624,21 @@ fn run(cli: Cli) -> Result<()> {
             let rows = cmdb.alerts(limit)?;
             print(&render_drift::alerts(&rows, &cmdb.alert_sinks()?, f, now))
         }
+        Command::Probes { query, all } => {
+            let (cmdb, f) = query.open()?;
+            let state = cmdb.probe_state()?;
+            let history = if all {
+                Some(cmdb.probe_history(outpost_collector::cmdb::probes::MAX_HISTORY_ROWS)?)
+            } else {
+                None
+            };
+            print(&outpost_collector::render_probes::probes(
+                &state,
+                history.as_deref(),
+                f,
+                now,
+            ))
+        }
         Command::Key(KeyCommand::List(q)) => {
             let (cmdb, f) = q.open()?;
             print(&key_cmd::render_list(&cmdb.key_list()?, f, now))
@@ -603,7 +660,18 @@ fn run(cli: Cli) -> Result<()> {
             format,
             out,
             zone,
-        } => run_export(&db, format, &out, zone.as_deref(), now),
+            post,
+        } => match post.post.clone() {
+            Some(url) => {
+                run_servicenow_post(&db, format, out.as_deref(), zone.as_deref(), url, post, now)
+            }
+            None => {
+                let Some(out) = out else {
+                    bail!("--out FILE is required (or --post URL with --format servicenow-ire)");
+                };
+                run_export(&db, format, &out, zone.as_deref(), now)
+            }
+        },
         Command::Audit(AuditCommand::Verify(q)) => {
             let format = if q.json { Format::Json } else { Format::Text };
             if !q.db.exists() {
@@ -837,6 +905,104 @@ fn run_export(
         inv.assets.len(),
         inv.gateways.len()
     );
+    Ok(())
+}
+
+fn run_servicenow_post(
+    db: &Path,
+    format: ExportFormat,
+    out: Option<&Path>,
+    zone: Option<&str>,
+    url: String,
+    args: ServiceNowPost,
+    now: i64,
+) -> Result<()> {
+    use outpost_collector::export::servicenow_post::{self as sn, Auth, PostConfig};
+    use outpost_collector::export::{self, Inventory};
+    if !matches!(format, ExportFormat::ServicenowIre) {
+        bail!("--post sends a ServiceNow IRE payload; use it with --format servicenow-ire");
+    }
+    let auth = match (&args.sn_user, &args.sn_password_file, &args.sn_token_file) {
+        (Some(user), Some(pw), None) => Auth::Basic {
+            user: user.clone(),
+            password: sn::read_secret(pw, "--sn-password-file")?,
+        },
+        (None, None, Some(token)) => Auth::Bearer(sn::read_secret(token, "--sn-token-file")?),
+        _ => bail!(
+            "--post needs credentials: --sn-user USER --sn-password-file FILE, or \
+             --sn-token-file FILE"
+        ),
+    };
+    if let Some(out) = out {
+        // Keep a copy of what is sent, like a plain export.
+        run_export(db, format, out, zone, now)?;
+    }
+    let cmdb = Cmdb::open_existing(db)?;
+    let inv = Inventory::read(&cmdb, zone)?;
+    let payload = export::servicenow::payload(&inv);
+    export::servicenow::check_shape(&payload)
+        .map_err(|e| anyhow::anyhow!("internal error: IRE payload shape: {e}"))?;
+    if payload["items"].as_array().is_none_or(Vec::is_empty) {
+        eprintln!(
+            "nothing to send: the CMDB holds no CIs{}",
+            zone.map(|z| format!(" in zone {z}")).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let cfg = PostConfig {
+        url,
+        auth,
+        ca_file: args.sn_ca,
+        batch_items: args.sn_batch_items,
+        retries: args.sn_retries,
+        retry_pause: args.sn_retry_pause,
+    };
+    let mut item_errors = 0usize;
+    let reports = sn::post(
+        &payload,
+        &cfg,
+        |b| {
+            let ops: Vec<String> = b
+                .operations
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            println!(
+                "batch {}: {} items, {} relations: HTTP {} after {} attempt{}; {}{}",
+                b.batch,
+                b.items,
+                b.relations,
+                b.status,
+                b.attempts,
+                if b.attempts == 1 { "" } else { "s" },
+                if ops.is_empty() {
+                    "no per-item result".to_owned()
+                } else {
+                    ops.join(", ")
+                },
+                if b.item_errors.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {} item errors", b.item_errors.len())
+                }
+            );
+            for e in &b.item_errors {
+                println!("  {e}");
+            }
+            item_errors += b.item_errors.len();
+        },
+        std::thread::sleep,
+    )?;
+    println!(
+        "posted {} CIs ({} field devices, {} gateways) in {} batches",
+        inv.assets.len() + inv.gateways.len(),
+        inv.assets.len(),
+        inv.gateways.len(),
+        reports.len()
+    );
+    if item_errors > 0 {
+        bail!("ServiceNow reported errors for {item_errors} items (listed above)");
+    }
     Ok(())
 }
 

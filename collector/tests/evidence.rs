@@ -6,7 +6,7 @@ mod common;
 use common::{Fixture, T0, plc};
 use outpost_collector::evidence::{self, BuildRequest};
 use outpost_proto::envelope;
-use outpost_proto::model::{Body, Heartbeat};
+use outpost_proto::model::{Body, Heartbeat, ProbeExpect, ProbeOutcome, ProbeReport, ProbeResult};
 use outpost_proto::{ChainTip, SigningKey, handover};
 use serde_json::Value;
 
@@ -103,6 +103,8 @@ fn packs_cut_the_chain_show_silences_gaps_and_handovers_and_verify() {
     assert!(r.clean(), "{}", evidence::verify::render(&r));
     let report = json(&all.join("report.json"));
     assert_eq!(report["envelopes"], 5);
+    // No probe rounds: no segmentation section (packs from before probes stay identical).
+    assert!(report.get("segmentation").is_none(), "{report:#}");
     let device = report["inventory"]
         .as_array()
         .unwrap()
@@ -190,4 +192,103 @@ fn packs_cut_the_chain_show_silences_gaps_and_handovers_and_verify() {
         now_ms: end as i64,
     });
     assert!(inverted.unwrap_err().to_string().contains("is not after"));
+}
+
+#[test]
+fn packs_show_the_periods_segmentation_probes_and_verify() {
+    let f = Fixture::new();
+    let mut ingest = f.ingest();
+    let mut c = Chain {
+        f,
+        new_key: None,
+        tip: ChainTip::GENESIS,
+    };
+    let round = |c: &Chain, time: u64, it: ProbeOutcome, broker: ProbeOutcome| {
+        let result = |target: &str, expect, outcome| ProbeResult {
+            target: target.into(),
+            rule: target.into(),
+            expect,
+            outcome,
+            elapsed_ms: 5,
+            detail: None,
+        };
+        Body::Probes(ProbeReport {
+            agent: c.f.agent.clone(),
+            zone: c.f.zone.clone(),
+            started_ms: time,
+            finished_ms: time + 10,
+            results: vec![
+                result("192.0.2.50:445", ProbeExpect::MustNotReach, it),
+                result("192.0.2.10:1883", ProbeExpect::MayReach, broker),
+            ],
+        })
+    };
+    let hour = 60 * 60 * 1000;
+    c.push(&mut ingest, T0, c.summary());
+    let b = round(&c, T0 + 1, ProbeOutcome::TimedOut, ProbeOutcome::Connected);
+    c.push(&mut ingest, T0 + 1, b);
+    let b = round(
+        &c,
+        T0 + hour,
+        ProbeOutcome::Refused,
+        ProbeOutcome::Connected,
+    );
+    c.push(&mut ingest, T0 + hour, b);
+    let b = round(
+        &c,
+        T0 + 3 * hour,
+        ProbeOutcome::TimedOut,
+        ProbeOutcome::Connected,
+    );
+    c.push(&mut ingest, T0 + 3 * hour, b);
+    drop(ingest);
+
+    let (ek, _) = SigningKey::generate().unwrap();
+    let out = pack(&c.f, &ek, "probes", T0 - DAY, T0 + DAY);
+    let r = evidence::verify(&out, Some(&ek.public_key())).unwrap();
+    assert!(r.clean(), "{}", evidence::verify::render(&r));
+    let report = json(&out.join("report.json"));
+    let seg = &report["segmentation"];
+    assert_eq!(seg["violated_targets"], 1, "{seg:#}");
+    assert_eq!(seg["conduit_failures"], 0, "{seg:#}");
+    assert_eq!(seg["agents"][0]["rounds"], 3);
+    assert_eq!(seg["agents"][0]["max_interval_ms"], 2 * hour);
+    let it = seg["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["target"] == "192.0.2.50:445")
+        .unwrap();
+    assert_eq!(it["problems"], 1);
+    assert_eq!(it["outcomes"]["timed_out"], 2);
+    assert_eq!(it["last_outcome"], "timed_out");
+    assert!(it["first_problem"].is_string());
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("id=\"segmentation-verdict\" data-violated=\"1\""),
+        "{html}"
+    );
+
+    // A period holding only the clean rounds says so.
+    let clean = pack(&c.f, &ek, "clean", T0 + 2 * hour, T0 + DAY);
+    let r = evidence::verify(&clean, Some(&ek.public_key())).unwrap();
+    assert!(r.clean(), "{}", evidence::verify::render(&r));
+    let html = std::fs::read_to_string(clean.join("report.html")).unwrap();
+    assert!(html.contains("No must-not-reach target answered"), "{html}");
+
+    // The section is recomputed on verify: a pack whose envelope is removed no longer matches.
+    let index = json(&out.join("envelopes/index.json"));
+    let last = index["envelopes"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let file = out.join(last["file"].as_str().unwrap());
+    std::fs::remove_file(&file).unwrap();
+    let r = evidence::verify(&out, Some(&ek.public_key())).unwrap();
+    assert!(
+        !r.clean(),
+        "a pack missing a probe envelope must not verify"
+    );
 }

@@ -35,6 +35,9 @@ pub enum Body {
     /// key and the new key's signature over the handover (proof of possession). See
     /// [`crate::handover`].
     KeyHandover(KeyHandover),
+    /// One round of segmentation probes: TCP connects to targets the zone must not reach and to
+    /// the conduits it may reach (see [`ProbeReport`]).
+    Probes(ProbeReport),
 }
 
 /// A signed announcement of a new signing key (see [`crate::handover`]).
@@ -77,6 +80,7 @@ impl Body {
             Body::DataLost(_) => "data_lost",
             Body::Heartbeat(_) => "heartbeat",
             Body::KeyHandover(_) => "key_handover",
+            Body::Probes(_) => "probes",
         }
     }
 }
@@ -459,6 +463,157 @@ pub struct NetInterface {
     pub mac: Option<String>,
     /// Addresses in CIDR form (`192.0.2.10/24`).
     pub addresses: Vec<String>,
+}
+
+/// Most results in one [`ProbeReport`] (the agent refuses a config that expands to more).
+pub const MAX_PROBE_TARGETS: usize = 256;
+/// Longest text in a [`ProbeResult`] (`target`, `rule`, `detail`), in bytes.
+pub const MAX_PROBE_TEXT: usize = 200;
+
+/// One round of segmentation probes. The agent tries a TCP connect to every target of its
+/// `[segmentation]` config and closes a connected socket at once without sending or reading a
+/// byte. The receiver judges: a `must_not_reach` target that answered (connected *or* refused:
+/// a reset proves the packet got there) is a segmentation violation; a `may_reach` conduit that
+/// did not connect is down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeReport {
+    pub agent: AgentId,
+    pub zone: ZoneId,
+    /// When the round started and finished, milliseconds since the Unix epoch (agent clock).
+    pub started_ms: u64,
+    pub finished_ms: u64,
+    /// One per target, in config order, at most [`MAX_PROBE_TARGETS`].
+    pub results: Vec<ProbeResult>,
+}
+
+/// The outcome of one probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeResult {
+    /// The address probed (`192.0.2.7:443`, `[fd00::7]:443`).
+    #[serde(rename = "t")]
+    pub target: String,
+    /// The config entry it was expanded from (`192.0.2.0/29:443`).
+    #[serde(rename = "r")]
+    pub rule: String,
+    #[serde(rename = "e")]
+    pub expect: ProbeExpect,
+    #[serde(rename = "o")]
+    pub outcome: ProbeOutcome,
+    /// How long the attempt took, in milliseconds.
+    #[serde(rename = "ms")]
+    pub elapsed_ms: u32,
+    /// The error text for [`ProbeOutcome::Error`] (one line).
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// What the zone's design says about a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeExpect {
+    /// Must be unreachable from the zone (IT subnets, the internet, management ports).
+    MustNotReach,
+    /// A conduit the zone relies on (the diode target, the broker).
+    MayReach,
+}
+
+impl ProbeExpect {
+    /// `must_not_reach` or `may_reach`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeExpect::MustNotReach => "must_not_reach",
+            ProbeExpect::MayReach => "may_reach",
+        }
+    }
+}
+
+/// What a TCP connect attempt found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeOutcome {
+    /// The handshake completed (closed at once, nothing sent).
+    Connected,
+    /// The target answered with a reset (nothing listens there, but the packet arrived).
+    Refused,
+    /// No answer within the connect timeout (dropped on the way): blocked.
+    TimedOut,
+    /// Any other failure (no route, host unreachable, …); see `detail`.
+    Error,
+}
+
+impl ProbeOutcome {
+    /// `connected`, `refused`, `timed_out` or `error`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeOutcome::Connected => "connected",
+            ProbeOutcome::Refused => "refused",
+            ProbeOutcome::TimedOut => "timed_out",
+            ProbeOutcome::Error => "error",
+        }
+    }
+
+    /// True when something at the target's address answered (handshake or reset).
+    pub fn answered(self) -> bool {
+        matches!(self, ProbeOutcome::Connected | ProbeOutcome::Refused)
+    }
+}
+
+impl ProbeResult {
+    /// The judgement: `true` when the result contradicts the zone's design (a must-not-reach
+    /// target answered, or a may-reach conduit did not connect).
+    pub fn is_problem(&self) -> bool {
+        match self.expect {
+            ProbeExpect::MustNotReach => self.outcome.answered(),
+            ProbeExpect::MayReach => self.outcome != ProbeOutcome::Connected,
+        }
+    }
+}
+
+impl ProbeReport {
+    /// Checks the bounds a receiver relies on: at most [`MAX_PROBE_TARGETS`] results, texts of
+    /// at most [`MAX_PROBE_TEXT`] bytes without control characters, no target listed twice
+    /// under the same expectation, and a start before the finish. Says what is wrong.
+    pub fn check_bounds(&self) -> Result<(), String> {
+        if self.results.len() > MAX_PROBE_TARGETS {
+            return Err(format!(
+                "{} probe results, more than {MAX_PROBE_TARGETS}",
+                self.results.len()
+            ));
+        }
+        if self.finished_ms < self.started_ms {
+            return Err(format!(
+                "round finished ({}) before it started ({})",
+                self.finished_ms, self.started_ms
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, r) in self.results.iter().enumerate() {
+            for (field, text) in [
+                ("target", Some(r.target.as_str())),
+                ("rule", Some(r.rule.as_str())),
+                ("detail", r.detail.as_deref()),
+            ] {
+                let Some(text) = text else { continue };
+                if text.len() > MAX_PROBE_TEXT || text.chars().any(char::is_control) {
+                    return Err(format!(
+                        "results[{i}].{field} is longer than {MAX_PROBE_TEXT} bytes or holds \
+                         control characters"
+                    ));
+                }
+            }
+            if r.target.is_empty() {
+                return Err(format!("results[{i}].target is empty"));
+            }
+            if !seen.insert((r.expect, r.target.as_str())) {
+                return Err(format!(
+                    "results[{i}]: target {} is listed twice as {}",
+                    r.target,
+                    r.expect.as_str()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `Vec<u16>` as a CBOR byte string of big-endian words.

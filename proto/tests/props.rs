@@ -14,7 +14,8 @@ use outpost_proto::envelope::{self, Digest, MAX_ENVELOPE_BYTES};
 use outpost_proto::frame::{self, MAX_DATAGRAM, MAX_PAYLOAD};
 use outpost_proto::model::{
     AssetObservation, Body, DeviceIdentity, Endpoint, Heartbeat, HostDisk, HostExecutable,
-    HostFacts, HostList, IdentMethod, ListeningSocket, NetInterface, PollStatus, RegisterBlock,
+    HostFacts, HostList, IdentMethod, ListeningSocket, MAX_PROBE_TARGETS, MAX_PROBE_TEXT,
+    NetInterface, PollStatus, ProbeExpect, ProbeOutcome, ProbeReport, ProbeResult, RegisterBlock,
     RegisterKind, SocketProtocol, Summary,
 };
 use outpost_proto::reassembly::{Reassembler, ReassemblyLimits};
@@ -281,10 +282,56 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
         )
 }
 
+fn probe_result() -> impl Strategy<Value = ProbeResult> {
+    (
+        text(),
+        text(),
+        prop_oneof![Just(ProbeExpect::MustNotReach), Just(ProbeExpect::MayReach)],
+        prop_oneof![
+            Just(ProbeOutcome::Connected),
+            Just(ProbeOutcome::Refused),
+            Just(ProbeOutcome::TimedOut),
+            Just(ProbeOutcome::Error),
+        ],
+        any::<u32>(),
+        option::of(text()),
+    )
+        .prop_map(
+            |(target, rule, expect, outcome, elapsed_ms, detail)| ProbeResult {
+                target,
+                rule,
+                expect,
+                outcome,
+                elapsed_ms,
+                detail,
+            },
+        )
+}
+
+fn probe_report() -> impl Strategy<Value = ProbeReport> {
+    (
+        agent_id(),
+        zone_id(),
+        any::<u64>(),
+        any::<u64>(),
+        vec(probe_result(), 0..8),
+    )
+        .prop_map(
+            |(agent, zone, started_ms, finished_ms, results)| ProbeReport {
+                agent,
+                zone,
+                started_ms,
+                finished_ms,
+                results,
+            },
+        )
+}
+
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
         4 => summary().prop_map(Body::Summary),
         1 => heartbeat().prop_map(Body::Heartbeat),
+        1 => probe_report().prop_map(Body::Probes),
     ]
 }
 
@@ -295,6 +342,7 @@ fn origin(body: &Body) -> (&AgentId, &ZoneId) {
         Body::Heartbeat(h) => (&h.agent, &h.zone),
         Body::DataLost(d) => (&d.agent, &d.zone),
         Body::KeyHandover(k) => (&k.agent, &k.zone),
+        Body::Probes(p) => (&p.agent, &p.zone),
     }
 }
 
@@ -336,6 +384,51 @@ impl Rng {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn probe_reports_round_trip_and_bounds_are_judged(r in probe_report()) {
+        let body = Body::Probes(r.clone());
+        let bytes = cbor::encode(&body).unwrap();
+        prop_assert_eq!(cbor::decode::<Body>(&bytes).unwrap(), body);
+        // The bounds check agrees with a plain reading of the rules.
+        let mut seen = std::collections::BTreeSet::new();
+        let texts_ok = r.results.iter().all(|p| {
+            [Some(&p.target), Some(&p.rule), p.detail.as_ref()]
+                .into_iter()
+                .flatten()
+                .all(|t| t.len() <= MAX_PROBE_TEXT && !t.chars().any(char::is_control))
+        });
+        let unique = r.results.iter().all(|p| seen.insert((p.expect, p.target.clone())));
+        let nonempty = r.results.iter().all(|p| !p.target.is_empty());
+        let expected = texts_ok && unique && nonempty && r.started_ms <= r.finished_ms;
+        prop_assert_eq!(r.check_bounds().is_ok(), expected, "{:?}", r.check_bounds());
+    }
+
+    #[test]
+    fn probe_reports_above_the_target_cap_are_refused(extra in 1usize..4) {
+        let results = (0..MAX_PROBE_TARGETS + extra)
+            .map(|i| ProbeResult {
+                target: format!("192.0.2.{}:{}", i % 250, 1000 + i),
+                rule: "192.0.2.0/24".into(),
+                expect: ProbeExpect::MustNotReach,
+                outcome: ProbeOutcome::TimedOut,
+                elapsed_ms: 2000,
+                detail: None,
+            })
+            .collect();
+        let r = ProbeReport {
+            agent: AgentId::new("a").unwrap(),
+            zone: ZoneId::new("z").unwrap(),
+            started_ms: 1,
+            finished_ms: 2,
+            results,
+        };
+        let err = r.check_bounds().unwrap_err();
+        prop_assert!(err.contains("more than 256"), "{}", err);
+        let mut capped = r.clone();
+        capped.results.truncate(MAX_PROBE_TARGETS);
+        prop_assert!(capped.check_bounds().is_ok());
+    }
 
     #[test]
     fn body_and_summary_round_trip_through_cbor(s in summary()) {

@@ -5,6 +5,8 @@
 //! document published on every connect, and the same document with `offline` as the last will
 //! (and published before a clean shutdown). The status is informational and unsigned; the
 //! envelopes are what the collector trusts.
+//! Segmentation probe reports are spooled (and, when the spool is full, dropped) like snapshots
+//! and travel on the `summary` topic; the collector reads the kind from the signed body.
 //!
 //! Delivery: the [`Spool`] is the only record of what is owed. A background task connects
 //! (with back-off: 1 s doubling to 30 s), publishes spooled envelopes in sequence order with up

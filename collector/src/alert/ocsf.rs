@@ -1,5 +1,9 @@
 //! Alerts as OCSF events (schema 1.3): class 5019 *Device Config State Change* for changes and
-//! unreachable devices, class 5001 *Device Inventory Info* for a new device. Outpost's own
+//! unreachable devices, class 5001 *Device Inventory Info* for a new device, class 2004
+//! *Detection Finding* for security findings with no device state change behind them (a revoked
+//! key in use; segmentation probes: a must-not-reach target answered, a conduit went down, and
+//! their clearing — the `device` is the probing agent's gateway, the target is in
+//! `dst_endpoint`). Outpost's own
 //! facts (agent, envelope evidence, before/after) travel under `unmapped.outpost`.
 
 use serde_json::{Value, json};
@@ -23,7 +27,11 @@ const ACTIVITY_CREATE: i64 = 1;
 pub fn class_uid(alert: &AlertRow) -> i64 {
     match alert.kind.as_str() {
         "new_device" => CLASS_INVENTORY_INFO,
-        "revoked_key_used" => CLASS_DETECTION_FINDING,
+        "revoked_key_used"
+        | "segmentation_violation"
+        | "segmentation_restored"
+        | "conduit_down"
+        | "conduit_restored" => CLASS_DETECTION_FINDING,
         _ => CLASS_CONFIG_STATE_CHANGE,
     }
 }
@@ -76,6 +84,18 @@ pub fn message(alert: &AlertRow) -> String {
                                sequence):"
             .to_owned(),
         "device_returned" => "device answering again after being reported unreachable:".to_owned(),
+        "segmentation_violation" => format!(
+            "segmentation violation: must-not-reach target answered a TCP connect ({}):",
+            alert.detail["outcome"].as_str().unwrap_or("-")
+        ),
+        "segmentation_restored" => "segmentation restored: must-not-reach target no longer \
+                                    answers:"
+            .to_owned(),
+        "conduit_down" => format!(
+            "conduit down: may-reach target did not connect ({}):",
+            alert.detail["outcome"].as_str().unwrap_or("-")
+        ),
+        "conduit_restored" => "conduit restored: may-reach target connects again:".to_owned(),
         other => other.to_owned(),
     };
     format!(
@@ -191,6 +211,12 @@ pub fn event(alert: &AlertRow) -> Value {
     });
     if class == CLASS_CONFIG_STATE_CHANGE || class == CLASS_DETECTION_FINDING {
         event["is_alert"] = json!(true);
+    }
+    let probe_alert = alert.kind.starts_with("segmentation_") || alert.kind.starts_with("conduit_");
+    if probe_alert && let Some((host, port)) = d["target"].as_str().and_then(|t| t.rsplit_once(':'))
+    {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        event["dst_endpoint"] = json!({ "ip": host, "port": port.parse::<u16>().ok() });
     }
     if class == CLASS_DETECTION_FINDING {
         event["finding_info"] = json!({

@@ -32,6 +32,12 @@ pub enum Category {
     /// The gateway's self-inventory: a listening socket opened, closed or re-owned, or a new
     /// program executable.
     Gateway,
+    /// A must-not-reach target answered a segmentation probe: the zone is not segmented.
+    Segmentation,
+    /// A may-reach conduit (broker, diode) did not answer a segmentation probe.
+    Conduit,
+    /// A segmentation violation or a down conduit cleared (informational).
+    SegmentationCleared,
 }
 
 impl Category {
@@ -44,18 +50,26 @@ impl Category {
             Category::Security => "security",
             Category::Agent => "agent",
             Category::Gateway => "gateway",
+            Category::Segmentation | Category::Conduit | Category::SegmentationCleared => {
+                "segmentation"
+            }
         }
     }
 
     /// OCSF `severity_id`: 4 high (identity, new device), 3 medium (config), 2 low (presence),
     /// 1 informational (a device that was reported unreachable answers again); a revoked key
-    /// in use is 4 high, an agent's declared state loss 3 medium.
+    /// in use is 4 high, an agent's declared state loss 3 medium; a segmentation violation 4
+    /// high, a conduit down 3 medium, either clearing 1 informational.
     pub fn severity_id(self) -> i64 {
         match self {
-            Category::Identity | Category::NewDevice | Category::Security | Category::Gateway => 4,
-            Category::Config | Category::Agent => 3,
+            Category::Identity
+            | Category::NewDevice
+            | Category::Security
+            | Category::Gateway
+            | Category::Segmentation => 4,
+            Category::Config | Category::Agent | Category::Conduit => 3,
             Category::Presence => 2,
-            Category::PresenceCleared => 1,
+            Category::PresenceCleared | Category::SegmentationCleared => 1,
         }
     }
 }

@@ -9,7 +9,8 @@
 //! (counters, events and quarantine rows). [`query`] is the read side; [`checkpoint`] moves WAL
 //! checkpoints off a busy writer's thread. Drift judgement: [`baseline`] (approved state per
 //! CI), [`change_record`] (RFCs), `judge.rs` (authorised vs unauthorised, called from
-//! `assets.rs` inside the apply transaction) and [`alerts`] (the alert outbox).
+//! `assets.rs` inside the apply transaction) and [`alerts`] (the alert outbox). [`probes`]:
+//! segmentation probe reports (history, latest state, violation / conduit alerts).
 //!
 //! Run one `serve` per CMDB; enrolment and any number of readers may run alongside it.
 //! [`Cmdb::in_transaction`] groups the key lookup, chain judgement and apply of one envelope.
@@ -29,6 +30,7 @@ pub mod gateway_facts;
 mod judge;
 pub mod key_lifecycle;
 pub mod presence;
+pub mod probes;
 pub mod query;
 pub mod record;
 pub mod schema;

@@ -26,6 +26,7 @@ pub const MIGRATIONS: &[&str] = &[
     MIGRATION_4,
     MIGRATION_5,
     MIGRATION_GATEWAY_FACTS,
+    MIGRATION_PROBES,
 ];
 
 /// The schema version this build writes.
@@ -400,6 +401,42 @@ CREATE TABLE gateway_attribute_history (
     envelope_hash   TEXT NOT NULL
 );
 CREATE INDEX gateway_attribute_history_by_ci ON gateway_attribute_history(ci_key, history_id);
+"#;
+
+/// Segmentation probes: every result (history) and the latest state per agent and target.
+const MIGRATION_PROBES: &str = r#"
+CREATE TABLE probe_results (
+    result_id       INTEGER PRIMARY KEY,
+    agent_id        TEXT NOT NULL,
+    zone            TEXT NOT NULL,
+    envelope_seq    INTEGER NOT NULL,
+    round_started_agent_ms INTEGER NOT NULL,  -- agent clock
+    received_at_ms  INTEGER NOT NULL,
+    target          TEXT NOT NULL,            -- ip:port probed
+    rule            TEXT NOT NULL,            -- the config entry it came from
+    expect          TEXT NOT NULL,            -- must_not_reach | may_reach
+    outcome         TEXT NOT NULL,            -- connected | refused | timed_out | error
+    elapsed_ms      INTEGER NOT NULL,
+    detail          TEXT,
+    problem         INTEGER NOT NULL          -- 1: contradicts the zone's design
+);
+CREATE INDEX probe_results_by_agent ON probe_results(agent_id, envelope_seq);
+CREATE INDEX probe_results_by_time ON probe_results(received_at_ms);
+
+CREATE TABLE probe_state (
+    agent_id        TEXT NOT NULL,
+    target          TEXT NOT NULL,
+    expect          TEXT NOT NULL,
+    zone            TEXT NOT NULL,
+    rule            TEXT NOT NULL,
+    outcome         TEXT NOT NULL,
+    problem         INTEGER NOT NULL,
+    since_ms        INTEGER NOT NULL,         -- when the current judgement (problem or not) began
+    last_seen_ms    INTEGER NOT NULL,         -- collector clock of the last result
+    last_seq        INTEGER NOT NULL,
+    alert_id        INTEGER,                  -- the open segmentation_violation / conduit_down
+    PRIMARY KEY (agent_id, target, expect)
+);
 "#;
 
 /// Reads the schema version of an open database.

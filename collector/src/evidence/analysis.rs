@@ -9,6 +9,8 @@
 //!   to its first check and from its last check to the period's end; each at most 35 days.
 //! - **Gaps and chain breaks**: the discontinuities the chain judgement finds, and the agents'
 //!   own signed `data_lost` notices.
+//! - **Segmentation probes** (IEC 62443-3-3 SR 5.1/5.2): per agent and target, the signed probe
+//!   rounds' results (`segmentation.rs`).
 //! - **CIP-010 R1.1 baseline items** per CI, as far as Modbus identification and host facts
 //!   carry them; `null` means "not collected", never "none".
 
@@ -64,6 +66,9 @@ pub struct Analysis {
     pub key_handovers: Vec<HandoverSeen>,
     pub inventory: Vec<Ci>,
     pub monitoring: Monitoring,
+    /// Segmentation probe rounds in the period (absent when there were none).
+    #[serde(skip_serializing_if = "super::segmentation::Segmentation::is_empty")]
+    pub segmentation: super::segmentation::Segmentation,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -175,6 +180,7 @@ pub fn analyse(
     let mut cis: BTreeMap<String, CiAcc> = BTreeMap::new();
     let mut data_lost = Vec::new();
     let mut key_handovers = Vec::new();
+    let mut probes = super::segmentation::Acc::default();
     for e in envelopes {
         *by_kind.entry(e.body.kind().to_owned()).or_insert(0u64) += 1;
         let time = i64::try_from(e.header.time_ms).unwrap_or(i64::MAX);
@@ -258,6 +264,7 @@ pub fn analyse(
                 old_key_id: k.old_key_id.to_string(),
                 new_key_id: k.new_key_id.to_string(),
             }),
+            Body::Probes(r) => probes.round(&agent, time, r),
             Body::Heartbeat(_) => {}
         }
     }
@@ -293,6 +300,7 @@ pub fn analyse(
         key_handovers,
         inventory,
         monitoring,
+        segmentation: probes.finish(),
     }
 }
 

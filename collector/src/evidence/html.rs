@@ -107,6 +107,7 @@ pub fn render(h: &Header<'_>, a: &Analysis, keys: &[KeyEntry], changes: &Changes
     monitoring(&mut o, a);
     cip010(&mut o, &a.inventory);
     chain(&mut o, a);
+    super::segmentation::render(&mut o, &a.segmentation);
     changes_section(&mut o, changes);
     keys_section(&mut o, keys);
     o.push_str("</body></html>\n");

@@ -11,7 +11,7 @@
 //! | `keys.json`               | the agents' public keys with their history                    |
 //! | `envelopes/index.json`    | one row per envelope: the CMDB's columns and verdict          |
 //! | `envelopes/<agent>/<seq>.cbor` | the signed envelopes, verbatim bytes from the CMDB       |
-//! | `report.json`             | what the envelopes prove (inventory, intervals, gaps, CIP-010 items) |
+//! | `report.json`             | what the envelopes prove (inventory, intervals, gaps, CIP-010 items, segmentation probes) |
 //! | `report.html`             | the same for people, plus change records when the CMDB has them |
 //! | `changes.json`            | baselines and judged changes (collector records, when present) |
 //!
@@ -24,6 +24,8 @@
 //! - [`collect`]: reading a zone and period out of the CMDB (read-only).
 //! - [`analysis`]: what the envelopes prove; shared by building and verifying.
 //! - [`changes`]: baselines and change records (drift tables), when the CMDB has them.
+//! - [`segmentation`]: the segmentation probe section (per agent and target), when the period
+//!   holds probe rounds.
 //! - [`html`]: the human-readable report.
 //! - [`build`] and [`verify`]: writing and checking a pack.
 
@@ -34,6 +36,7 @@ pub mod collect;
 pub mod html;
 pub mod key;
 pub mod manifest;
+pub mod segmentation;
 pub mod verify;
 
 pub use build::{BuildRequest, BuildSummary, build};

@@ -3,6 +3,7 @@
 //!
 //! - [`servicenow`]: a ServiceNow Identification and Reconciliation (IRE) payload
 //!   (`items`/`relations`, OT classes, firmware, `sys_object_source_info`).
+//! - [`servicenow_post`]: that payload POSTed in batches to an instance (auth, retries).
 //! - [`csv`]: one row per CI (field devices and gateways), spreadsheet-safe.
 //! - [`cyclonedx`]: a CycloneDX 1.6 JSON BOM of hardware (`device` components with their
 //!   `firmware`).
@@ -13,6 +14,7 @@
 pub mod csv;
 pub mod cyclonedx;
 pub mod servicenow;
+pub mod servicenow_post;
 
 use crate::cmdb::query::{AgentRow, AssetRow, GatewayRow};
 use crate::cmdb::{Cmdb, CmdbError};
