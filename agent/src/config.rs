@@ -96,6 +96,8 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     pub modbus: ModbusConfig,
     pub devices: Vec<DeviceConfig>,
+    /// Modbus RTU buses (`[[serial_bus]]`, see [`crate::rtu_config`]).
+    pub serial_buses: Vec<crate::rtu_config::SerialBusConfig>,
 }
 
 /// Where and how fast envelopes leave.
@@ -316,6 +318,8 @@ struct RawConfig {
     #[serde(default)]
     modbus: ModbusConfig,
     devices: Option<Vec<RawDevice>>,
+    #[serde(default)]
+    serial_bus: Vec<crate::rtu_config::RawSerialBus>,
 }
 
 fn default_poll_interval() -> Duration {
@@ -677,13 +681,14 @@ impl Config {
         }
 
         let mut devices = Vec::new();
+        let mut names = HashSet::new();
         match raw.devices {
+            None if !raw.serial_bus.is_empty() => {}
             None => problem(
                 "devices".into(),
                 "no [[devices]] configured; add one, or, for a gateway-only agent that reports host facts alone, write `devices = []` near the top of the file (before the first [table])".into(),
             ),
             Some(raw_devices) => {
-                let mut names = HashSet::new();
                 for (i, d) in raw_devices.into_iter().enumerate() {
                     let at = format!("devices[{i}]");
                     if let Err(why) = check_name(&d.name) {
@@ -715,6 +720,8 @@ impl Config {
             }
         }
 
+        let serial_buses = crate::rtu_config::validate(raw.serial_bus, &mut names, &mut problem);
+
         if raw.diode.is_none() && mqtt.is_none() && problems.is_empty() {
             problems.push(Problem {
                 field: "diode".into(),
@@ -740,16 +747,22 @@ impl Config {
             mqtt,
             modbus: raw.modbus,
             devices,
+            serial_buses,
         })
     }
 
     /// How many (device, unit id) pairs a cycle polls.
     pub fn asset_count(&self) -> usize {
-        self.devices.iter().map(|d| d.unit_ids.len()).sum()
+        self.devices.iter().map(|d| d.unit_ids.len()).sum::<usize>()
+            + self
+                .serial_buses
+                .iter()
+                .map(|b| b.devices.len())
+                .sum::<usize>()
     }
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         return Err("is empty".into());
     }
@@ -788,7 +801,11 @@ fn check_unit_ids(at: &str, ids: &[u8], problem: &mut impl FnMut(String, String)
     }
 }
 
-fn check_blocks(at: &str, blocks: &[BlockConfig], problem: &mut impl FnMut(String, String)) {
+pub(crate) fn check_blocks(
+    at: &str,
+    blocks: &[BlockConfig],
+    problem: &mut impl FnMut(String, String),
+) {
     let mut names = HashSet::new();
     for (j, b) in blocks.iter().enumerate() {
         let at = format!("{at}.blocks[{j}]");

@@ -317,7 +317,16 @@ impl Agent {
         self.hand_over_staged_key().await?;
         let started = Instant::now();
         let started_ms = now_ms();
-        let assets = self.poll_all().await;
+        // TCP devices and serial buses (one task per bus) are polled at the same time.
+        let (mut assets, rtu) = tokio::join!(
+            self.poll_all(),
+            crate::modbus::bus::poll_buses(
+                &self.config.serial_buses,
+                self.config.modbus.min_request_gap,
+                self.config.poll_interval.max(Duration::from_secs(1)),
+            )
+        );
+        assets.extend(rtu);
         let gateway = match tokio::task::spawn_blocking(host::collect).await {
             Ok(Ok(facts)) => Some(facts),
             Ok(Err(e)) => {

@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 
 use outpost_proto::model::{
-    AssetObservation, DeviceIdentity, PollStatus, RegisterBlock, RegisterKind,
+    AssetObservation, DeviceIdentity, Endpoint, PollStatus, RegisterBlock, RegisterKind,
 };
 
 use super::identify::identify;
@@ -127,10 +127,54 @@ impl Health {
     }
 }
 
+/// What one unit is polled as: its name, where it is, and the blocks to read. A TCP device
+/// and an RTU device on a serial bus are polled by the same code.
+#[derive(Debug, Clone)]
+pub struct UnitTarget<'a> {
+    pub name: &'a str,
+    pub endpoint: Endpoint,
+    pub blocks: &'a [BlockConfig],
+}
+
+impl<'a> UnitTarget<'a> {
+    /// An observation for a unit that could not be reached.
+    pub fn unreachable(&self, unit: u8, reason: String) -> AssetObservation {
+        AssetObservation {
+            name: self.name.to_owned(),
+            endpoint: self.endpoint.clone(),
+            unit_id: unit,
+            status: PollStatus::Unreachable(reason),
+            identity: DeviceIdentity::default(),
+            blocks: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// The device as a [`UnitTarget`].
+    pub fn target(&self) -> UnitTarget<'_> {
+        UnitTarget {
+            name: &self.name,
+            endpoint: self.address.endpoint(),
+            blocks: &self.blocks,
+        }
+    }
+}
+
 /// Identifies the unit `client` addresses and reads the device's blocks from it.
 pub async fn poll_unit(
     client: &mut ReadOnlyClient,
     device: &DeviceConfig,
+    unit: u8,
+) -> AssetObservation {
+    poll_target(client, &device.target(), unit).await
+}
+
+/// Identifies the unit `client` addresses and reads `device`'s blocks from it.
+pub async fn poll_target(
+    client: &mut ReadOnlyClient,
+    device: &UnitTarget<'_>,
     unit: u8,
 ) -> AssetObservation {
     let before = client.requests();
@@ -148,7 +192,7 @@ pub async fn poll_unit(
     };
     let mut problems = ident.problems;
     let mut blocks = Vec::with_capacity(device.blocks.len());
-    for block in &device.blocks {
+    for block in device.blocks {
         if health.give_up() {
             problems.push(format!(
                 "block {}: skipped, the device stopped answering",
@@ -168,8 +212,7 @@ pub async fn poll_unit(
     }
     if !health.answered {
         let requests = client.requests() - before;
-        return unreachable(
-            device,
+        return device.unreachable(
             unit,
             format!(
                 "connected to {}, but {requests} requests got no answer (last: {})",
@@ -179,8 +222,8 @@ pub async fn poll_unit(
         );
     }
     AssetObservation {
-        name: device.name.clone(),
-        endpoint: device.address.endpoint(),
+        name: device.name.to_owned(),
+        endpoint: device.endpoint.clone(),
         unit_id: unit,
         status: if problems.is_empty() {
             PollStatus::Ok
