@@ -352,3 +352,21 @@ fn agent_once_over_rtu_reaches_the_cmdb() {
     }
     drop(pair);
 }
+
+#[tokio::test]
+async fn a_missing_serial_port_makes_its_devices_unreachable_with_the_reason() {
+    let dir = harness::temp_dir("rtu-missing").expect("temp dir");
+    let path = dir.path().join("ttyNOPE");
+    let obs = poll_bus(&line_bus(&path), Duration::ZERO).await;
+    assert_eq!(obs.len(), 3);
+    for o in &obs {
+        let PollStatus::Unreachable(why) = &o.status else {
+            panic!("{o:#?}");
+        };
+        assert!(
+            why.contains(&format!("cannot open serial port {}", path.display())),
+            "{why}"
+        );
+        assert!(why.contains("dialout"), "{why}");
+    }
+}

@@ -268,6 +268,85 @@ pub(crate) fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{Config, ConfigError};
+
+    const HEAD: &str = "agent_id = \"gw\"\nzone = \"z\"\nstate_dir = \"s\"\nkey_file = \"k\"\n\
+                        [diode]\ntarget = \"127.0.0.1:7000\"\n";
+
+    fn parse(tail: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{HEAD}{tail}"), "agent.toml")
+    }
+
+    fn problems(tail: &str) -> String {
+        match parse(tail) {
+            Ok(_) => panic!("accepted: {tail}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_serial_only_config_is_accepted_with_defaults() {
+        let c = parse(
+            "[[serial_bus]]\npath = \"/dev/ttyRS485-1\"\n\
+             [[serial_bus.device]]\nname = \"pump\"\nunit = 3\n\
+             blocks = [ { name = \"sp\", kind = \"holding\", start = 0, count = 8 } ]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.devices.is_empty());
+        let b = &c.serial_buses[0];
+        assert_eq!(b.path, "/dev/ttyRS485-1");
+        assert_eq!(
+            (b.baud, b.parity, b.data_bits, b.stop_bits),
+            (19_200, Parity::Even, 8, 1)
+        );
+        assert_eq!(b.timeout, Duration::from_secs(1));
+        // 19200 8E1: 3.5 × 11 / 19200 s.
+        assert_eq!(b.frame_gap.as_micros(), 2005);
+        assert_eq!(b.devices[0].unit, 3);
+        assert_eq!(c.asset_count(), 1);
+    }
+
+    #[test]
+    fn bad_serial_values_are_refused_by_field() {
+        let why = problems(
+            "[[devices]]\nname = \"pump\"\naddress = \"10.0.0.1\"\n\
+             [[serial_bus]]\npath = \"ttyUSB0\"\nbaud = 9600\nframe_gap = \"1ms\"\n\
+             data_bits = 6\nstop_bits = 3\n\
+             [[serial_bus.device]]\nname = \"pump\"\nunit = 0\n\
+             [[serial_bus.device]]\nname = \"b\"\nunit = 248\n\
+             [[serial_bus.device]]\nname = \"c\"\nunit = 5\n\
+             [[serial_bus.device]]\nname = \"d\"\nunit = 5\n\
+             [[serial_bus]]\npath = \"/dev/x\"\n",
+        );
+        for needle in [
+            "serial_bus[0].path: \"ttyUSB0\" is not an absolute path",
+            "serial_bus[0].frame_gap: 1ms is shorter than 3.5 character times at 9600 baud",
+            "serial_bus[0].data_bits: 6 is not 7 or 8",
+            "serial_bus[0].stop_bits: 3 is not 1 or 2",
+            "serial_bus[0].device[0].name: \"pump\" is used by an earlier device",
+            "serial_bus[0].device[0].unit: 0 is the Modbus broadcast address",
+            "serial_bus[0].device[1].unit: 248 is above 247",
+            "serial_bus[0].device[3].unit: 5 is used by an earlier device on this bus",
+            "serial_bus[1].device: no [[serial_bus.device]] on this bus",
+        ] {
+            assert!(why.contains(needle), "missing {needle:?} in:\n{why}");
+        }
+        assert!(why.starts_with("agent.toml: "), "{why}");
+    }
+
+    #[test]
+    fn unknown_serial_keys_and_duplicate_paths_are_refused() {
+        let why = problems("[[serial_bus]]\npath = \"/dev/x\"\nbaudrate = 9600\n");
+        assert!(why.contains("unknown field `baudrate`"), "{why}");
+        let why = problems(
+            "[[serial_bus]]\npath = \"/dev/x\"\n[[serial_bus.device]]\nname = \"a\"\nunit = 1\n\
+             [[serial_bus]]\npath = \"/dev/x\"\n[[serial_bus.device]]\nname = \"b\"\nunit = 1\n",
+        );
+        assert!(
+            why.contains("serial_bus[1].path: \"/dev/x\" is used by an earlier bus"),
+            "{why}"
+        );
+    }
 
     #[test]
     fn frame_gap_is_three_and_a_half_characters_then_fixed() {
