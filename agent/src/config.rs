@@ -13,7 +13,8 @@
 //!   `diode.heartbeat_interval` to 10 s, `[modbus]` to the values in [`ModbusConfig::default`].
 //! - A config with no `[[devices]]` at all is refused (it is almost always a mistake); a
 //!   gateway-only agent (host facts only) says so explicitly with `devices = []` (a top-level
-//!   key, so it goes before the first `[table]`).
+//!   key, so it goes before the first `[table]`). A config with `[[serial_bus]]` (Modbus RTU,
+//!   [`crate::rtu_config`]) needs no `[[devices]]`.
 //! - Device addresses are `host[:port]` (port 502 by default); hosts may be IP literals or names,
 //!   names are resolved at poll time so a DNS outage does not stop the agent from starting.
 //!   IPv6 literals are written `[fd00::1]:502` (or bare, `fd00::1`, for port 502).

@@ -138,6 +138,7 @@ impl Agent {
             diode = ?config.diode.map(|d| d.target),
             mqtt = ?config.mqtt.as_ref().map(|m| &m.url),
             devices = config.devices.len(),
+            serial_buses = config.serial_buses.len(),
             "agent ready"
         );
         Ok(Agent {

@@ -123,9 +123,11 @@ impl NoisyRelay {
                     break;
                 }
                 // One flipped bit in the last byte of the chunk (the CRC's high byte when the
-                // frame arrives in one piece): the frame keeps its length, its CRC fails.
-                if c.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
-                    .is_ok()
+                // frame arrives in one piece): the frame keeps its length, its CRC fails. A
+                // one-byte chunk (the address alone) is left alone.
+                if n >= 2
+                    && c.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
+                        .is_ok()
                 {
                     buf[n - 1] ^= 0x40;
                     done.fetch_add(1, Ordering::SeqCst);

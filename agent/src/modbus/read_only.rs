@@ -1,6 +1,6 @@
 //! The only Modbus client in the agent, read-only by construction.
 //!
-//! [`ReadOnlyClient`] owns a `tokio_modbus` TCP context privately and exposes only read
+//! [`ReadOnlyClient`] owns a `tokio_modbus` TCP (or RTU) context privately and exposes only read
 //! functions: FC 1, 2, 3, 4, 17 and 43/14. There is no `Deref`, no accessor and no trait impl
 //! that hands the context out, so nothing in the agent can send a write:
 //!
@@ -364,7 +364,7 @@ impl ReadOnlyClient {
         if let Some(last) = self.last_start {
             tokio::time::sleep_until(last + self.gap).await;
         }
-        if let Some(end) = self.last_end {
+        if let Some(end) = self.last_end.filter(|_| !self.frame_gap.is_zero()) {
             tokio::time::sleep_until(end + self.frame_gap).await;
         }
         let started = Instant::now();
