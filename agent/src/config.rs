@@ -13,7 +13,8 @@
 //!   `diode.heartbeat_interval` to 10 s, `[modbus]` to the values in [`ModbusConfig::default`].
 //! - A config with no `[[devices]]` at all is refused (it is almost always a mistake); a
 //!   gateway-only agent (host facts only) says so explicitly with `devices = []` (a top-level
-//!   key, so it goes before the first `[table]`).
+//!   key, so it goes before the first `[table]`). A config with `[[serial_bus]]` (Modbus RTU,
+//!   [`crate::rtu_config`]) needs no `[[devices]]`.
 //! - Device addresses are `host[:port]` (port 502 by default); hosts may be IP literals or names,
 //!   names are resolved at poll time so a DNS outage does not stop the agent from starting.
 //!   IPv6 literals are written `[fd00::1]:502` (or bare, `fd00::1`, for port 502).
@@ -107,6 +108,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// Segmentation probes, when `[segmentation]` is configured (see [`crate::segmentation`]).
     pub segmentation: Option<crate::segmentation::SegmentationConfig>,
+    /// Modbus RTU buses (`[[serial_bus]]`, see [`crate::rtu_config`]).
+    pub serial_buses: Vec<crate::rtu_config::SerialBusConfig>,
 }
 
 /// `[gateway]`: the optional lists of the gateway's self-inventory (both on by default). A list
@@ -364,6 +367,8 @@ struct RawConfig {
     #[serde(default)]
     gateway: GatewayConfig,
     segmentation: Option<crate::segmentation::targets::RawSegmentation>,
+    #[serde(default)]
+    serial_bus: Vec<crate::rtu_config::RawSerialBus>,
 }
 
 fn default_poll_interval() -> Duration {
@@ -727,15 +732,16 @@ impl Config {
         let has_discover = !raw.discover.is_empty();
         let discover = check_discover(raw.discover, &mut problem);
         let mut devices = Vec::new();
+        let mut names = HashSet::new();
         match raw.devices {
             // Discovery alone is a complete source of devices.
             None if has_discover => {}
+            None if !raw.serial_bus.is_empty() => {}
             None => problem(
                 "devices".into(),
                 "no [[devices]] configured; add one (or a [[discover]] range), or, for a gateway-only agent that reports host facts alone, write `devices = []` near the top of the file (before the first [table])".into(),
             ),
             Some(raw_devices) => {
-                let mut names = HashSet::new();
                 for (i, d) in raw_devices.into_iter().enumerate() {
                     let at = format!("devices[{i}]");
                     if let Err(why) = check_name(&d.name) {
@@ -770,6 +776,7 @@ impl Config {
         let segmentation = raw
             .segmentation
             .and_then(|s| crate::segmentation::targets::validate(s, &devices, &mut problem));
+        let serial_buses = crate::rtu_config::validate(raw.serial_bus, &mut names, &mut problem);
 
         if raw.diode.is_none() && mqtt.is_none() && problems.is_empty() {
             problems.push(Problem {
@@ -800,16 +807,22 @@ impl Config {
             discover,
             gateway: raw.gateway,
             segmentation,
+            serial_buses,
         })
     }
 
     /// How many (device, unit id) pairs a cycle polls.
     pub fn asset_count(&self) -> usize {
-        self.devices.iter().map(|d| d.unit_ids.len()).sum()
+        self.devices.iter().map(|d| d.unit_ids.len()).sum::<usize>()
+            + self
+                .serial_buses
+                .iter()
+                .map(|b| b.devices.len())
+                .sum::<usize>()
     }
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     if name.trim().is_empty() {
         return Err("is empty".into());
     }
@@ -848,7 +861,11 @@ fn check_unit_ids(at: &str, ids: &[u8], problem: &mut impl FnMut(String, String)
     }
 }
 
-fn check_blocks(at: &str, blocks: &[BlockConfig], problem: &mut impl FnMut(String, String)) {
+pub(crate) fn check_blocks(
+    at: &str,
+    blocks: &[BlockConfig],
+    problem: &mut impl FnMut(String, String),
+) {
     let mut names = HashSet::new();
     for (j, b) in blocks.iter().enumerate() {
         let at = format!("{at}.blocks[{j}]");

@@ -150,6 +150,7 @@ impl Agent {
             devices = config.devices.len(),
             discover = config.discover.len(),
             profiles = profiles.as_ref().map_or(0, |l| l.profiles().count()),
+            serial_buses = config.serial_buses.len(),
             "agent ready"
         );
         Ok(Agent {
@@ -338,7 +339,16 @@ impl Agent {
                 .start_cycle(Timing::from(&self.config.modbus))
                 .await;
         }
-        let assets = self.poll_all().await;
+        // TCP devices and serial buses (one task per bus) are polled at the same time.
+        let (mut assets, rtu) = tokio::join!(
+            self.poll_all(),
+            crate::modbus::bus::poll_buses(
+                &self.config.serial_buses,
+                self.config.modbus.min_request_gap,
+                self.config.poll_interval.max(Duration::from_secs(1)),
+            )
+        );
+        assets.extend(rtu);
         let collect = self.config.gateway.collect();
         let gateway = match tokio::task::spawn_blocking(move || host::collect(collect)).await {
             Ok(Ok(facts)) => Some(facts),

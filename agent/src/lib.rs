@@ -5,7 +5,7 @@
 //! chain; `outpost_proto::envelope`) → *transports* (the send-only UDP diode sender, and/or MQTT
 //! through an on-disk spool).
 //!
-//! - [`config`]: the strict TOML config and its validation.
+//! - [`config`]: the strict TOML config and its validation; [`rtu_config`]: its `[[serial_bus]]`.
 //! - [`discover_config`]: the `[profiles]` and `[[discover]]` sections of the config.
 //! - [`keyfile`]: generating and loading the agent's Ed25519 key (mode 0600).
 //! - [`modbus`]: the read-only client, FC 43 identification, polling one device.
@@ -29,6 +29,7 @@ pub mod keyfile;
 pub mod modbus;
 pub mod profile;
 pub mod rotate;
+pub mod rtu_config;
 pub mod segmentation;
 pub mod state;
 pub mod transport;

@@ -231,8 +231,28 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
         on_off(c.gateway.listening),
         on_off(c.gateway.processes)
     );
-    if c.devices.is_empty() && c.discover.is_empty() {
+    if c.devices.is_empty() && c.discover.is_empty() && c.serial_buses.is_empty() {
         println!("no devices: gateway facts only");
+    }
+    for b in &c.serial_buses {
+        println!(
+            "serial bus {} at {} baud, parity {:?}, {} data bits, {} stop bits, timeout {}, frame gap {}",
+            b.path,
+            b.baud,
+            b.parity,
+            b.data_bits,
+            b.stop_bits,
+            humantime::format_duration(b.timeout),
+            humantime::format_duration(b.frame_gap)
+        );
+        for d in &b.devices {
+            println!(
+                "  device {} unit {} ({} blocks)",
+                d.name,
+                d.unit,
+                d.blocks.len()
+            );
+        }
     }
     for d in &c.devices {
         let units: Vec<String> = d.unit_ids.iter().map(u8::to_string).collect();

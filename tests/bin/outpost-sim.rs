@@ -2,6 +2,9 @@
 //!
 //! Each device listens on its own loopback address: --bind, then the next addresses
 //! (127.0.1.1, 127.0.1.2, …; all of 127/8 is loopback on Linux).
+//!
+//! With `--rtu PATH` it serves a Modbus RTU line instead: three devices (units 1, 2, 3) on the
+//! serial port PATH (e.g. one end of `socat -d -d pty,raw,echo=0 pty,raw,echo=0`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -9,7 +12,9 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use outpost_testbed::harness::write_atomically;
-use outpost_testbed::sim::{Plant, SimDevice, default_plant, devices_json, generated_plant};
+use outpost_testbed::sim::{
+    Plant, RtuLine, SimDevice, default_plant, devices_json, generated_plant, rtu_line,
+};
 
 /// Simulated Modbus TCP plant for Outpost demos and tests.
 #[derive(Debug, Parser)]
@@ -30,6 +35,45 @@ struct Args {
     /// Print the device list as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Serve a Modbus RTU line (units 1, 2, 3) on this serial port instead of a TCP plant.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["devices", "port"])]
+    rtu: Option<PathBuf>,
+}
+
+/// Serves the RTU line on `path` until SIGTERM/SIGINT.
+async fn serve_rtu(
+    path: &std::path::Path,
+    ready_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let specs = rtu_line();
+    let line = RtuLine::start(path, &specs)
+        .with_context(|| format!("cannot serve the RTU line on {}", path.display()))?;
+    let devices: Vec<serde_json::Value> = specs
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "name": d.name,
+                "unit_ids": d.unit_ids,
+                "vendor_name": d.identity.vendor_name,
+                "product_code": d.identity.product_code,
+                "revision": d.identity.revision,
+            })
+        })
+        .collect();
+    let json = serde_json::to_string_pretty(&serde_json::json!({
+        "serial_port": path.display().to_string(),
+        "devices": devices,
+    }))?;
+    println!("{json}");
+    if let Some(ready) = ready_file {
+        write_atomically(ready, json.as_bytes())
+            .with_context(|| format!("cannot write the ready file {}", ready.display()))?;
+    }
+    tracing::info!(port = %path.display(), "simulated RTU line serving");
+    let why = shutdown_signal().await?;
+    tracing::info!("{why}: stopping the simulated RTU line");
+    line.stop().await;
+    Ok(())
 }
 
 fn addresses(first: Ipv4Addr, port: u16, n: usize) -> anyhow::Result<Vec<SocketAddr>> {
@@ -91,6 +135,9 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if let Some(path) = &args.rtu {
+        return serve_rtu(path, args.ready_file.as_deref()).await;
+    }
     let specs = match args.devices {
         Some(0) => bail!("--devices 0: give at least one device"),
         Some(n) => generated_plant(n),

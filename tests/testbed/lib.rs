@@ -9,6 +9,8 @@
 //! - [`mosquitto`]: a real mosquitto broker with a test-time PKI, password file and ACL.
 //! - [`relay`]: a lossy UDP relay (seeded loss, bursts, reordering, duplication, truncation).
 //! - [`netns`]: plant, agent and IT network namespaces with the agent sealed by nftables.
+//! - [`pty`]: socat pseudo-terminal pairs (a serial line for Modbus RTU) and a relay that
+//!   corrupts answers on demand (a noisy line).
 //! - [`procnet`]: a process's sockets as the kernel sees them (`/proc/<pid>/fd`, `/proc/net`).
 //! - [`scenario`]: agent configurations for a running simulated plant.
 //! - [`workload`]: synthetic summaries for benchmarks.
@@ -18,6 +20,7 @@ pub mod harness;
 pub mod mosquitto;
 pub mod netns;
 pub mod procnet;
+pub mod pty;
 pub mod relay;
 pub mod scenario;
 pub mod sim;

@@ -192,7 +192,7 @@ async fn read_streams(client: &mut ReadOnlyClient, out: &mut Identified) -> Stre
                 last_refusal = format!("{} stream refused", stream_name(code));
             }
             // A malformed answer: a smaller category may still decode.
-            Err(e @ ModbusError::UnexpectedResponse(_)) => {
+            Err(e @ (ModbusError::UnexpectedResponse(_) | ModbusError::Garbled(_))) => {
                 out.problems.push(format!(
                     "identification: FC 43 {} stream: {e}",
                     stream_name(code)

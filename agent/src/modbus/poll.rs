@@ -21,7 +21,7 @@
 use std::net::SocketAddr;
 
 use outpost_proto::model::{
-    AssetObservation, DeviceIdentity, PollStatus, RegisterBlock, RegisterKind,
+    AssetObservation, DeviceIdentity, Endpoint, PollStatus, RegisterBlock, RegisterKind,
 };
 
 use super::identify::identify;
@@ -144,6 +144,42 @@ impl Health {
     }
 }
 
+/// What one unit is polled as: its name, where it is, and the blocks to read. A TCP device
+/// and an RTU device on a serial bus are polled by the same code.
+#[derive(Debug, Clone)]
+pub struct UnitTarget<'a> {
+    pub name: &'a str,
+    pub endpoint: Endpoint,
+    pub blocks: &'a [BlockConfig],
+}
+
+impl<'a> UnitTarget<'a> {
+    /// An observation for a unit that could not be reached.
+    pub fn unreachable(&self, unit: u8, reason: String) -> AssetObservation {
+        AssetObservation {
+            name: self.name.to_owned(),
+            endpoint: self.endpoint.clone(),
+            unit_id: unit,
+            status: PollStatus::Unreachable(reason),
+            identity: DeviceIdentity::default(),
+            blocks: Vec::new(),
+            problems: Vec::new(),
+            profile: None,
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// The device as a [`UnitTarget`].
+    pub fn target(&self) -> UnitTarget<'_> {
+        UnitTarget {
+            name: &self.name,
+            endpoint: self.address.endpoint(),
+            blocks: &self.blocks,
+        }
+    }
+}
+
 /// Identifies the unit `client` addresses and reads the device's blocks from it.
 pub async fn poll_unit(
     client: &mut ReadOnlyClient,
@@ -153,13 +189,13 @@ pub async fn poll_unit(
     poll_unit_with(client, device, unit, None).await
 }
 
-/// The profile applied to a unit of `device`: none when the config names blocks.
+/// The profile applied to a unit: none when its config names blocks.
 fn applied_profile<'a>(
-    device: &DeviceConfig,
+    blocks: &[BlockConfig],
     profiles: Option<&'a Library>,
     identity: &DeviceIdentity,
 ) -> Option<&'a Profile> {
-    if !device.blocks.is_empty() {
+    if !blocks.is_empty() {
         return None;
     }
     profiles?.find(identity)
@@ -188,15 +224,26 @@ pub async fn poll_unit_with(
     unit: u8,
     profiles: Option<&Library>,
 ) -> AssetObservation {
+    poll_target(client, &device.target(), unit, profiles).await
+}
+
+/// Identifies the unit `client` addresses and reads `device`'s blocks from it (or, when it
+/// names none, the matching profile's blocks and firmware register).
+pub async fn poll_target(
+    client: &mut ReadOnlyClient,
+    device: &UnitTarget<'_>,
+    unit: u8,
+    profiles: Option<&Library>,
+) -> AssetObservation {
     let before = client.requests();
     let mut ident = identify(client).await;
     let profile = if ident.answered {
-        applied_profile(device, profiles, &ident.identity)
+        applied_profile(device.blocks, profiles, &ident.identity)
     } else {
         None
     };
     let profile_blocks = profile.map(profile_blocks);
-    let to_read = profile_blocks.as_deref().unwrap_or(&device.blocks);
+    let to_read = profile_blocks.as_deref().unwrap_or(device.blocks);
     let ident_requests = u32::try_from(client.requests() - before).unwrap_or(u32::MAX);
     let mut health = Health {
         answered: ident.answered,
@@ -254,8 +301,7 @@ pub async fn poll_unit_with(
     }
     if !health.answered {
         let requests = client.requests() - before;
-        return unreachable(
-            device,
+        return device.unreachable(
             unit,
             format!(
                 "connected to {}, but {requests} requests got no answer (last: {})",
@@ -265,8 +311,8 @@ pub async fn poll_unit_with(
         );
     }
     AssetObservation {
-        name: device.name.clone(),
-        endpoint: device.address.endpoint(),
+        name: device.name.to_owned(),
+        endpoint: device.endpoint.clone(),
         unit_id: unit,
         status: if problems.is_empty() {
             PollStatus::Ok

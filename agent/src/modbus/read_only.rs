@@ -1,6 +1,6 @@
 //! The only Modbus client in the agent, read-only by construction.
 //!
-//! [`ReadOnlyClient`] owns a `tokio_modbus` TCP context privately and exposes only read
+//! [`ReadOnlyClient`] owns a `tokio_modbus` TCP (or RTU) context privately and exposes only read
 //! functions: FC 1, 2, 3, 4, 17 and 43/14. There is no `Deref`, no accessor and no trait impl
 //! that hands the context out, so nothing in the agent can send a write:
 //!
@@ -35,9 +35,21 @@
 //! tokio-modbus's `Reader` helpers `debug_assert!` on response lengths and `unreachable!` on
 //! mismatched responses; this client calls `Client::call` and checks responses itself, so a
 //! misbehaving device yields [`ModbusError::UnexpectedResponse`], never a panic.
+//!
+//! The same client speaks Modbus RTU on a serial bus ([`ReadOnlyClient::open_serial`], see
+//! [`super::serial`]): one client owns the port, so requests to the bus's units go one at a
+//! time; at least the bus's frame gap of silence is kept between the end of one exchange and
+//! the next request; stale input is flushed before every request; after a timeout or a garbled
+//! frame the port is closed and reopened, and what was received is diagnosed
+//! ([`ModbusError::Garbled`]: "CRC mismatch on /dev/ttyX unit 3 …"). The whole line waits
+//! for a silent unit, so on a bus a unit whose first request timed out is not asked again
+//! until [`ReadOnlyClient::set_unit`] addresses it anew: its later requests fail at once with
+//! the same timeout error, without touching the line (one silent unit costs one timeout).
 
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use super::serial::SerialLink;
 
 use tokio::time::Instant;
 use tokio_modbus::client::{Client as _, Context};
@@ -86,6 +98,9 @@ pub enum ModbusError {
     Transport(std::io::Error),
     #[error("unexpected response: {0}")]
     UnexpectedResponse(String),
+    /// RTU: bytes came back but not a valid frame for the request (noise, a collision).
+    #[error("{0}")]
+    Garbled(String),
 }
 
 impl ModbusError {
@@ -103,10 +118,28 @@ pub struct ServerId {
     pub additional: Vec<u8>,
 }
 
-/// A read-only Modbus TCP client for one device.
+/// Where a client's requests go.
+#[derive(Debug)]
+pub enum Link {
+    /// Modbus TCP to one address.
+    Tcp(SocketAddr),
+    /// Modbus RTU on a serial bus.
+    Rtu(SerialLink),
+}
+
+impl std::fmt::Display for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Link::Tcp(addr) => write!(f, "{addr}"),
+            Link::Rtu(bus) => write!(f, "{}", bus.path()),
+        }
+    }
+}
+
+/// A read-only Modbus client for one TCP device or one serial bus.
 pub struct ReadOnlyClient {
     ctx: Option<Context>,
-    peer: SocketAddr,
+    peer: Link,
     unit: u8,
     timing: Timing,
     last_start: Option<Instant>,
@@ -114,6 +147,12 @@ pub struct ReadOnlyClient {
     gap: Duration,
     requests: u64,
     busy_backoffs: u64,
+    /// RTU: silence kept between the end of one exchange and the next request (zero on TCP).
+    frame_gap: Duration,
+    last_end: Option<Instant>,
+    /// RTU: the current unit timed out before it ever answered (see the module docs).
+    unit_silent: bool,
+    unit_answered: bool,
 }
 
 impl std::fmt::Debug for ReadOnlyClient {
@@ -143,19 +182,53 @@ impl ReadOnlyClient {
         let ctx = open(peer, unit, timing.connect_timeout).await?;
         Ok(ReadOnlyClient {
             ctx: Some(ctx),
-            peer,
+            peer: Link::Tcp(peer),
             unit,
             timing,
             last_start: None,
             gap: timing.min_request_gap,
             requests: 0,
             busy_backoffs: 0,
+            frame_gap: Duration::ZERO,
+            last_end: None,
+            unit_silent: false,
+            unit_answered: false,
         })
     }
 
-    /// The device's address.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    /// Opens the serial bus `bus` (Modbus RTU), addressing unit id `unit`. Each request waits
+    /// at most `bus.timeout`; `min_request_gap` spaces request starts as on TCP.
+    pub fn open_serial(
+        bus: &crate::rtu_config::SerialBusConfig,
+        unit: u8,
+        min_request_gap: Duration,
+    ) -> Result<Self, ModbusError> {
+        let mut link = SerialLink::new(bus);
+        let ctx = link.attach(unit)?;
+        let timing = Timing {
+            connect_timeout: bus.timeout,
+            request_timeout: bus.timeout,
+            min_request_gap,
+        };
+        Ok(ReadOnlyClient {
+            ctx: Some(ctx),
+            peer: Link::Rtu(link),
+            unit,
+            timing,
+            last_start: None,
+            gap: min_request_gap,
+            requests: 0,
+            busy_backoffs: 0,
+            frame_gap: bus.frame_gap,
+            last_end: None,
+            unit_silent: false,
+            unit_answered: false,
+        })
+    }
+
+    /// The device's address, or the serial bus.
+    pub fn peer(&self) -> &Link {
+        &self.peer
     }
 
     /// Requests sent so far (including ones that failed).
@@ -171,6 +244,8 @@ impl ReadOnlyClient {
     /// Addresses further requests to unit id `unit` (same TCP connection).
     pub fn set_unit(&mut self, unit: u8) {
         self.unit = unit;
+        self.unit_silent = false;
+        self.unit_answered = false;
         if let Some(ctx) = self.ctx.as_mut() {
             ctx.set_slave(Slave(unit));
         }
@@ -283,12 +358,26 @@ impl ReadOnlyClient {
     /// the connection unusable, and bounds the exchange by the request timeout. An answer that
     /// took more than half the request timeout doubles the gap (up to [`MAX_GAP`]).
     async fn call_once(&mut self, request: Request<'static>) -> Result<Response, ModbusError> {
+        if self.unit_silent {
+            return Err(ModbusError::Timeout(self.timing.request_timeout));
+        }
         if let Some(last) = self.last_start {
             tokio::time::sleep_until(last + self.gap).await;
+        }
+        if let Some(end) = self.last_end.filter(|_| !self.frame_gap.is_zero()) {
+            tokio::time::sleep_until(end + self.frame_gap).await;
         }
         let started = Instant::now();
         self.last_start = Some(started);
         let result = self.exchange(request).await;
+        self.last_end = Some(Instant::now());
+        match &result {
+            Ok(_) | Err(ModbusError::Exception(_)) => self.unit_answered = true,
+            Err(ModbusError::Timeout(_)) if matches!(self.peer, Link::Rtu(_)) => {
+                self.unit_silent = !self.unit_answered;
+            }
+            Err(_) => {}
+        }
         if result.is_ok() || matches!(result, Err(ModbusError::Exception(_))) {
             let took = started.elapsed();
             if took > self.timing.request_timeout / 2 {
@@ -301,18 +390,34 @@ impl ReadOnlyClient {
 
     async fn exchange(&mut self, request: Request<'static>) -> Result<Response, ModbusError> {
         self.requests += 1;
-        let mut ctx = match self.ctx.take() {
-            Some(ctx) => ctx,
-            None => open(self.peer, self.unit, self.timing.connect_timeout).await?,
+        let mut ctx = match (self.ctx.take(), &mut self.peer) {
+            (Some(ctx), _) => ctx,
+            (None, Link::Tcp(peer)) => open(*peer, self.unit, self.timing.connect_timeout).await?,
+            (None, Link::Rtu(bus)) => bus.attach(self.unit)?,
         };
+        if let Link::Rtu(bus) = &self.peer {
+            // One master on the line: anything waiting in the input buffer now is stale.
+            bus.flush_input();
+        }
         let timeout = self.timing.request_timeout;
         match tokio::time::timeout(timeout, ctx.call(request)).await {
-            // The connection is left dropped (closed): a late answer must not be read as the
-            // next request's.
-            Err(_) => Err(ModbusError::Timeout(timeout)),
-            Ok(Err(tokio_modbus::Error::Transport(e))) => Err(ModbusError::Transport(e)),
+            // The connection (or port) is left dropped (closed): a late answer must not be
+            // read as the next request's.
+            Err(_) => Err(match &self.peer {
+                Link::Rtu(bus) => bus
+                    .diagnose(self.unit)
+                    .unwrap_or(ModbusError::Timeout(timeout)),
+                Link::Tcp(_) => ModbusError::Timeout(timeout),
+            }),
+            Ok(Err(tokio_modbus::Error::Transport(e))) => Err(match &self.peer {
+                Link::Rtu(bus) => bus.diagnose(self.unit).unwrap_or(ModbusError::Transport(e)),
+                Link::Tcp(_) => ModbusError::Transport(e),
+            }),
             Ok(Err(tokio_modbus::Error::Protocol(e))) => {
-                Err(ModbusError::UnexpectedResponse(e.to_string()))
+                Err(ModbusError::UnexpectedResponse(match &self.peer {
+                    Link::Rtu(bus) => format!("{e} (on {} unit {})", bus.path(), self.unit),
+                    Link::Tcp(_) => e.to_string(),
+                }))
             }
             Ok(Ok(Err(code))) => {
                 self.ctx = Some(ctx);

@@ -14,6 +14,9 @@
 //! [`Behaviour`] makes a device silent, slow, busy (exception 06), an old one without FC 43,
 //! or one that gets FC 43 wrong in one of the ways of [`Fc43Fault`].
 //!
+//! [`RtuLine`] serves the same devices over a Modbus RTU serial line (a pty in tests), several
+//! unit ids on one line, recording when each request came and was answered.
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use outpost_testbed::sim::{Plant, default_plant};
@@ -30,6 +33,7 @@ pub mod ident;
 mod plant;
 mod plants;
 mod report;
+mod rtu;
 mod spec;
 mod tables;
 mod wire;
@@ -37,6 +41,7 @@ mod wire;
 pub use plant::{Plant, SimDevice};
 pub use plants::{CONFIG_START, PROCESS_START, default_plant, generated_plant, varied_plant};
 pub use report::{SCHEMA as DEVICES_SCHEMA, devices_json};
+pub use rtu::{LineRequest, RtuLine, rtu_line};
 pub use spec::{Behaviour, DeviceSpec, Fc43Fault, MAX_OBJECT_LEN, SimIdentity};
 pub use wire::FcSniffer;
 
