@@ -96,6 +96,30 @@ pub struct Config {
     pub mqtt: Option<MqttConfig>,
     pub modbus: ModbusConfig,
     pub devices: Vec<DeviceConfig>,
+    /// Change events between snapshots (`[changes]`, see [`crate::observe`]).
+    pub changes: ChangesConfig,
+}
+
+/// `[changes]`: change events and how often full snapshots still go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChangesConfig {
+    /// A full snapshot goes out every this many cycles (1: every cycle, as before).
+    pub snapshot_every: u32,
+    /// A changed configuration block must be seen this many consecutive polls.
+    pub confirm_polls: u32,
+    /// A device unreachable this many consecutive polls has disappeared.
+    pub unreachable_polls: u32,
+}
+
+impl Default for ChangesConfig {
+    fn default() -> Self {
+        Self {
+            snapshot_every: 1,
+            confirm_polls: 1,
+            unreachable_polls: 3,
+        }
+    }
 }
 
 /// Where and how fast envelopes leave.
@@ -316,6 +340,8 @@ struct RawConfig {
     #[serde(default)]
     modbus: ModbusConfig,
     devices: Option<Vec<RawDevice>>,
+    #[serde(default)]
+    changes: ChangesConfig,
 }
 
 fn default_poll_interval() -> Duration {
@@ -482,6 +508,23 @@ impl Config {
                     humantime::format_duration(raw.poll_interval)
                 ),
             );
+        }
+
+        for (field, value, max) in [
+            ("changes.snapshot_every", raw.changes.snapshot_every, 10_000),
+            ("changes.confirm_polls", raw.changes.confirm_polls, 1_000),
+            (
+                "changes.unreachable_polls",
+                raw.changes.unreachable_polls,
+                1_000,
+            ),
+        ] {
+            if value == 0 || value > max {
+                problem(
+                    field.into(),
+                    format!("{value} is out of range: give a whole number from 1 to {max}"),
+                );
+            }
         }
 
         let diode = match &raw.diode {
@@ -740,6 +783,7 @@ impl Config {
             mqtt,
             modbus: raw.modbus,
             devices,
+            changes: raw.changes,
         })
     }
 
@@ -1136,6 +1180,41 @@ count = 1
         assert!(invalid(&GOOD.replace("192.0.2.10:7000", "192.0.2.10:0"))[0].contains("port 0"));
         let c = Config::parse(&GOOD.replace("192.0.2.10:7000", "[::1]:7000"), "a.toml").unwrap();
         assert_eq!(c.diode.unwrap().target.port(), 7000);
+    }
+
+    #[test]
+    fn changes_section_defaults_and_bounds() {
+        let c = Config::parse(GOOD, "a.toml").unwrap();
+        assert_eq!(c.changes, ChangesConfig::default());
+        assert_eq!(
+            c.changes.snapshot_every, 1,
+            "default keeps a snapshot every cycle"
+        );
+        let text = GOOD.replace(
+            "[modbus]",
+            "[changes]\nsnapshot_every = 10\nconfirm_polls = 2\nunreachable_polls = 5\n\n[modbus]",
+        );
+        let c = Config::parse(&text, "a.toml").unwrap();
+        assert_eq!(
+            (
+                c.changes.snapshot_every,
+                c.changes.confirm_polls,
+                c.changes.unreachable_polls
+            ),
+            (10, 2, 5)
+        );
+        let p = invalid(&GOOD.replace("[modbus]", "[changes]\nconfirm_polls = 0\n\n[modbus]"));
+        assert_eq!(
+            p,
+            vec!["changes.confirm_polls: 0 is out of range: give a whole number from 1 to 1000"]
+        );
+        let err = Config::parse(
+            &GOOD.replace("[modbus]", "[changes]\nconfirm_pols = 2\n\n[modbus]"),
+            "a.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("confirm_pols"), "{err}");
     }
 
     #[test]

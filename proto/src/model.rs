@@ -35,6 +35,9 @@ pub enum Body {
     /// key and the new key's signature over the handover (proof of possession). See
     /// [`crate::handover`].
     KeyHandover(KeyHandover),
+    /// What changed since the agent's last observation (see [`crate::changes`]): sent between
+    /// full snapshots, bounded, judged by the receiver at once.
+    Changes(crate::changes::ChangeSet),
 }
 
 /// A signed announcement of a new signing key (see [`crate::handover`]).
@@ -77,6 +80,7 @@ impl Body {
             Body::DataLost(_) => "data_lost",
             Body::Heartbeat(_) => "heartbeat",
             Body::KeyHandover(_) => "key_handover",
+            Body::Changes(_) => "changes",
         }
     }
 }
@@ -454,7 +458,7 @@ pub struct NetInterface {
 }
 
 /// `Vec<u16>` as a CBOR byte string of big-endian words.
-mod be_words {
+pub(crate) mod be_words {
     use serde::de::{Error as _, Visitor};
     use serde::{Deserializer, Serializer};
 

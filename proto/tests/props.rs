@@ -291,6 +291,7 @@ fn origin(body: &Body) -> (&AgentId, &ZoneId) {
         Body::Heartbeat(h) => (&h.agent, &h.zone),
         Body::DataLost(d) => (&d.agent, &d.zone),
         Body::KeyHandover(k) => (&k.agent, &k.zone),
+        Body::Changes(c) => (&c.agent, &c.zone),
     }
 }
 

@@ -27,6 +27,7 @@ pub mod debounce;
 mod gateway_baseline;
 mod judge;
 pub mod key_lifecycle;
+pub mod observed_changes;
 pub mod presence;
 pub mod query;
 pub mod record;

@@ -257,7 +257,7 @@ pub fn analyse(
                 old_key_id: k.old_key_id.to_string(),
                 new_key_id: k.new_key_id.to_string(),
             }),
-            Body::Heartbeat(_) => {}
+            Body::Heartbeat(_) | Body::Changes(_) => {}
         }
     }
     let inventory: Vec<Ci> = cis
