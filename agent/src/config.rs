@@ -104,6 +104,10 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChangesConfig {
+    /// Keep the last observed state and send change sets (off: snapshots only, as before).
+    pub events: bool,
+    /// Include gateway host changes (OS, kernel, interfaces, listening ports, new programs).
+    pub gateway: bool,
     /// A full snapshot goes out every this many cycles (1: every cycle, as before).
     pub snapshot_every: u32,
     /// A changed configuration block must be seen this many consecutive polls.
@@ -115,6 +119,8 @@ pub struct ChangesConfig {
 impl Default for ChangesConfig {
     fn default() -> Self {
         Self {
+            events: false,
+            gateway: true,
             snapshot_every: 1,
             confirm_polls: 1,
             unreachable_polls: 3,
@@ -1192,7 +1198,7 @@ count = 1
         );
         let text = GOOD.replace(
             "[modbus]",
-            "[changes]\nsnapshot_every = 10\nconfirm_polls = 2\nunreachable_polls = 5\n\n[modbus]",
+            "[changes]\nevents = true\ngateway = false\nsnapshot_every = 10\nconfirm_polls = 2\nunreachable_polls = 5\n\n[modbus]",
         );
         let c = Config::parse(&text, "a.toml").unwrap();
         assert_eq!(
@@ -1203,6 +1209,8 @@ count = 1
             ),
             (10, 2, 5)
         );
+        assert!(c.changes.events && !c.changes.gateway);
+        assert!(!ChangesConfig::default().events, "off unless asked for");
         let p = invalid(&GOOD.replace("[modbus]", "[changes]\nconfirm_polls = 0\n\n[modbus]"));
         assert_eq!(
             p,

@@ -72,8 +72,8 @@ pub struct Agent {
     /// Sequence numbers lost and not yet reported, with why.
     unreported_loss: Vec<(Vec<u64>, &'static str)>,
     last_summary_seq: u64,
-    /// The last observed state and the comparison that yields change events.
-    observer: Observer,
+    /// The last observed state and the comparison that yields change events (`changes.events`).
+    observer: Option<Observer>,
     /// Cycles run since the agent started (snapshots go out every `changes.snapshot_every`).
     cycles: u64,
 }
@@ -147,14 +147,16 @@ impl Agent {
             }
             None => None,
         };
-        let observer = Observer::open(
-            &config.state_dir,
-            Settings {
-                confirm_polls: config.changes.confirm_polls,
-                unreachable_polls: config.changes.unreachable_polls,
-            },
-            now_ms(),
-        );
+        let observer = config.changes.events.then(|| {
+            Observer::open(
+                &config.state_dir,
+                Settings {
+                    confirm_polls: config.changes.confirm_polls,
+                    unreachable_polls: config.changes.unreachable_polls,
+                },
+                now_ms(),
+            )
+        });
         tracing::info!(
             agent = %config.agent_id,
             zone = %config.zone,
@@ -388,7 +390,11 @@ impl Agent {
                 }
             }
         }
-        let changes = self.observer.observe(&assets, gateway.as_ref());
+        let host = gateway.as_ref().filter(|_| self.config.changes.gateway);
+        let changes = match &mut self.observer {
+            Some(observer) => observer.observe(&assets, host),
+            None => Vec::new(),
+        };
         if !changes.is_empty() {
             let (seq, bytes, datagrams) =
                 self.emit_changes(started_ms, changes, &mut report).await?;
@@ -398,7 +404,9 @@ impl Agent {
         }
         // Persisted after the change set is sealed: a crash in between sends it again (the
         // collector records it as already current), never loses it.
-        if let Err(e) = self.observer.persist() {
+        if let Some(observer) = &self.observer
+            && let Err(e) = observer.persist()
+        {
             tracing::error!("{e}; the next restart compares with an older observed state");
         }
         let every = u64::from(self.config.changes.snapshot_every.max(1));

@@ -1,8 +1,9 @@
 //! Gateway host changes: the differences between two [`HostFacts`].
 //!
 //! Compared: OS name and version, kernel version, hostname; interfaces (`name mac`: added,
-//! vanished, MAC changed); listening sockets (opened, closed); program executables (new ones
-//! only: processes come and go, a new program is the signal). A list the agent had to cut at
+//! vanished, MAC changed); listening sockets (opened, closed); program executables (only ones
+//! never seen before on this gateway, see [`new_programs`]: processes come and go, a program
+//! that never ran here before is the signal). A list the agent had to cut at
 //! its cap (`truncated`) never reports vanished entries. Memory, boot time, disks and the
 //! agent's own version are not compared here (the snapshot carries them).
 
@@ -69,19 +70,36 @@ pub fn diff(before: &HostFacts, after: &HostFacts) -> Vec<FieldChange> {
         out.push(change("listening", None, Some(s)));
     }
 
-    let programs = |f: &HostFacts| -> BTreeSet<String> {
-        f.executables
-            .iter()
-            .map(|e| e.exe.clone().unwrap_or_else(|| e.name.clone()))
-            .collect()
-    };
-    let pb = programs(before);
-    // A program missing from a cut list may simply not have fitted: only lists that were
-    // complete before can say an executable is new.
-    if !cut(before, HostList::Executables) {
-        for p in programs(after).difference(&pb) {
-            out.push(change("executable", None, Some(p)));
+    out
+}
+
+/// Most programs remembered as known on one gateway; past it, new ones are no longer reported
+/// (logged once by the observer).
+pub const MAX_KNOWN_PROGRAMS: usize = 4096;
+
+/// The program executables (path, or name when the path is hidden) in `facts`.
+pub fn programs(facts: &HostFacts) -> BTreeSet<String> {
+    facts
+        .executables
+        .iter()
+        .map(|e| e.exe.clone().unwrap_or_else(|| e.name.clone()))
+        .collect()
+}
+
+/// Programs in `after` never seen before (not in `known`), as `executable` changes, and
+/// `known` extended with them (up to [`MAX_KNOWN_PROGRAMS`]). A program that is merely not
+/// running now is not a change: short-lived processes (cron jobs, shells) come and go.
+pub fn new_programs(after: &HostFacts, known: &mut BTreeSet<String>) -> Vec<FieldChange> {
+    let mut out = Vec::new();
+    for p in programs(after) {
+        if known.contains(&p) {
+            continue;
         }
+        if known.len() >= MAX_KNOWN_PROGRAMS {
+            break;
+        }
+        out.push(change("executable", None, Some(&p)));
+        known.insert(p);
     }
     out
 }
@@ -148,18 +166,26 @@ mod tests {
             address: "0.0.0.0".into(),
             exe: Some("/tmp/nc".into()),
         });
+        let d = diff(&facts(), &later);
+        let fields: Vec<&str> = d.iter().map(|c| c.field.as_str()).collect();
+        assert_eq!(fields, ["kernel_version", "interface", "listening"]);
+        assert_eq!(d[2].after.as_deref(), Some("tcp/4444 0.0.0.0 /tmp/nc"));
+        assert_eq!(d[2].before, None);
+    }
+
+    #[test]
+    fn a_program_is_new_once_and_its_exit_is_no_change() {
+        let mut known = programs(&facts());
+        let mut later = facts();
         later.executables.push(HostExecutable {
             name: "nc".into(),
             exe: Some("/tmp/nc".into()),
         });
-        let d = diff(&facts(), &later);
-        let fields: Vec<&str> = d.iter().map(|c| c.field.as_str()).collect();
-        assert_eq!(
-            fields,
-            ["kernel_version", "interface", "listening", "executable"]
-        );
-        assert_eq!(d[2].after.as_deref(), Some("tcp/4444 0.0.0.0 /tmp/nc"));
-        assert_eq!(d[2].before, None);
+        let d = new_programs(&later, &mut known);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].after.as_deref(), Some("/tmp/nc"));
+        assert!(new_programs(&facts(), &mut known).is_empty(), "it exited");
+        assert!(new_programs(&later, &mut known).is_empty(), "it runs again");
     }
 
     #[test]

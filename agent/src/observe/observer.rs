@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use outpost_proto::changes::{AssetRef, Change, ChangeKind, FieldChange};
 use outpost_proto::model::{
-    AssetObservation, DeviceIdentity, Endpoint, HostFacts, IdentMethod, PollStatus,
+    AssetObservation, DeviceIdentity, Endpoint, HostFacts, HostList, IdentMethod, PollStatus,
 };
 
 use super::block;
@@ -107,12 +107,21 @@ impl Observer {
         }
         self.state.assets = next;
         if let Some(now) = gateway {
-            if let Some(before) = &self.state.gateway {
-                changes.extend(host_diff::diff(before, now).into_iter().map(|f| Change {
-                    asset: None,
-                    what: ChangeKind::Host(f),
-                }));
+            let mut host = Vec::new();
+            match &self.state.gateway {
+                Some(before) => {
+                    host = host_diff::diff(before, now);
+                    // A program missing from a cut list may simply not have fitted.
+                    if !before.truncated.contains(&HostList::Executables) {
+                        host.extend(host_diff::new_programs(now, &mut self.state.known_programs));
+                    }
+                }
+                None => self.state.known_programs.extend(host_diff::programs(now)),
             }
+            changes.extend(host.into_iter().map(|f| Change {
+                asset: None,
+                what: ChangeKind::Host(f),
+            }));
             self.state.gateway = Some(now.clone());
         }
         self.state.cycles += 1;

@@ -1,5 +1,7 @@
 //! The last observed state of every asset and of the gateway host (what is persisted).
 
+use std::collections::BTreeSet;
+
 use outpost_proto::changes::AssetRef;
 use outpost_proto::model::{DeviceIdentity, HostFacts, RegisterKind};
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,9 @@ pub struct ObservedState {
     pub assets: Vec<AssetState>,
     /// The gateway's last facts (`None`: not yet collected).
     pub gateway: Option<HostFacts>,
+    /// Every program executable seen running on the gateway since the state began (bounded).
+    #[serde(default)]
+    pub known_programs: BTreeSet<String>,
 }
 
 impl Default for ObservedState {
@@ -23,6 +28,7 @@ impl Default for ObservedState {
             cycles: 0,
             assets: Vec::new(),
             gateway: None,
+            known_programs: BTreeSet::new(),
         }
     }
 }
