@@ -165,6 +165,8 @@ impl Agent {
             diode = ?config.diode.map(|d| d.target),
             mqtt = ?config.mqtt.as_ref().map(|m| &m.url),
             devices = config.devices.len(),
+            change_events = config.changes.events,
+            observed_state_damaged = observer.as_ref().map_or(0, Observer::damaged_files),
             "agent ready"
         );
         Ok(Agent {

@@ -346,6 +346,25 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_state_file_is_counted_and_causes_no_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut o = Observer::open(dir.path(), SETTINGS, 0);
+            o.observe(&[obs(&[1, 2], "1.0")], None);
+            o.persist().unwrap();
+        }
+        let file = dir.path().join(store::STATE_FILE);
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes.truncate(bytes.len() / 2);
+        std::fs::write(&file, bytes).unwrap();
+        let mut o = Observer::open(dir.path(), SETTINGS, 5);
+        assert_eq!(o.damaged_files(), 1);
+        // The device did change meanwhile: still no change, the poll is the new baseline.
+        assert!(o.observe(&[obs(&[9, 9], "2.0")], None).is_empty());
+        assert_eq!(names(&o.observe(&[obs(&[9, 8], "2.0")], None)), ["block"]);
+    }
+
+    #[test]
     fn presence_disappeared_after_n_polls_then_returned() {
         let dir = tempfile::tempdir().unwrap();
         let mut o = Observer::open(dir.path(), SETTINGS, 0);
