@@ -335,3 +335,67 @@ fn a_change_set_naming_another_agent_is_quarantined() {
         1
     );
 }
+
+#[test]
+fn an_unstable_block_is_one_unauthorised_and_one_unstable_alert_across_events_and_snapshots() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    snapshot(&mut f, &mut ingest, vec![plc(1, vec![0])], T0 + 1_000);
+    approve(ingest.cmdb_mut());
+    // What an agent with change events sends for a block that changes every poll: the first
+    // change, then `unstable` once, then nothing while it keeps changing; a snapshot each cycle.
+    send(&mut f, &mut ingest, vec![block(1, &[0], &[1])], T0 + 2_000);
+    snapshot(&mut f, &mut ingest, vec![plc(1, vec![1])], T0 + 2_100);
+    let unstable = Change {
+        asset: Some(asset_ref(1)),
+        what: ChangeKind::Unstable(BlockRef {
+            name: "setpoints".into(),
+            kind: RegisterKind::Holding,
+            start: 100,
+        }),
+    };
+    send(&mut f, &mut ingest, vec![unstable], T0 + 3_000);
+    snapshot(&mut f, &mut ingest, vec![plc(1, vec![2])], T0 + 3_100);
+    for i in 3..8u16 {
+        snapshot(
+            &mut f,
+            &mut ingest,
+            vec![plc(1, vec![i])],
+            T0 + 1_000 * u64::from(i + 1),
+        );
+    }
+    let kinds: Vec<String> = ingest
+        .cmdb()
+        .alerts(None)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.kind)
+        .collect();
+    assert_eq!(kinds, ["unauthorised_change", "unstable_value"]);
+    assert_eq!(outcomes(ingest.cmdb()), ["applied", "recorded"]);
+}
+
+#[test]
+fn without_change_events_consecutive_changes_are_still_one_unstable_alert() {
+    // The snapshot-only rule is unchanged: a change in two consecutive summaries.
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    snapshot(&mut f, &mut ingest, vec![plc(1, vec![0])], T0 + 1_000);
+    approve(ingest.cmdb_mut());
+    for i in 1..6u16 {
+        snapshot(
+            &mut f,
+            &mut ingest,
+            vec![plc(1, vec![i])],
+            T0 + 1_000 * u64::from(i + 1),
+        );
+    }
+    let kinds: Vec<String> = ingest
+        .cmdb()
+        .alerts(None)
+        .unwrap()
+        .into_iter()
+        .map(|a| a.kind)
+        .collect();
+    assert_eq!(kinds, ["unauthorised_change", "unstable_value"]);
+}

@@ -12,7 +12,7 @@
 //! | `unknown_asset`     | no snapshot ever showed this CI: recorded, not applied (a snapshot creates it, and raises `new_device` in a baselined zone) |
 //! | `other_agent`       | the CI is reported by another agent: recorded, not applied |
 //! | `inconsistent`      | the ranges do not rebuild the announced block hash: recorded, not applied |
-//! | `recorded`          | presence and stability notices (`appeared`, `disappeared`, `returned`, `unstable`): recorded; presence is judged from snapshots (`unreachable_polls`); `unstable` raises one `unstable_value` alert on a baselined CI |
+//! | `recorded`          | presence and stability notices (`appeared`, `disappeared`, `returned`, `unstable`): recorded; presence is judged from snapshots (`unreachable_polls`); `unstable` on a baselined CI raises one `unstable_value` alert (none if its last judged change already was unstable) and makes the snapshots that follow count as repeats |
 //!
 //! An applied change clears the asset's stored content hash, so the next snapshot compares
 //! attributes (and finds them current: no second alert) instead of trusting an old hash.
@@ -266,20 +266,7 @@ impl Writer<'_, '_> {
                     .prepare_cached("SELECT 1 FROM baselines WHERE asset_id = ?1")?
                     .exists([target.id])?;
                 if baselined {
-                    let detail = json!({
-                        "name": target.name,
-                        "block": b.name,
-                        "unstable": true,
-                        "note": "the agent saw this block change in consecutive polls: reported \
-                                 once until it settles (mark it volatile if it holds process values)",
-                    });
-                    self.alert(
-                        &target.key,
-                        &target.name,
-                        "unstable_value",
-                        Category::Config,
-                        &detail,
-                    )?;
+                    self.unstable(&target, &b.name)?;
                 }
                 ("recorded", None)
             }
@@ -288,6 +275,43 @@ impl Writer<'_, '_> {
         row.outcome = outcome;
         row.detail = detail;
         self.record_change(set, row)
+    }
+
+    /// The agent reports a block as unstable: one `unstable_value` alert unless the CI's last
+    /// judged change already is unstable (the snapshot path may have said so first), and a
+    /// judged `unstable` row, so the snapshots that follow count as repeats (see `judge.rs`).
+    fn unstable(&mut self, target: &Target, block: &str) -> rusqlite::Result<()> {
+        let attribute = format!("block.{block}");
+        let last: Option<String> = self
+            .db
+            .prepare_cached(
+                "SELECT verdict FROM detected_changes WHERE asset = ?1
+                 ORDER BY change_id DESC LIMIT 1",
+            )?
+            .query_row([&target.key], |r| r.get(0))
+            .optional()?;
+        let described = [json!({ "attribute": attribute, "unstable": true })];
+        let alert = if last.as_deref() == Some("unstable") {
+            None
+        } else {
+            let detail = json!({
+                "name": target.name,
+                "changes": described,
+                "unstable": true,
+                "note": "the agent saw this block change in consecutive polls: reported once \
+                         until it settles (mark it volatile if it holds process values)",
+            });
+            Some(self.alert(
+                &target.key,
+                &target.name,
+                "unstable_value",
+                Category::Config,
+                &detail,
+            )?)
+        };
+        self.detected(&target.key, "unstable", None, alert, &described)?;
+        self.count("changes_unstable", 1);
+        Ok(())
     }
 
     fn target(&mut self, key: &str) -> rusqlite::Result<Option<Target>> {
