@@ -399,3 +399,34 @@ fn without_change_events_consecutive_changes_are_still_one_unstable_alert() {
         .collect();
     assert_eq!(kinds, ["unauthorised_change", "unstable_value"]);
 }
+
+#[test]
+fn the_listing_shows_each_change_with_its_outcome_as_text_and_json() {
+    use outpost_collector::render::Format;
+    use outpost_collector::render_drift::{SCHEMA_CHANGES_OBSERVED, observed_changes};
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    snapshot(&mut f, &mut ingest, vec![plc(1, vec![10, 20])], T0 + 1_000);
+    send(
+        &mut f,
+        &mut ingest,
+        vec![block(1, &[10, 20], &[10, 99]), block(2, &[1], &[2])],
+        T0 + 2_000,
+    );
+    let rows = ingest.cmdb().observed_changes(None).unwrap();
+    let text = observed_changes(&rows, Format::Text, 0);
+    assert!(text.contains("101: [20] → [99]"), "{text}");
+    assert!(
+        text.contains("applied") && text.contains("unknown_asset"),
+        "{text}"
+    );
+    assert!(text.contains("2 change events"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&observed_changes(&rows, Format::Json, 0)).unwrap();
+    assert_eq!(json["schema"], SCHEMA_CHANGES_OBSERVED);
+    assert_eq!(json["changes"][1]["outcome"], "unknown_asset");
+    // --limit keeps the newest
+    let newest = ingest.cmdb().observed_changes(Some(1)).unwrap();
+    assert_eq!(newest.len(), 1);
+    assert_eq!(newest[0].outcome, "unknown_asset");
+}
