@@ -406,7 +406,7 @@ impl Agent {
         }
         // Persisted after the change set is sealed: a crash in between sends it again (the
         // collector records it as already current), never loses it.
-        if let Some(observer) = &self.observer
+        if let Some(observer) = &mut self.observer
             && let Err(e) = observer.persist()
         {
             tracing::error!("{e}; the next restart compares with an older observed state");

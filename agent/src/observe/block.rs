@@ -15,7 +15,8 @@ use super::state::BlockState;
 pub fn step(state: &mut BlockState, values: &[u16], confirm_polls: u32) -> Option<ChangeKind> {
     let confirm = confirm_polls.max(1);
     if values == state.last.as_slice() {
-        state.same_polls = state.same_polls.saturating_add(1);
+        // Only the thresholds matter: capped there, a steady block leaves the state unchanged.
+        state.same_polls = state.same_polls.saturating_add(1).min(confirm.max(2));
         state.changed_polls = 0;
     } else {
         state.last = values.to_vec();

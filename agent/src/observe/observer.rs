@@ -37,6 +37,8 @@ pub struct Observer {
     state: ObservedState,
     settings: Settings,
     damaged_files: u64,
+    /// Digest of the state last written (or loaded).
+    written: Option<outpost_proto::Digest>,
 }
 
 impl Observer {
@@ -48,7 +50,6 @@ impl Observer {
         if loaded.found {
             tracing::info!(
                 assets = state.assets.len(),
-                cycles = state.cycles,
                 "observed state loaded: changes are compared with the last poll before the restart"
             );
         }
@@ -57,6 +58,7 @@ impl Observer {
             state,
             settings,
             damaged_files: u64::from(loaded.set_aside.is_some()),
+            written: None,
         }
     }
 
@@ -71,8 +73,15 @@ impl Observer {
     }
 
     /// Writes the state to the state directory (atomically).
-    pub fn persist(&self) -> Result<(), StoreError> {
-        store::save(&self.dir, &self.state)
+    /// An unchanged state is not written again (a gateway's flash is spared a write per poll).
+    pub fn persist(&mut self) -> Result<(), StoreError> {
+        let digest = store::digest(&self.state)?;
+        if self.written == Some(digest) {
+            return Ok(());
+        }
+        store::save(&self.dir, &self.state)?;
+        self.written = Some(digest);
+        Ok(())
     }
 
     /// Compares one cycle's observations (in config order) and gateway facts with the state,
@@ -124,7 +133,6 @@ impl Observer {
             }));
             self.state.gateway = Some(now.clone());
         }
-        self.state.cycles += 1;
         changes
     }
 
@@ -329,7 +337,7 @@ mod tests {
             o.persist().unwrap();
         }
         let mut o = Observer::open(dir.path(), SETTINGS, 0);
-        assert_eq!(o.state().cycles, 1);
+        assert_eq!(o.state().assets.len(), 1);
         let mut a = obs(&[1, 2], "1.0");
         a.blocks.push(RegisterBlock::new(
             "added",
@@ -362,6 +370,33 @@ mod tests {
         // The device did change meanwhile: still no change, the poll is the new baseline.
         assert!(o.observe(&[obs(&[9, 9], "2.0")], None).is_empty());
         assert_eq!(names(&o.observe(&[obs(&[9, 8], "2.0")], None)), ["block"]);
+    }
+
+    #[test]
+    fn a_steady_state_is_not_written_again() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(store::STATE_FILE);
+        let mut o = Observer::open(dir.path(), SETTINGS, 0);
+        let inode = |o: &mut Observer| {
+            o.persist().unwrap();
+            std::fs::metadata(&file).unwrap().ino()
+        };
+        // (the second poll confirms the baseline's values: the state settles there)
+        o.observe(&[obs(&[1, 2], "1.0")], None);
+        o.observe(&[obs(&[1, 2], "1.0")], None);
+        let first = inode(&mut o);
+        for _ in 0..5 {
+            o.observe(&[obs(&[1, 2], "1.0")], None);
+        }
+        let steady = inode(&mut o);
+        assert_eq!(first, steady, "unchanged: not replaced");
+        o.observe(&[obs(&[1, 3], "1.0")], None);
+        assert_ne!(
+            inode(&mut o),
+            steady,
+            "changed: written (a new file renamed over)"
+        );
     }
 
     #[test]

@@ -11,8 +11,6 @@ use serde::{Deserialize, Serialize};
 pub struct ObservedState {
     /// [`ObservedState::VERSION`] when written by this agent.
     pub version: u32,
-    /// Cycles observed into this state.
-    pub cycles: u64,
     pub assets: Vec<AssetState>,
     /// The gateway's last facts (`None`: not yet collected).
     pub gateway: Option<HostFacts>,
@@ -25,7 +23,6 @@ impl Default for ObservedState {
     fn default() -> Self {
         Self {
             version: Self::VERSION,
-            cycles: 0,
             assets: Vec::new(),
             gateway: None,
             known_programs: BTreeSet::new(),

@@ -109,6 +109,13 @@ pub fn load(dir: &Path, now_ms: u64) -> Loaded {
     }
 }
 
+/// The digest of `state`'s encoding (to skip writing an unchanged state).
+pub fn digest(state: &ObservedState) -> Result<outpost_proto::Digest, StoreError> {
+    outpost_proto::cbor::encode(state)
+        .map(|bytes| outpost_proto::Digest::of(&bytes))
+        .map_err(|e| StoreError::Encode(e.to_string()))
+}
+
 /// Writes `state` to `dir` atomically.
 pub fn save(dir: &Path, state: &ObservedState) -> Result<(), StoreError> {
     let bytes =
@@ -160,13 +167,13 @@ mod tests {
         let loaded = load(dir.path(), 1);
         assert!(!loaded.found && loaded.set_aside.is_none());
         let state = ObservedState {
-            cycles: 7,
+            known_programs: ["/usr/sbin/sshd".to_owned()].into(),
             ..ObservedState::default()
         };
         save(dir.path(), &state).unwrap();
         let loaded = load(dir.path(), 2);
         assert!(loaded.found);
-        assert_eq!(loaded.state.cycles, 7);
+        assert_eq!(loaded.state, state);
     }
 
     #[test]
