@@ -223,6 +223,55 @@ fn an_asset_never_seen_in_a_snapshot_is_recorded_not_applied() {
 }
 
 #[test]
+fn a_gateway_kernel_change_is_applied_and_judged_and_ports_are_recorded() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    snapshot(&mut f, &mut ingest, vec![plc(1, vec![1])], T0 + 1_000);
+    approve(ingest.cmdb_mut());
+    let host = |field: &str, before: Option<&str>, after: Option<&str>| Change {
+        asset: None,
+        what: ChangeKind::Host(FieldChange {
+            field: field.into(),
+            before: before.map(str::to_owned),
+            after: after.map(str::to_owned),
+        }),
+    };
+    send(
+        &mut f,
+        &mut ingest,
+        vec![
+            host("kernel_version", Some("6.12"), Some("6.13")),
+            host("listening", None, Some("tcp/4444 0.0.0.0 /tmp/nc")),
+            host(
+                "interface",
+                Some("eth0 02:00:00:00:00:01"),
+                Some("eth0 02:00:00:00:00:02"),
+            ),
+        ],
+        T0 + 2_000,
+    );
+    assert_eq!(
+        outcomes(ingest.cmdb()),
+        ["applied", "recorded", "awaiting_snapshot"]
+    );
+    let alerts = ingest.cmdb().alerts(None).unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].asset, "gateway/gw-1");
+    assert_eq!(alerts[0].category, "identity");
+    assert_eq!(alerts[0].detail["changes"][0]["after"], "6.13");
+    // The snapshot showing the new kernel raises nothing more.
+    let mut s = f.summary(vec![plc(1, vec![1])]);
+    let mut g = gateway();
+    g.kernel_version = Some("6.13".into());
+    s.gateway = Some(g);
+    let wire = f.seal(&s);
+    ingest
+        .envelope(&wire, "127.0.0.1:9", T0 + 3_000)
+        .expect("applied");
+    assert_eq!(ingest.cmdb().alerts(None).unwrap().len(), 1);
+}
+
+#[test]
 fn truncated_blocks_and_gateway_facts_await_the_snapshot() {
     let mut f = Fixture::new();
     let mut ingest = f.ingest();
@@ -236,9 +285,9 @@ fn truncated_blocks_and_gateway_facts_await_the_snapshot() {
     let host = Change {
         asset: None,
         what: ChangeKind::Host(FieldChange {
-            field: "kernel_version".into(),
-            before: Some("6.12".into()),
-            after: Some("6.13".into()),
+            field: "interface".into(),
+            before: None,
+            after: Some("eth1 02:00:00:00:00:09".into()),
         }),
     };
     send(&mut f, &mut ingest, vec![cut, host], T0 + 2_000);

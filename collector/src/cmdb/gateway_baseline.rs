@@ -137,7 +137,22 @@ impl Writer<'_, '_> {
         let Some(before) = stored(self.db, ci_key)? else {
             return Ok(());
         };
-        let after = facts(g);
+        let name = g
+            .hostname
+            .clone()
+            .unwrap_or_else(|| format!("gateway of {}", self.meta.agent));
+        self.judge_gateway_facts(ci_key, &name, &before, facts(g))
+    }
+
+    /// Judges a gateway's judged facts going from `before` to `after` (also used for a change
+    /// event's single fact, see `observed_changes.rs`).
+    pub(super) fn judge_gateway_facts(
+        &mut self,
+        ci_key: &str,
+        name: &str,
+        before: &Facts,
+        after: Facts,
+    ) -> rusqlite::Result<()> {
         let changed: Vec<(String, Option<String>, Option<String>)> = after
             .iter()
             .filter(|(n, v)| before.get(*n) != Some(*v))
@@ -155,10 +170,6 @@ impl Writer<'_, '_> {
             .map(|(n, b, a)| describe_change(n, b.as_deref(), a.as_deref()))
             .collect();
         let current: HashMap<String, Option<String>> = after.clone().into_iter().collect();
-        let name = g
-            .hostname
-            .clone()
-            .unwrap_or_else(|| format!("gateway of {}", self.meta.agent));
         let category = if changed.iter().all(|(n, _, _)| n == "interfaces") {
             Category::Config
         } else {
@@ -167,7 +178,7 @@ impl Writer<'_, '_> {
         let drift = baseline::differences(&approved, &after);
         self.judged(
             ci_key,
-            &name,
+            name,
             &described,
             &current,
             drift,

@@ -8,18 +8,20 @@
 //! | `applied`           | the CI's stored value was the change's `before`: it now holds `after`, and the change was judged (an alert, an authorised change, or nothing without a baseline) |
 //! | `already_current`   | the CI already holds `after` (a snapshot got here first, or the event was re-sent after an agent crash): nothing to do |
 //! | `stale_base`        | the CI holds neither `before` nor `after` (an earlier change or snapshot was lost): not applied; the next snapshot converges and is judged |
-//! | `awaiting_snapshot` | not enough in the event to rebuild the value (a truncated block) or a gateway fact (judged from snapshots): recorded; the next snapshot applies and judges it |
+//! | `awaiting_snapshot` | not enough in the event to rebuild the value (a truncated block, a gateway interface: interfaces are judged as one list): recorded; the next snapshot applies and judges it |
 //! | `unknown_asset`     | no snapshot ever showed this CI: recorded, not applied (a snapshot creates it, and raises `new_device` in a baselined zone) |
 //! | `other_agent`       | the CI is reported by another agent: recorded, not applied |
 //! | `inconsistent`      | the ranges do not rebuild the announced block hash: recorded, not applied |
-//! | `recorded`          | presence and stability notices (`appeared`, `disappeared`, `returned`, `unstable`): recorded; presence is judged from snapshots (`unreachable_polls`); `unstable` on a baselined CI raises one `unstable_value` alert (none if its last judged change already was unstable) and makes the snapshots that follow count as repeats |
+//! | `recorded`          | gateway listening sockets and new programs (not judged by the gateway baseline), presence and stability notices (`appeared`, `disappeared`, `returned`, `unstable`): recorded; presence is judged from snapshots (`unreachable_polls`); `unstable` on a baselined CI raises one `unstable_value` alert (none if its last judged change already was unstable) and makes the snapshots that follow count as repeats |
 //!
 //! An applied change clears the asset's stored content hash, so the next snapshot compares
 //! attributes (and finds them current: no second alert) instead of trusting an old hash.
 
 use std::collections::HashMap;
 
-use outpost_proto::changes::{BlockChange, Change, ChangeKind, ChangeSet, apply_ranges};
+use outpost_proto::changes::{
+    BlockChange, Change, ChangeKind, ChangeSet, FieldChange, apply_ranges,
+};
 use outpost_proto::model::RegisterBlock;
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
@@ -28,6 +30,7 @@ use serde_json::{Value, json};
 use super::alerts::Category;
 use super::apply::{ApplyOutcome, EnvelopeMeta, Writer};
 use super::attributes;
+use super::gateway_baseline;
 use super::record::kind;
 use super::{Cmdb, CmdbError, ci_key};
 use crate::time::{Timestamp, sql_int};
@@ -162,19 +165,7 @@ impl Writer<'_, '_> {
             let ChangeKind::Host(f) = &change.what else {
                 return Ok(()); // ChangeSet::check refuses other kinds without an asset
             };
-            let known = self
-                .db
-                .prepare_cached("SELECT 1 FROM gateways WHERE ci_key = ?1")?
-                .exists([&key])
-                .unwrap_or(false);
-            let (outcome, detail) = if known {
-                (
-                    "awaiting_snapshot",
-                    "gateway facts are judged from the next snapshot",
-                )
-            } else {
-                ("unknown_asset", "no snapshot has shown this gateway yet")
-            };
+            let (outcome, detail) = self.host_change(&key, f)?;
             return self.record_change(
                 set,
                 Row {
@@ -186,7 +177,7 @@ impl Writer<'_, '_> {
                     after: json!(f.after),
                     truncated: false,
                     outcome,
-                    detail: Some(detail.to_owned()),
+                    detail,
                 },
             );
         };
@@ -312,6 +303,63 @@ impl Writer<'_, '_> {
         self.detected(&target.key, "unstable", None, alert, &described)?;
         self.count("changes_unstable", 1);
         Ok(())
+    }
+
+    /// A gateway fact: OS, kernel and hostname are applied and judged like a snapshot's;
+    /// interfaces are judged from the next snapshot (as one list); listening sockets and new
+    /// programs are recorded (the gateway baseline does not judge them).
+    fn host_change(
+        &mut self,
+        key: &str,
+        f: &FieldChange,
+    ) -> rusqlite::Result<(&'static str, Option<String>)> {
+        let Some(before) = gateway_baseline::stored(self.db, key)? else {
+            return Ok((
+                "unknown_asset",
+                Some("no snapshot has shown this gateway yet: not applied".into()),
+            ));
+        };
+        let column = match f.field.as_str() {
+            "hostname" => "hostname",
+            "os_name" => "os_name",
+            "os_version" => "os_version",
+            "kernel_version" => "kernel_version",
+            "interface" => {
+                return Ok((
+                    "awaiting_snapshot",
+                    Some("interfaces are judged from the next snapshot".into()),
+                ));
+            }
+            _ => return Ok(("recorded", None)),
+        };
+        let stored = before.get(column).cloned().flatten();
+        if stored == f.after {
+            return Ok(("already_current", None));
+        }
+        if stored != f.before {
+            self.count("changes_stale_base", 1);
+            return Ok((
+                "stale_base",
+                Some(format!(
+                    "the CMDB holds {stored:?}, not the change's before value {:?}",
+                    f.before
+                )),
+            ));
+        }
+        let mut after = before.clone();
+        after.insert(column.to_owned(), f.after.clone());
+        let name = after
+            .get("hostname")
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| format!("gateway of {}", self.meta.agent));
+        self.judge_gateway_facts(key, &name, &before, after)?;
+        let sql = format!("UPDATE gateways SET {column} = ?2, last_seen_ms = ?3 WHERE ci_key = ?1");
+        self.db
+            .prepare_cached(&sql)?
+            .execute(params![key, f.after, self.now])?;
+        self.count("changes_applied", 1);
+        Ok(("applied", None))
     }
 
     fn target(&mut self, key: &str) -> rusqlite::Result<Option<Target>> {
