@@ -271,3 +271,144 @@ fn one_register_write_is_one_change_event_and_one_alert_volatile_values_and_rest
     assert!(status.success(), "collector exit: {status}");
     sim.stop(Duration::from_secs(10)).expect("simulator stops");
 }
+
+/// A firmware change and a vanished device through real agent and collector processes, as
+/// change events with their categories (the plant runs in this test so its firmware can change).
+#[test]
+fn firmware_change_and_vanished_device_are_change_events_with_their_categories() {
+    use outpost_testbed::scenario::PlantDevice;
+    use outpost_testbed::sim::{Plant, default_plant};
+
+    let dir = harness::temp_dir("e2e-changes-kinds").expect("temp dir");
+    let dir = dir.path();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let specs = default_plant();
+    let pick =
+        |name: &str| -> Vec<_> { specs.iter().filter(|s| s.name == name).cloned().collect() };
+    let plant = runtime
+        .block_on(Plant::start_local(pick("mixer-plc")))
+        .expect("plant");
+    let extra = runtime
+        .block_on(Plant::start_local(pick("pump-vfd")))
+        .expect("extra device");
+    let devices: Vec<PlantDevice> = plant
+        .devices()
+        .iter()
+        .chain(extra.devices().iter())
+        .map(PlantDevice::from)
+        .collect();
+
+    let keys = dir.join("keys");
+    run_ok(
+        "outpost-agent",
+        &["keygen", "--out", path(&keys), "--agent", "gw-kinds"],
+    );
+    let db = dir.join("cmdb.sqlite");
+    run_ok(
+        "outpost-collector",
+        &[
+            "enroll",
+            "--db",
+            path(&db),
+            "--zone",
+            "cell-k",
+            "--key",
+            path(&keys.join("agent.pub")),
+        ],
+    );
+    let ready = dir.join("collector.ready");
+    let mut collector = ChildGuard::spawn(
+        "outpost-collector",
+        Command::new(bin("outpost-collector"))
+            .args([
+                "serve",
+                "--db",
+                path(&db),
+                "--diode-listen",
+                "127.0.0.1:0",
+                "--ready-file",
+                path(&ready),
+            ])
+            .stdin(Stdio::null()),
+    )
+    .expect("collector starts");
+    let listen: SocketAddr = harness::wait_ready_file(&ready, WAIT)
+        .expect("collector ready")
+        .trim()
+        .parse()
+        .expect("address");
+    let state = dir.join("state");
+    let key_file = keys.join("agent.key");
+    let setup = AgentSetup::new("gw-kinds", "cell-k", &state, &key_file, listen);
+    let config = dir.join("agent.toml");
+    let text = format!(
+        "{}\n[changes]\nevents = true\ngateway = false\nunreachable_polls = 2\n",
+        agent_config(&setup, &devices)
+    );
+    std::fs::write(&config, text).expect("config");
+    let mut agent = start_agent(&config);
+    harness::wait_for(WAIT, || {
+        (list("assets", "assets", &db).len() == 2).then_some(())
+    })
+    .expect("both devices in the CMDB");
+    run_ok(
+        "outpost-collector",
+        &[
+            "baseline",
+            "approve",
+            "--db",
+            path(&db),
+            "--all",
+            "--by",
+            "e2e",
+            "--reason",
+            "initial",
+        ],
+    );
+
+    // Firmware: an identity change event, applied; the alert is identity, high.
+    plant.set_revision(0, "V1.12.0.0").expect("new firmware");
+    let event = harness::wait_for(WAIT, || {
+        list("changes-observed", "changes", &db).into_iter().next()
+    })
+    .expect("a change event");
+    assert_eq!(
+        (
+            event["category"].as_str(),
+            event["attribute"].as_str(),
+            event["outcome"].as_str()
+        ),
+        (Some("identity"), Some("revision"), Some("applied")),
+        "{event:#}"
+    );
+    assert_eq!(event["after"], "V1.12.0.0");
+    let alerts = list("alerts", "alerts", &db);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0]["category"], "identity");
+    assert_eq!(alerts[0]["envelope_seq"], event["envelope_seq"]);
+
+    // The pump vanishes: `disappeared` after two unreachable polls, once.
+    runtime.block_on(extra.stop());
+    let gone = harness::wait_for(WAIT, || {
+        list("changes-observed", "changes", &db)
+            .into_iter()
+            .find(|e| e["category"] == "disappeared")
+    })
+    .expect("a disappeared event");
+    assert_eq!(gone["asset_name"], "pump-vfd");
+    assert_eq!(gone["outcome"], "recorded");
+    assert_eq!(gone["after"]["polls"], 2, "{gone:#}");
+    wait_envelopes(&db, last_seq(&db), 3);
+    let events = list("changes-observed", "changes", &db);
+    assert_eq!(events.len(), 2, "{events:#?}");
+
+    agent.stop(Duration::from_secs(10)).expect("agent stops");
+    collector
+        .stop(Duration::from_secs(10))
+        .expect("collector stops");
+    runtime.block_on(plant.stop());
+}
