@@ -110,6 +110,8 @@ pub struct Config {
     pub segmentation: Option<crate::segmentation::SegmentationConfig>,
     /// Modbus RTU buses (`[[serial_bus]]`, see [`crate::rtu_config`]).
     pub serial_buses: Vec<crate::rtu_config::SerialBusConfig>,
+    /// Change events between snapshots (`[changes]`, see [`crate::observe`]).
+    pub changes: ChangesConfig,
 }
 
 /// `[gateway]`: the optional lists of the gateway's self-inventory (both on by default). A list
@@ -139,6 +141,34 @@ impl GatewayConfig {
         crate::host::Collect {
             listening: self.listening,
             processes: self.processes,
+        }
+    }
+}
+
+/// `[changes]`: change events and how often full snapshots still go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChangesConfig {
+    /// Keep the last observed state and send change sets (off: snapshots only, as before).
+    pub events: bool,
+    /// Include gateway host changes (OS, kernel, interfaces, listening ports, new programs).
+    pub gateway: bool,
+    /// A full snapshot goes out every this many cycles (1: every cycle, as before).
+    pub snapshot_every: u32,
+    /// A changed configuration block must be seen this many consecutive polls.
+    pub confirm_polls: u32,
+    /// A device unreachable this many consecutive polls has disappeared.
+    pub unreachable_polls: u32,
+}
+
+impl Default for ChangesConfig {
+    fn default() -> Self {
+        Self {
+            events: false,
+            gateway: true,
+            snapshot_every: 1,
+            confirm_polls: 1,
+            unreachable_polls: 3,
         }
     }
 }
@@ -369,6 +399,8 @@ struct RawConfig {
     segmentation: Option<crate::segmentation::targets::RawSegmentation>,
     #[serde(default)]
     serial_bus: Vec<crate::rtu_config::RawSerialBus>,
+    #[serde(default)]
+    changes: ChangesConfig,
 }
 
 fn default_poll_interval() -> Duration {
@@ -535,6 +567,23 @@ impl Config {
                     humantime::format_duration(raw.poll_interval)
                 ),
             );
+        }
+
+        for (field, value, max) in [
+            ("changes.snapshot_every", raw.changes.snapshot_every, 10_000),
+            ("changes.confirm_polls", raw.changes.confirm_polls, 1_000),
+            (
+                "changes.unreachable_polls",
+                raw.changes.unreachable_polls,
+                1_000,
+            ),
+        ] {
+            if value == 0 || value > max {
+                problem(
+                    field.into(),
+                    format!("{value} is out of range: give a whole number from 1 to {max}"),
+                );
+            }
         }
 
         let diode = match &raw.diode {
@@ -808,6 +857,7 @@ impl Config {
             gateway: raw.gateway,
             segmentation,
             serial_buses,
+            changes: raw.changes,
         })
     }
 
@@ -1213,6 +1263,43 @@ count = 1
         assert!(invalid(&GOOD.replace("192.0.2.10:7000", "192.0.2.10:0"))[0].contains("port 0"));
         let c = Config::parse(&GOOD.replace("192.0.2.10:7000", "[::1]:7000"), "a.toml").unwrap();
         assert_eq!(c.diode.unwrap().target.port(), 7000);
+    }
+
+    #[test]
+    fn changes_section_defaults_and_bounds() {
+        let c = Config::parse(GOOD, "a.toml").unwrap();
+        assert_eq!(c.changes, ChangesConfig::default());
+        assert_eq!(
+            c.changes.snapshot_every, 1,
+            "default keeps a snapshot every cycle"
+        );
+        let text = GOOD.replace(
+            "[modbus]",
+            "[changes]\nevents = true\ngateway = false\nsnapshot_every = 10\nconfirm_polls = 2\nunreachable_polls = 5\n\n[modbus]",
+        );
+        let c = Config::parse(&text, "a.toml").unwrap();
+        assert_eq!(
+            (
+                c.changes.snapshot_every,
+                c.changes.confirm_polls,
+                c.changes.unreachable_polls
+            ),
+            (10, 2, 5)
+        );
+        assert!(c.changes.events && !c.changes.gateway);
+        assert!(!ChangesConfig::default().events, "off unless asked for");
+        let p = invalid(&GOOD.replace("[modbus]", "[changes]\nconfirm_polls = 0\n\n[modbus]"));
+        assert_eq!(
+            p,
+            vec!["changes.confirm_polls: 0 is out of range: give a whole number from 1 to 1000"]
+        );
+        let err = Config::parse(
+            &GOOD.replace("[modbus]", "[changes]\nconfirm_pols = 2\n\n[modbus]"),
+            "a.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("confirm_pols"), "{err}");
     }
 
     #[test]

@@ -10,11 +10,18 @@
 //! the MQTT task may publish it; when the spool's full-spool policy drops snapshots, the cycle
 //! seals a [`DataLost`] notice naming them, which goes out on every transport like any other
 //! envelope. Damaged spool files found at start are reported the same way.
+//!
+//! Before the summary, the cycle compares the poll with the last observed state
+//! ([`crate::observe`]) and, when anything changed, seals a [`ChangeSet`] first; the observed
+//! state is persisted after that envelope is sealed (a crash in between sends the change again,
+//! which the collector records as already current). The summary itself goes out every
+//! `changes.snapshot_every` cycles (the first cycle always).
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use outpost_proto::changes::{Change, ChangeSet, MAX_CHANGES};
 use outpost_proto::envelope;
 use std::sync::Mutex;
 
@@ -32,6 +39,7 @@ use crate::host;
 use crate::keyfile;
 use crate::modbus::poll::{poll_device_with, unreachable};
 use crate::modbus::read_only::Timing;
+use crate::observe::{Observer, Settings};
 use crate::profile::Library;
 use crate::state::StateDir;
 use crate::transport::diode::{DiodeError, DiodeSender, SendReport};
@@ -41,7 +49,12 @@ use crate::transport::spool::{EntryKind, Spool};
 /// What one cycle did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CycleReport {
+    /// The last envelope sealed by the cycle.
     pub seq: u64,
+    /// Whether a full snapshot went out (every `changes.snapshot_every` cycles).
+    pub snapshot: bool,
+    /// Changes sent in a change set (0: none, no change set).
+    pub changes: usize,
     /// Assets reported: one per (device, unit id).
     pub devices: usize,
     pub ok: usize,
@@ -67,6 +80,10 @@ pub struct Agent {
     profiles: Option<Arc<Library>>,
     /// `[[discover]]` ranges and what their last sweeps found.
     discovery: Discovery,
+    /// The last observed state and the comparison that yields change events (`changes.events`).
+    observer: Option<Observer>,
+    /// Cycles run since the agent started (snapshots go out every `changes.snapshot_every`).
+    cycles: u64,
 }
 
 /// The MQTT transport and its spool.
@@ -140,6 +157,16 @@ impl Agent {
             }
             None => None,
         };
+        let observer = config.changes.events.then(|| {
+            Observer::open(
+                &config.state_dir,
+                Settings {
+                    confirm_polls: config.changes.confirm_polls,
+                    unreachable_polls: config.changes.unreachable_polls,
+                },
+                now_ms(),
+            )
+        });
         tracing::info!(
             agent = %config.agent_id,
             zone = %config.zone,
@@ -151,6 +178,8 @@ impl Agent {
             discover = config.discover.len(),
             profiles = profiles.as_ref().map_or(0, |l| l.profiles().count()),
             serial_buses = config.serial_buses.len(),
+            change_events = config.changes.events,
+            observed_state_damaged = observer.as_ref().map_or(0, Observer::damaged_files),
             "agent ready"
         );
         Ok(Agent {
@@ -165,6 +194,8 @@ impl Agent {
             mqtt,
             unreported_loss,
             last_summary_seq: 0,
+            observer,
+            cycles: 0,
         })
     }
 
@@ -193,7 +224,8 @@ impl Agent {
             let kind = match body {
                 // A probe round may be dropped like a snapshot (the drop is reported in a
                 // data-lost notice, and the next round repeats every probe).
-                Body::Summary(_) | Body::Probes(_) => EntryKind::Summary,
+                // A lost change set is repaired by the next snapshot, like a lost snapshot.
+                Body::Summary(_) | Body::Probes(_) | Body::Changes(_) => EntryKind::Summary,
                 Body::Heartbeat(_) => EntryKind::Heartbeat,
                 // Notices are never dropped from the spool; a key handover is one.
                 Body::DataLost(_) | Body::KeyHandover(_) => EntryKind::DataLost,
@@ -363,6 +395,8 @@ impl Agent {
         };
         let mut report = CycleReport {
             seq: 0,
+            snapshot: false,
+            changes: 0,
             devices: assets.len(),
             ok: 0,
             partial: 0,
@@ -390,34 +424,103 @@ impl Agent {
                 }
             }
         }
-        let body = Body::Summary(Summary {
-            agent: self.config.agent_id.clone(),
-            zone: self.config.zone.clone(),
-            started_ms,
-            finished_ms: now_ms(),
-            gateway,
-            assets,
-        });
-        let (seq, bytes, datagrams) = self.emit(&body).await?;
-        self.last_summary_seq = seq;
-        report.seq = seq;
-        report.envelope_bytes = bytes;
-        report.datagrams = datagrams;
+        let host = gateway.as_ref().filter(|_| self.config.changes.gateway);
+        let changes = match &mut self.observer {
+            Some(observer) => observer.observe(&assets, host),
+            None => Vec::new(),
+        };
+        if !changes.is_empty() {
+            let (seq, bytes, datagrams) =
+                self.emit_changes(started_ms, changes, &mut report).await?;
+            report.seq = seq;
+            report.envelope_bytes += bytes;
+            report.datagrams += datagrams;
+        }
+        // Persisted after the change set is sealed: a crash in between sends it again (the
+        // collector records it as already current), never loses it.
+        if let Some(observer) = &mut self.observer
+            && let Err(e) = observer.persist()
+        {
+            tracing::error!("{e}; the next restart compares with an older observed state");
+        }
+        let every = u64::from(self.config.changes.snapshot_every.max(1));
+        if self.cycles.is_multiple_of(every) {
+            let body = Body::Summary(Summary {
+                agent: self.config.agent_id.clone(),
+                zone: self.config.zone.clone(),
+                started_ms,
+                finished_ms: now_ms(),
+                gateway,
+                assets,
+            });
+            let (seq, bytes, datagrams) = self.emit(&body).await?;
+            self.last_summary_seq = seq;
+            report.snapshot = true;
+            report.seq = seq;
+            report.envelope_bytes += bytes;
+            report.datagrams += datagrams;
+        }
+        self.cycles += 1;
+        if report.seq == 0 {
+            report.seq = self.tip.seq;
+        }
         self.report_losses().await?;
         // The summary and any data-lost notices go out together, now.
         report.datagrams += self.flush_diode().await?;
         tracing::info!(
-            "cycle {}: {} devices ({} ok, {} partial, {} unreachable), {} bytes, {} datagrams, {} ms",
+            "cycle {}: {} devices ({} ok, {} partial, {} unreachable), {} changes, snapshot: {}, {} bytes, {} datagrams, {} ms",
             report.seq,
             report.devices,
             report.ok,
             report.partial,
             report.unreachable,
+            report.changes,
+            report.snapshot,
             report.envelope_bytes,
             report.datagrams,
             started.elapsed().as_millis()
         );
         Ok(report)
+    }
+
+    /// Seals the cycle's changes as one change set (cut at `MAX_CHANGES`; the next snapshot
+    /// carries the rest) and logs each.
+    async fn emit_changes(
+        &mut self,
+        observed_ms: u64,
+        mut changes: Vec<Change>,
+        report: &mut CycleReport,
+    ) -> Result<(u64, usize, usize), AgentError> {
+        let truncated = changes.len() > MAX_CHANGES;
+        if truncated {
+            tracing::warn!(
+                seen = changes.len(),
+                "more than {MAX_CHANGES} changes in one cycle: sending the first {MAX_CHANGES}; \
+                 the next snapshot carries the rest"
+            );
+            changes.truncate(MAX_CHANGES);
+        }
+        for c in &changes {
+            match &c.asset {
+                Some(a) => tracing::info!(asset = %a.name, unit = a.unit_id, kind = c.what.name(),
+                    "change observed on {} (unit {}): {}", a.name, a.unit_id, c.what.name()),
+                None => tracing::info!(
+                    kind = c.what.name(),
+                    "change observed on the gateway: {:?}",
+                    c.what
+                ),
+            }
+        }
+        report.changes = changes.len();
+        let body = Body::Changes(ChangeSet {
+            agent: self.config.agent_id.clone(),
+            zone: self.config.zone.clone(),
+            observed_ms,
+            base_summary_seq: self.last_summary_seq,
+            changes,
+            truncated,
+        });
+        self.emit(&body).await
     }
 
     /// Seals and sends one heartbeat carrying the current chain tip (it takes the next

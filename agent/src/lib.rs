@@ -13,6 +13,7 @@
 //! - [`profile`]: device profiles (built-in and user TOML files) matched by identity.
 //! - [`host`]: gateway facts.
 //! - [`segmentation`]: TCP connect probes of what the zone must not / may reach.
+//! - [`observe`]: the last observed state and the change events it yields.
 //! - [`state`]: the persisted chain tip and the state directory lock.
 //! - [`transport`]: the diode sender, the MQTT publisher and its spool.
 //! - [`cycle`]: [`Agent`], one cycle and the loop of cycles.
@@ -27,6 +28,7 @@ pub mod discovery;
 pub mod host;
 pub mod keyfile;
 pub mod modbus;
+pub mod observe;
 pub mod profile;
 pub mod rotate;
 pub mod rtu_config;

@@ -230,3 +230,28 @@ fn refuses_to_start_on_bad_key_or_corrupt_state() {
     let err = Agent::new(load(&s.config_path)).unwrap_err().to_string();
     assert!(err.contains("chain state is corrupt"), "{err}");
 }
+
+#[tokio::test]
+async fn snapshot_every_n_cycles_and_no_change_set_while_nothing_changes() {
+    let full = start(Device::new(Behaviour::Identity)).await;
+    let devices = device_toml("mixer-plc", full.addr, true);
+    let s = setup(
+        &devices,
+        "[changes]\nevents = true\ngateway = false\nsnapshot_every = 3\n",
+    );
+    let mut agent = Agent::new(load(&s.config_path)).unwrap();
+    let base = agent.tip().seq;
+    let mut snapshots = Vec::new();
+    for _ in 0..4 {
+        let r = agent.run_cycle().await.unwrap();
+        assert_eq!(r.changes, 0, "nothing changed: no change set");
+        snapshots.push(r.snapshot);
+    }
+    assert_eq!(snapshots, [true, false, false, true]);
+    assert_eq!(
+        agent.tip().seq,
+        base + 2,
+        "only the two snapshots were sealed"
+    );
+    assert!(s.dir.path().join("state/observed-state.cbor").is_file());
+}

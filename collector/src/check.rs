@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use outpost_proto::changes::ChangeSet;
 use outpost_proto::envelope::{self, EnvelopeError, Verified};
 use outpost_proto::handover;
 use outpost_proto::model::{Body, DataLost, Heartbeat, KeyHandover, ProbeReport, Summary};
@@ -159,7 +160,11 @@ impl Checked {
     pub fn summary(&self) -> Option<&Summary> {
         match &self.body {
             Body::Summary(summary) => Some(summary),
-            Body::Heartbeat(_) | Body::DataLost(_) | Body::KeyHandover(_) | Body::Probes(_) => None,
+            Body::Heartbeat(_)
+            | Body::DataLost(_)
+            | Body::KeyHandover(_)
+            | Body::Probes(_)
+            | Body::Changes(_) => None,
         }
     }
 
@@ -225,6 +230,7 @@ fn check_inner(db: &Cmdb, wire: &[u8], claimed: &mut Claimed) -> Result<Checked,
         Body::Heartbeat(beat) => check_heartbeat(beat, h)?,
         Body::KeyHandover(handover) => check_handover(handover, h)?,
         Body::Probes(report) => check_probes(report, h)?,
+        Body::Changes(set) => check_changes(set, &h.agent, &h.zone)?,
     }
     Ok(Checked {
         verified,
@@ -317,6 +323,27 @@ fn check_data_lost(
         ));
     }
     Ok(())
+}
+
+/// A change set must name the header's agent and zone and keep its bounds
+/// ([`outpost_proto::changes::ChangeSet::check`]).
+fn check_changes(set: &ChangeSet, agent: &AgentId, zone: &ZoneId) -> Result<(), (Reason, String)> {
+    if &set.agent != agent || &set.zone != zone {
+        return Err((
+            Reason::BodyMismatch,
+            format!(
+                "envelope header says agent {agent} zone {zone} but its change set says agent {} \
+                 zone {}",
+                set.agent, set.zone
+            ),
+        ));
+    }
+    set.check().map_err(|e| {
+        (
+            Reason::MalformedBody,
+            format!("change set from agent {agent} breaks its bounds: {e}"),
+        )
+    })
 }
 
 /// A key handover must name the header's agent and zone and the key it is sealed with, and the

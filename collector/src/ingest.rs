@@ -664,6 +664,7 @@ fn apply_in(
             .apply_key_handover(&meta, handover)
             .map_err(storage)?
             .map_err(|why| (Reason::BadHandover, why))?,
+        Body::Changes(set) => db.apply_changes(&meta, set).map_err(storage)?,
     };
     Ok(Applied {
         agent: h.agent.clone(),

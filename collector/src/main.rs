@@ -180,6 +180,15 @@ enum Command {
     Change(ChangeCommand),
     /// Change records with their evidence, and change/alert totals (MTTD, % verified).
     Changes(Query),
+    /// Change events sent by agents between snapshots, each with its outcome (applied,
+    /// already_current, unknown_asset, stale_base, awaiting_snapshot, other_agent, …).
+    ChangesObserved {
+        #[command(flatten)]
+        query: Query,
+        /// Show only the newest N.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
     /// Alerts raised (unauthorised changes, new and unreachable devices) and their delivery.
     Alerts {
         #[command(flatten)]
@@ -618,6 +627,11 @@ fn run(cli: Cli) -> Result<()> {
             let rows = cmdb.changes()?;
             let totals = cmdb.change_totals()?;
             print(&render_drift::changes(&rows, &totals, f, now))
+        }
+        Command::ChangesObserved { query, limit } => {
+            let (cmdb, f) = query.open()?;
+            let rows = cmdb.observed_changes(limit)?;
+            print(&render_drift::observed_changes(&rows, f, now))
         }
         Command::Alerts { query, limit } => {
             let (cmdb, f) = query.open()?;

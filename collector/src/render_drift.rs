@@ -6,12 +6,14 @@ use serde_json::Value;
 use crate::cmdb::alerts::{AlertRow, SinkRow};
 use crate::cmdb::baseline::DriftRow;
 use crate::cmdb::change_record::{ChangeRow, ChangeTotals};
+use crate::cmdb::observed_changes::ObservedChangeRow;
 use crate::render::{Format, footer, json};
 use crate::table::{Table, opt};
 
 pub const SCHEMA_DRIFT: &str = "outpost.drift.v1";
 pub const SCHEMA_CHANGES: &str = "outpost.changes.v1";
 pub const SCHEMA_ALERTS: &str = "outpost.alerts.v1";
+pub const SCHEMA_CHANGES_OBSERVED: &str = "outpost.changes_observed.v1";
 
 /// One difference in a few words: `revision 1.0 → 1.1`, `block.sp: 101: 2 → 9`.
 pub fn describe(diff: &Value) -> String {
@@ -142,6 +144,58 @@ pub fn changes(rows: &[ChangeRow], totals: &ChangeTotals, format: Format, now_ms
         ms(totals.mttd_median_ms),
         ms(totals.mttd_max_ms),
     )
+}
+
+/// The `changes-observed` listing: agents' change events and what became of each.
+pub fn observed_changes(rows: &[ObservedChangeRow], format: Format, now_ms: i64) -> String {
+    if format == Format::Json {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            changes: &'a [ObservedChangeRow],
+        }
+        return json(SCHEMA_CHANGES_OBSERVED, now_ms, Body { changes: rows });
+    }
+    let mut t = Table::new(&[
+        "ID",
+        "RECEIVED",
+        "AGENT",
+        "SEQ",
+        "ASSET",
+        "CATEGORY",
+        "ATTRIBUTE",
+        "CHANGE",
+        "OUTCOME",
+    ]);
+    for r in rows {
+        let change = match (&r.before, &r.after) {
+            (_, Value::Object(a)) if a.contains_key("ranges") => {
+                let ranges = a["ranges"].as_array().cloned().unwrap_or_default();
+                let parts: Vec<String> = ranges
+                    .iter()
+                    .map(|x| format!("{}: {} → {}", x["address"], x["before"], x["after"]))
+                    .collect();
+                let more = if r.truncated { ", … (truncated)" } else { "" };
+                format!("[{}{more}]", parts.join(", "))
+            }
+            (Value::Null, Value::Null) => String::new(),
+            (b, a) => format!("{b} → {a}"),
+        };
+        t.row(vec![
+            r.change_id.to_string(),
+            r.received_at.to_string(),
+            r.agent_id.clone(),
+            r.envelope_seq.to_string(),
+            r.asset_name
+                .clone()
+                .or_else(|| r.asset.clone())
+                .unwrap_or_default(),
+            r.category.clone(),
+            opt(r.attribute.as_deref()),
+            change,
+            r.outcome.clone(),
+        ]);
+    }
+    footer(&t, "change event")
 }
 
 /// The `alerts` listing with each sink's delivery state.

@@ -7,6 +7,7 @@
 //!
 //! - [`ids`]: validated agent and zone identifiers.
 //! - [`model`]: what an agent reports (assets, identity, register blocks, gateway host facts).
+//! - [`changes`]: signed change events (what changed since the last observation, bounded).
 //! - [`cbor`]: the bounded CBOR codec (ciborium) every message body goes through.
 //! - [`keys`]: Ed25519 keys, key ids and the public-key file format.
 //! - [`envelope`]: signed envelopes with sequence numbers and a per-agent hash chain.
@@ -17,6 +18,7 @@
 
 pub mod cbor;
 pub mod chain;
+pub mod changes;
 pub mod envelope;
 pub mod fec;
 pub mod frame;

@@ -38,6 +38,9 @@ pub enum Body {
     /// One round of segmentation probes: TCP connects to targets the zone must not reach and to
     /// the conduits it may reach (see [`ProbeReport`]).
     Probes(ProbeReport),
+    /// What changed since the agent's last observation (see [`crate::changes`]): sent between
+    /// full snapshots, bounded, judged by the receiver at once.
+    Changes(crate::changes::ChangeSet),
 }
 
 /// A signed announcement of a new signing key (see [`crate::handover`]).
@@ -81,6 +84,7 @@ impl Body {
             Body::Heartbeat(_) => "heartbeat",
             Body::KeyHandover(_) => "key_handover",
             Body::Probes(_) => "probes",
+            Body::Changes(_) => "changes",
         }
     }
 }
@@ -617,7 +621,7 @@ impl ProbeReport {
 }
 
 /// `Vec<u16>` as a CBOR byte string of big-endian words.
-mod be_words {
+pub(crate) mod be_words {
     use serde::de::{Error as _, Visitor};
     use serde::{Deserializer, Serializer};
 

@@ -343,6 +343,7 @@ fn origin(body: &Body) -> (&AgentId, &ZoneId) {
         Body::DataLost(d) => (&d.agent, &d.zone),
         Body::KeyHandover(k) => (&k.agent, &k.zone),
         Body::Probes(p) => (&p.agent, &p.zone),
+        Body::Changes(c) => (&c.agent, &c.zone),
     }
 }
 

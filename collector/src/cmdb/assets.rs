@@ -313,7 +313,7 @@ impl Writer<'_, '_> {
         Ok(stored.id)
     }
 
-    fn set_attribute(
+    pub(super) fn set_attribute(
         &mut self,
         asset_id: i64,
         name: &str,

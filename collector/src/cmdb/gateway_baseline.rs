@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use outpost_proto::model::{HostFacts, NetInterface};
+use outpost_proto::model::{HostFacts, HostList, NetInterface};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 
@@ -157,8 +157,25 @@ impl Writer<'_, '_> {
             return Ok(());
         };
         let after = facts(g, &gateway_facts::stored(self.db, ci_key)?);
-        let (judged_before, judged_after) =
-            gateway_facts::comparable(&before, &after, &g.truncated);
+        let name = g
+            .hostname
+            .clone()
+            .unwrap_or_else(|| format!("gateway of {}", self.meta.agent));
+        self.judge_gateway_facts(ci_key, &name, &before, after, &g.truncated)
+    }
+
+    /// Judges a gateway's facts going from `before` to `after` (also used for a change event's
+    /// single fact, see `observed_changes.rs`); `truncated` names the lists `after` holds only
+    /// in part, so what is missing from them is not read as vanished.
+    pub(super) fn judge_gateway_facts(
+        &mut self,
+        ci_key: &str,
+        name: &str,
+        before: &Facts,
+        after: Facts,
+        truncated: &[HostList],
+    ) -> rusqlite::Result<()> {
+        let (judged_before, judged_after) = gateway_facts::comparable(before, &after, truncated);
         let changed: Vec<(String, Option<String>, Option<String>)> = judged_after
             .iter()
             .filter(|(n, v)| judged_before.get(*n).cloned().flatten() != **v)
@@ -182,10 +199,6 @@ impl Writer<'_, '_> {
             .map(|(n, b, a)| describe_change(n, b.as_deref(), a.as_deref()))
             .collect();
         let current: HashMap<String, Option<String>> = after.clone().into_iter().collect();
-        let name = g
-            .hostname
-            .clone()
-            .unwrap_or_else(|| format!("gateway of {}", self.meta.agent));
         let category = if changed
             .iter()
             .any(|(n, _, _)| gateway_facts::is_inventory_fact(n))
@@ -196,12 +209,11 @@ impl Writer<'_, '_> {
         } else {
             Category::Identity
         };
-        let (judged_approved, judged_now) =
-            gateway_facts::comparable(&approved, &after, &g.truncated);
+        let (judged_approved, judged_now) = gateway_facts::comparable(&approved, &after, truncated);
         let drift = baseline::differences(&judged_approved, &judged_now);
         self.judged(
             ci_key,
-            &name,
+            name,
             &described,
             &current,
             drift,

@@ -210,8 +210,9 @@ impl Writer<'_, '_> {
         )
     }
 
-    /// Whether this CI's previous judged change came from the agent's previous summary and
-    /// touched one of the same attributes without authorisation (a value changing every poll).
+    /// Whether this CI's previous judged change came from the agent's previous poll cycle (its
+    /// previous summary, or a change event sealed after the summary before that) and touched
+    /// one of the same attributes without authorisation (a value changing every poll).
     fn flapping(&mut self, key: &str, attributes: &[&str]) -> rusqlite::Result<Flapping> {
         let last: Option<(String, i64, String, String)> = self
             .db
@@ -250,7 +251,35 @@ impl Writer<'_, '_> {
                     .filter_map(|c| c["attribute"].as_str())
                     .any(|a| attributes.contains(&a))
             });
-        if previous_summary != Some(seq) || !same {
+        // Change events (`Body::Changes`) go out before their cycle's summary: a change judged
+        // from one sealed after the summary before the previous one is from the previous (or
+        // this) cycle too. Without change events this is exactly "from the previous summary".
+        let summary_before: Option<i64> = match previous_summary {
+            Some(prev) => self
+                .db
+                .prepare_cached(
+                    "SELECT MAX(seq) FROM envelopes WHERE agent_id = ?1 AND seq < ?2
+                         AND kind = 'summary'",
+                )?
+                .query_row(params![self.meta.agent.as_str(), prev], |r| r.get(0))?,
+            None => None,
+        };
+        let recent = match previous_summary {
+            Some(prev) if seq == prev => true,
+            Some(_) => {
+                seq > summary_before.unwrap_or(0)
+                    && seq < sql_int(self.meta.seq)
+                    && self
+                        .db
+                        .prepare_cached(
+                            "SELECT 1 FROM envelopes WHERE agent_id = ?1 AND seq = ?2
+                                 AND kind = 'changes'",
+                        )?
+                        .exists(params![self.meta.agent.as_str(), seq])?
+            }
+            None => false,
+        };
+        if !recent || !same {
             return Ok(Flapping::No);
         }
         Ok(if verdict == "unstable" {

@@ -29,6 +29,7 @@ mod gateway_baseline;
 pub mod gateway_facts;
 mod judge;
 pub mod key_lifecycle;
+pub mod observed_changes;
 pub mod presence;
 pub mod probes;
 pub mod query;

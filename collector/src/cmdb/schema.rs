@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[&str] = &[
     MIGRATION_5,
     MIGRATION_GATEWAY_FACTS,
     MIGRATION_PROBES,
+    MIGRATION_OBSERVED_CHANGES,
 ];
 
 /// The schema version this build writes.
@@ -437,6 +438,32 @@ CREATE TABLE probe_state (
     alert_id        INTEGER,                  -- the open segmentation_violation / conduit_down
     PRIMARY KEY (agent_id, target, expect)
 );
+"#;
+
+/// Change events from agents (`Body::Changes`): one row per change with its explicit outcome
+/// (see `cmdb/observed_changes.rs`), nothing dropped.
+const MIGRATION_OBSERVED_CHANGES: &str = r#"
+CREATE TABLE observed_changes (
+    change_id       INTEGER PRIMARY KEY,
+    received_at_ms  INTEGER NOT NULL,         -- collector clock
+    observed_at_ms  INTEGER NOT NULL,         -- agent clock: when the poll that saw it started
+    agent_id        TEXT NOT NULL,
+    zone            TEXT NOT NULL,
+    envelope_seq    INTEGER NOT NULL,
+    envelope_hash   TEXT NOT NULL,
+    base_summary_seq INTEGER NOT NULL,
+    asset           TEXT,                     -- CI key (gateway CI key for host changes)
+    asset_name      TEXT,
+    category        TEXT NOT NULL,            -- identity, block, unstable, settled, appeared, ...
+    attribute       TEXT,                     -- the CMDB attribute it concerns, when one
+    before_value    TEXT,                     -- JSON
+    after_value     TEXT,                     -- JSON
+    truncated       INTEGER NOT NULL DEFAULT 0,
+    outcome         TEXT NOT NULL,            -- applied, already_current, unknown_asset, ...
+    detail          TEXT                      -- why, for people
+);
+CREATE INDEX observed_changes_by_asset ON observed_changes(asset, change_id);
+CREATE INDEX observed_changes_by_agent ON observed_changes(agent_id, envelope_seq);
 "#;
 
 /// Reads the schema version of an open database.

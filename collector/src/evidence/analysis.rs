@@ -265,7 +265,7 @@ pub fn analyse(
                 new_key_id: k.new_key_id.to_string(),
             }),
             Body::Probes(r) => probes.round(&agent, time, r),
-            Body::Heartbeat(_) => {}
+            Body::Heartbeat(_) | Body::Changes(_) => {}
         }
     }
     let inventory: Vec<Ci> = cis
