@@ -33,7 +33,10 @@ pub fn diff(before: &HostFacts, after: &HostFacts) -> Vec<FieldChange> {
     );
     field("hostname", &before.hostname, &after.hostname);
 
-    let cut = |f: &HostFacts, l: HostList| f.truncated.contains(&l);
+    // A list cut at its cap, or switched off in `[gateway]`, says nothing about what is missing
+    // from it.
+    let cut = |f: &HostFacts, l: HostList| f.truncated.contains(&l) || f.switched_off.contains(&l);
+    let off = |f: &HostFacts, l: HostList| f.switched_off.contains(&l);
     let interfaces = |f: &HostFacts| -> BTreeMap<String, String> {
         f.interfaces
             .iter()
@@ -66,8 +69,11 @@ pub fn diff(before: &HostFacts, after: &HostFacts) -> Vec<FieldChange> {
             out.push(change("listening", Some(s), None));
         }
     }
-    for s in sa.difference(&sb) {
-        out.push(change("listening", None, Some(s)));
+    // A list switched back on is a new baseline, not a burst of "opened" ports.
+    if !off(before, HostList::Listening) && !off(after, HostList::Listening) {
+        for s in sa.difference(&sb) {
+            out.push(change("listening", None, Some(s)));
+        }
     }
 
     out
@@ -195,5 +201,20 @@ mod tests {
         assert_eq!(diff(&facts(), &later).len(), 1);
         later.truncated.push(HostList::Listening);
         assert!(diff(&facts(), &later).is_empty());
+    }
+
+    #[test]
+    fn a_list_switched_off_or_back_on_is_no_change() {
+        let mut off = facts();
+        off.listening.clear();
+        off.switched_off.push(HostList::Listening);
+        assert!(
+            diff(&facts(), &off).is_empty(),
+            "switched off: nothing closed"
+        );
+        assert!(
+            diff(&off, &facts()).is_empty(),
+            "switched on: nothing opened"
+        );
     }
 }

@@ -120,8 +120,11 @@ impl Observer {
             match &self.state.gateway {
                 Some(before) => {
                     host = host_diff::diff(before, now);
-                    // A program missing from a cut list may simply not have fitted.
-                    if !before.truncated.contains(&HostList::Executables) {
+                    // A program missing from a cut list may simply not have fitted; a list
+                    // switched back on in `[gateway]` is a new baseline, not a burst of news.
+                    if before.switched_off.contains(&HostList::Executables) {
+                        self.state.known_programs.extend(host_diff::programs(now));
+                    } else if !before.truncated.contains(&HostList::Executables) {
                         host.extend(host_diff::new_programs(now, &mut self.state.known_programs));
                     }
                 }
