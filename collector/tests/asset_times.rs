@@ -214,3 +214,49 @@ fn a_steady_state_summary_does_not_rewrite_unchanged_assets() {
         assert_eq!(a.last_envelope_seq, 4);
     }
 }
+
+#[test]
+fn rows_written_before_the_migration_keep_their_times_until_a_summary_moves_them() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    let wire = f.seal(&f.summary(vec![plc(1, vec![1]), plc(2, vec![2])]));
+    ingest.envelope(&wire, "p", T0 + 10).unwrap();
+    // What MIGRATION_INGEST_FOLLOWS leaves for rows written before it: nothing follows, the
+    // agent has no latest summary, the times are in the asset's own columns.
+    ingest
+        .cmdb()
+        .connection()
+        .execute_batch(
+            "UPDATE assets SET follows_agent = 0;
+             UPDATE agents SET last_summary_ms = NULL, last_summary_seq = NULL;",
+        )
+        .unwrap();
+    drop(ingest);
+    let mut ingest = f.ingest();
+    let times = |ingest: &Ingest| -> Vec<(Option<i64>, i64, i64)> {
+        ingest
+            .cmdb()
+            .assets()
+            .unwrap()
+            .into_iter()
+            .map(|a| {
+                (
+                    a.last_seen.map(|t| t.ms()),
+                    a.last_polled.ms(),
+                    a.last_envelope_seq,
+                )
+            })
+            .collect()
+    };
+    let t10 = (T0 + 10) as i64;
+    assert_eq!(times(&ingest), [(Some(t10), t10, 1), (Some(t10), t10, 1)]);
+    // Device 1 unchanged, device 2 not listed: 1 moves on, 2 keeps what it had.
+    let wire = f.seal(&f.summary(vec![plc(1, vec![1])]));
+    ingest.envelope(&wire, "p", T0 + 20).unwrap();
+    let t20 = (T0 + 20) as i64;
+    assert_eq!(times(&ingest), [(Some(t20), t20, 2), (Some(t10), t10, 1)]);
+    let wire = f.seal(&f.summary(vec![plc(1, vec![1])]));
+    ingest.envelope(&wire, "p", T0 + 30).unwrap();
+    let t30 = (T0 + 30) as i64;
+    assert_eq!(times(&ingest), [(Some(t30), t30, 3), (Some(t10), t10, 1)]);
+}
