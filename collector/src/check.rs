@@ -14,11 +14,11 @@ use outpost_proto::changes::ChangeSet;
 use outpost_proto::envelope::{self, EnvelopeError, Verified};
 use outpost_proto::handover;
 use outpost_proto::model::{Body, DataLost, Heartbeat, KeyHandover, ProbeReport, Summary};
-use outpost_proto::{AgentId, ZoneId};
+use outpost_proto::{AgentId, KeyId, ZoneId};
 
-use crate::cmdb::Cmdb;
 use crate::cmdb::apply::Prepared;
 use crate::cmdb::trust::{KeyStatus, TrustedKey};
+use crate::cmdb::{Cmdb, CmdbError};
 
 /// Why an envelope was refused: the stable names used for counters and the quarantine table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,6 +54,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// True for the refusals that depend on what is enrolled (and can change when an operator
+    /// enrolls, adds a zone, revokes or a handover retires a key).
+    pub fn depends_on_enrolment(self) -> bool {
+        matches!(
+            self,
+            Reason::UnknownKey
+                | Reason::KeyRevoked
+                | Reason::KeyRetired
+                | Reason::AgentMismatch
+                | Reason::ZoneNotAuthorised
+        )
+    }
+
     /// The stable short name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -188,24 +201,35 @@ impl Checked {
 
 /// Checks everything that needs no write; reads the enrolled key from `db`.
 pub fn check(db: &Cmdb, wire: &[u8]) -> Result<Checked, Refusal> {
+    check_with(wire, &mut |key_id| db.trusted_key(key_id))
+}
+
+/// [`check`] with the enrolled key found by `keys` (the checking thread of
+/// [`crate::pipeline`] keeps the keys it has seen).
+pub(crate) fn check_with(
+    wire: &[u8],
+    keys: &mut dyn FnMut(&KeyId) -> Result<Option<TrustedKey>, CmdbError>,
+) -> Result<Checked, Refusal> {
     let mut claimed = Claimed::default();
-    check_inner(db, wire, &mut claimed).map_err(|(reason, detail)| Refusal {
+    check_inner(keys, wire, &mut claimed).map_err(|(reason, detail)| Refusal {
         reason,
         detail,
         claimed,
     })
 }
 
-fn check_inner(db: &Cmdb, wire: &[u8], claimed: &mut Claimed) -> Result<Checked, (Reason, String)> {
+fn check_inner(
+    keys: &mut dyn FnMut(&KeyId) -> Result<Option<TrustedKey>, CmdbError>,
+    wire: &[u8],
+    claimed: &mut Claimed,
+) -> Result<Checked, (Reason, String)> {
     let unverified =
         envelope::parse(wire).map_err(|e| (Reason::from_envelope_error(&e), e.to_string()))?;
     let h = unverified.header();
     claimed.agent = Some(h.agent.to_string());
     claimed.key = Some(h.key_id.to_string());
     claimed.seq = Some(h.seq);
-    let key = db
-        .trusted_key(&h.key_id)
-        .map_err(|e| (Reason::Storage, e.to_string()))?;
+    let key = keys(&h.key_id).map_err(|e| (Reason::Storage, e.to_string()))?;
     let key = authorise(key.as_ref(), &h.agent, &h.zone, &h.key_id.to_string())?;
     let verified = unverified
         .verify(&key.public_key)

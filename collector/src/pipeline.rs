@@ -6,19 +6,32 @@
 //! N. Order is preserved, and the writer re-reads the key inside its transaction
 //! ([`Ingest::apply_checked`]), so the result is exactly that of [`Ingest::envelope`] in a loop.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::mpsc;
 
-use crate::check::{Checked, Refusal, check};
+use outpost_proto::KeyId;
+
+use crate::check::{Checked, Refusal, check_with};
+use crate::cmdb::trust::{KeyStatus, TrustedKey};
 use crate::cmdb::{Cmdb, CmdbError};
 use crate::ingest::{Applied, Ingest, Rejected};
 
 /// Envelopes in flight between the two stages.
 pub const DEPTH: usize = 64;
 
-/// The helper stage: owns a read connection to the CMDB.
+/// The helper stage: owns a read connection to the CMDB, and the active keys it has read.
+///
+/// The keys are kept only to save two queries per envelope: the writer reads the key again
+/// inside its transaction ([`Ingest::apply_checked`]), so a revocation or a handover since is
+/// still honoured; and an envelope refused for a reason that depends on enrolment (unknown
+/// key, agent, zone, revoked, retired) is checked once more against the database, so a zone
+/// added since is honoured too. Only enrolled, active keys are kept: their number is what an
+/// operator enrolled, whatever arrives on the wire.
 pub struct Checker {
     cmdb: Cmdb,
+    keys: RefCell<HashMap<KeyId, TrustedKey>>,
 }
 
 impl Checker {
@@ -26,16 +39,42 @@ impl Checker {
     pub fn open(path: &Path) -> Result<Checker, CmdbError> {
         Ok(Checker {
             cmdb: Cmdb::open_existing(path)?,
+            keys: RefCell::new(HashMap::new()),
         })
     }
 
     /// Checks one envelope (see [`crate::check::check`]) and works out what applying it can
     /// use ([`Checked::prepare`]).
     pub fn check(&self, wire: &[u8]) -> Result<Checked, Refusal> {
-        check(&self.cmdb, wire).map(|mut checked| {
+        let mut from_memory = false;
+        let result = check_with(wire, &mut |key_id| {
+            if let Some(key) = self.keys.borrow().get(key_id) {
+                from_memory = true;
+                return Ok(Some(key.clone()));
+            }
+            self.read_key(key_id)
+        });
+        let result = match result {
+            Err(refusal) if from_memory && refusal.reason.depends_on_enrolment() => {
+                // What was kept may be out of date: judge by what is enrolled now.
+                self.keys.borrow_mut().clear();
+                check_with(wire, &mut |key_id| self.read_key(key_id))
+            }
+            other => other,
+        };
+        result.map(|mut checked| {
             checked.prepare();
             checked
         })
+    }
+
+    /// Reads a key from the database and keeps it if it is active.
+    fn read_key(&self, key_id: &KeyId) -> Result<Option<TrustedKey>, CmdbError> {
+        let key = self.cmdb.trusted_key(key_id)?;
+        if let Some(key) = key.as_ref().filter(|k| k.status == KeyStatus::Active) {
+            self.keys.borrow_mut().insert(*key_id, key.clone());
+        }
+        Ok(key)
     }
 }
 

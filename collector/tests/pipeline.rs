@@ -104,3 +104,54 @@ fn a_key_revoked_between_check_and_apply_is_honoured() {
         1
     );
 }
+
+#[test]
+fn the_checker_keeps_keys_but_honours_a_revocation_at_apply_time() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    let checker = pipeline::Checker::open(&f.db).unwrap();
+    let first = f.seal(&f.summary(vec![plc(1, vec![1])]));
+    let checked = checker.check(&first).unwrap(); // the key is now kept by the checker
+    ingest.apply_checked(checked, &first, "p", T0).unwrap();
+    ingest
+        .cmdb()
+        .connection()
+        .execute("UPDATE agent_keys SET status = 'revoked'", [])
+        .unwrap();
+    // The checker may pass it on (it kept the key), the writer must refuse it.
+    let second = f.seal(&f.summary(vec![plc(1, vec![1])]));
+    let result = match checker.check(&second) {
+        Ok(checked) => ingest.apply_checked(checked, &second, "p", T0 + 1),
+        Err(refusal) => ingest.finish_refused(refusal, &second, "p", T0 + 1),
+    };
+    assert_eq!(result.unwrap_err().reason, Reason::KeyRevoked);
+    assert_eq!(ingest.cmdb().counter("envelopes_accepted").unwrap(), 1);
+}
+
+#[test]
+fn the_checker_sees_a_zone_enrolled_after_it_kept_the_key() {
+    let mut f = Fixture::new();
+    let checker = pipeline::Checker::open(&f.db).unwrap();
+    checker
+        .check(&f.seal(&f.summary(vec![plc(1, vec![1])])))
+        .unwrap(); // kept, trusted for cell-1 only
+    let cell2 = outpost_proto::ZoneId::new("cell-2").unwrap();
+    f.zone = cell2.clone();
+    let wire = f.seal(&f.summary(vec![plc(1, vec![1])]));
+    assert_eq!(
+        checker.check(&wire).unwrap_err().reason,
+        Reason::ZoneNotAuthorised
+    );
+    // The operator adds the zone (another process, another connection).
+    let mut cmdb = Cmdb::open_existing(&f.db).unwrap();
+    cmdb.enroll(
+        &f.key.public_key(),
+        &f.agent,
+        &[outpost_proto::ZoneId::new("cell-1").unwrap(), cell2],
+        T0,
+    )
+    .unwrap();
+    checker
+        .check(&wire)
+        .expect("checked against what is enrolled now, not the kept key");
+}

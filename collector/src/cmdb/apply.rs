@@ -6,8 +6,8 @@
 //!
 //! Speed: the agent's assets and their content hashes are cached between envelopes (the cache is
 //! trusted only if it was written for the chain tip this envelope follows; otherwise it is read
-//! again with one query); an asset whose observation hashes the same as last time only gets its
-//! timestamps touched. Only a changed asset has its attributes read and compared (see
+//! again with one query); an asset whose observation hashes the same as last time is not
+//! written: it follows the agent's latest summary (`asset_times`). Only a changed asset has its attributes read and compared (see
 //! `assets.rs` and [`super::attributes`]).
 //!
 //! Times written here are the collector's receive time ([`EnvelopeMeta::received_at_ms`]); the
@@ -171,6 +171,7 @@ impl Cmdb {
         let assets = w
             .assets(&summary.assets, &prepared.assets, cached_assets)
             .map_err(sqlite)?;
+        w.latest_summary().map_err(sqlite)?;
         w.fresh().map_err(sqlite)?;
         w.flush_counters().map_err(sqlite)?;
         let (out, moved) = (w.out, w.moved_between_agents);

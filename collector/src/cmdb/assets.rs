@@ -1,6 +1,12 @@
 //! The field-device part of applying a summary: for each observation, touch, insert or update
 //! its CI, attributes, history, relations and events (see [`super::attributes`] for what an
 //! observation says). Runs inside the transaction [`super::apply`] opened.
+//!
+//! An asset listed unchanged is not written at all: it *follows* its agent's latest summary
+//! (`follows_agent`, see `MIGRATION_INGEST_FOLLOWS` in [`super::schema`]), and readers take
+//! its times from the `asset_times` view. Writes happen only when something changes: a changed
+//! or new asset is written with this summary's times (and follows from then on), an asset the
+//! summary does not list has the times it had frozen into its columns.
 
 use std::collections::{HashMap, HashSet};
 
@@ -59,7 +65,13 @@ impl Writer<'_, '_> {
                 }
             }
         }
-        self.touch(&unchanged)?;
+        let missing: Vec<i64> = known
+            .iter()
+            .filter(|(key, _)| !seen.contains(key.as_str()))
+            .map(|(_, (id, _))| *id)
+            .collect();
+        self.unfollow(&missing)?;
+        self.follow(&unchanged)?;
         self.presence_unchanged(&unchanged)?;
         self.confirm_unchanged(&unchanged)?;
         Ok(known)
@@ -87,32 +99,57 @@ impl Writer<'_, '_> {
         Ok(known)
     }
 
-    /// Updates the timestamps of assets whose observation did not change, in one statement
-    /// (the ids travel as one JSON array). Their stored status is current, so "answered" is
-    /// read from it.
-    fn touch(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
-        use std::fmt::Write as _;
+    /// Assets whose observation did not change follow the agent's latest summary from now on.
+    /// Writes only those that did not follow it already (first summary after the migration, a
+    /// device listed again after a summary without it), in one statement; in steady state it
+    /// only reads. Their stored status is current, so "answered" is read from it.
+    fn follow(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
-        let mut list = String::with_capacity(2 + ids.len() * 8);
-        list.push('[');
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                list.push(',');
-            }
-            // Writing to a String cannot fail.
-            let _ = write!(list, "{id}");
-        }
-        list.push(']');
         self.db
             .prepare_cached(
-                "UPDATE assets SET last_polled_ms = ?1,
+                "UPDATE assets SET follows_agent = 1, last_polled_ms = ?1,
                      last_seen_ms = CASE WHEN status <> 'unreachable' THEN ?1 ELSE last_seen_ms END,
                      last_envelope_seq = ?2
-                 WHERE asset_id IN (SELECT value FROM json_each(?3))",
+                 WHERE asset_id IN (SELECT value FROM json_each(?3)) AND follows_agent = 0",
             )?
-            .execute(params![self.now, sql_int(self.meta.seq), list])?;
+            .execute(params![self.now, sql_int(self.meta.seq), id_list(ids)])?;
+        Ok(())
+    }
+
+    /// Assets of this agent that its summary does not list stop following it: the times they
+    /// had (as of the agent's previous summary) are written into their columns. Must run
+    /// before the agent's latest summary is moved on ([`Writer::latest_summary`]).
+    fn unfollow(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.db
+            .prepare_cached(
+                "UPDATE assets SET follows_agent = 0,
+                     (last_seen_ms, last_polled_ms, last_envelope_seq) =
+                     (SELECT t.last_seen_ms, t.last_polled_ms, t.last_envelope_seq
+                      FROM asset_times t WHERE t.asset_id = assets.asset_id)
+                 WHERE asset_id IN (SELECT value FROM json_each(?1)) AND follows_agent = 1",
+            )?
+            .execute([id_list(ids)])?;
+        Ok(())
+    }
+
+    /// Records this summary as the agent's latest: every asset that follows it now has its
+    /// times. Runs after every asset of the summary was written.
+    pub(super) fn latest_summary(&mut self) -> rusqlite::Result<()> {
+        self.db
+            .prepare_cached(
+                "UPDATE agents SET last_summary_ms = ?2, last_summary_seq = ?3
+                 WHERE agent_id = ?1",
+            )?
+            .execute(params![
+                self.meta.agent.as_str(),
+                self.now,
+                sql_int(self.meta.seq)
+            ])?;
         Ok(())
     }
 
@@ -153,9 +190,10 @@ impl Writer<'_, '_> {
                 "INSERT INTO assets (ci_key, zone, agent_id, name, endpoint, unit_id,
                      vendor_name, product_code, revision, vendor_url, product_name, model_name,
                      user_application_name, ident_method, status, last_problem, content_hash,
-                     first_seen_ms, last_seen_ms, last_polled_ms, last_envelope_seq)
+                     first_seen_ms, last_seen_ms, last_polled_ms, last_envelope_seq,
+                     follows_agent)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
-                     ?17, ?18, ?19, ?18, ?20)",
+                     ?17, ?18, ?19, ?18, ?20, 1)",
             )?
             .execute(params![
                 key,
@@ -238,13 +276,16 @@ impl Writer<'_, '_> {
         let seen = answered(&obs.status).then_some(self.now);
         self.db
             .prepare_cached(
-                // agent_id is indexed: it is only set (below) when it changes.
+                // agent_id is indexed: it is only set (below) when it changes. A device that
+                // stopped answering keeps the last-seen time it had, which for an asset that
+                // followed its agent is the agent's previous summary's (`asset_times`).
                 "UPDATE assets SET name = ?2, vendor_name = ?3,
                      product_code = ?4, revision = ?5, vendor_url = ?6, product_name = ?7,
                      model_name = ?8, user_application_name = ?9, ident_method = ?10,
                      status = ?11, last_problem = ?12, content_hash = ?13,
-                     last_seen_ms = COALESCE(?14, last_seen_ms), last_polled_ms = ?15,
-                     last_envelope_seq = ?16
+                     last_seen_ms = COALESCE(?14, (SELECT t.last_seen_ms FROM asset_times t
+                         WHERE t.asset_id = assets.asset_id)),
+                     last_polled_ms = ?15, last_envelope_seq = ?16, follows_agent = 1
                  WHERE asset_id = ?1",
             )?
             .execute(params![
@@ -348,4 +389,20 @@ impl Writer<'_, '_> {
         self.count("attribute_changes", 1);
         Ok(())
     }
+}
+
+/// Asset ids as one JSON array, for `json_each` (one statement for many rows).
+fn id_list(ids: &[i64]) -> String {
+    use std::fmt::Write as _;
+    let mut list = String::with_capacity(2 + ids.len() * 8);
+    list.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            list.push(',');
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(list, "{id}");
+    }
+    list.push(']');
+    list
 }

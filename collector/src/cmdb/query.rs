@@ -332,15 +332,16 @@ fn query_assets(conn: &Connection) -> rusqlite::Result<Vec<AssetRow>> {
             }
         }
     }
+    // The times come from `asset_times`: an unchanged asset follows its agent's latest summary.
     let mut stmt = conn.prepare(
         "SELECT asset_id, ci_key, zone, agent_id, name, endpoint, unit_id, status, last_problem,
              ident_method, vendor_name, product_code, revision, vendor_url, product_name,
-             model_name, user_application_name, first_seen_ms, last_seen_ms, last_polled_ms,
-             last_envelope_seq,
+             model_name, user_application_name, first_seen_ms, t.last_seen_ms, t.last_polled_ms,
+             t.last_envelope_seq,
              (SELECT stale_since_ms FROM agents g WHERE g.agent_id = assets.agent_id),
              (SELECT stale_from_seq || '..=' || stale_to_seq FROM agents g
                  WHERE g.agent_id = assets.agent_id AND stale_since_ms IS NOT NULL)
-         FROM assets ORDER BY ci_key",
+         FROM assets JOIN asset_times t USING (asset_id) ORDER BY ci_key",
     )?;
     let rows = stmt.query_map([], |r| {
         let id: i64 = r.get(0)?;

@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[&str] = &[
     MIGRATION_GATEWAY_FACTS,
     MIGRATION_PROBES,
     MIGRATION_OBSERVED_CHANGES,
+    MIGRATION_INGEST_FOLLOWS,
 ];
 
 /// The schema version this build writes.
@@ -464,6 +465,31 @@ CREATE TABLE observed_changes (
 );
 CREATE INDEX observed_changes_by_asset ON observed_changes(asset, change_id);
 CREATE INDEX observed_changes_by_agent ON observed_changes(agent_id, envelope_seq);
+"#;
+
+/// Unchanged assets follow their agent's latest summary instead of being rewritten by it.
+///
+/// `agents.last_summary_ms` / `last_summary_seq` record the agent's latest applied summary
+/// (receive time, sequence number). An asset with `follows_agent = 1` was in that summary, so
+/// its poll time, its envelope and (while it answers) its last-seen time are the summary's;
+/// its own columns hold them only as of its last write. Every reader goes through the
+/// `asset_times` view, which works them out; the writer freezes an asset's times into its
+/// columns (`follows_agent = 0`) when its agent's next summary does not list it.
+const MIGRATION_INGEST_FOLLOWS: &str = r#"
+ALTER TABLE agents ADD COLUMN last_summary_ms INTEGER;
+ALTER TABLE agents ADD COLUMN last_summary_seq INTEGER;
+ALTER TABLE assets ADD COLUMN follows_agent INTEGER NOT NULL DEFAULT 0;
+
+CREATE VIEW asset_times AS
+SELECT a.asset_id,
+       CASE WHEN a.follows_agent = 1 AND a.status <> 'unreachable'
+            THEN COALESCE(g.last_summary_ms, a.last_seen_ms) ELSE a.last_seen_ms END
+           AS last_seen_ms,
+       CASE WHEN a.follows_agent = 1 THEN COALESCE(g.last_summary_ms, a.last_polled_ms)
+            ELSE a.last_polled_ms END AS last_polled_ms,
+       CASE WHEN a.follows_agent = 1 THEN COALESCE(g.last_summary_seq, a.last_envelope_seq)
+            ELSE a.last_envelope_seq END AS last_envelope_seq
+FROM assets a LEFT JOIN agents g ON g.agent_id = a.agent_id;
 "#;
 
 /// Reads the schema version of an open database.
