@@ -157,6 +157,15 @@ pub struct AssetObservation {
     /// Problems short of unreachability (a block that raised an exception, …), one line each.
     #[serde(rename = "p")]
     pub problems: Vec<String>,
+    /// The device's serial number, read from the FC 43 object its device profile names
+    /// (`[serial]` in the profile); `None` when no profile names one or the device did not give
+    /// it. Absent on the wire when `None` (added after version 1: old envelopes decode).
+    #[serde(rename = "sn", default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// The device's MAC address as the gateway's ARP cache knows it (`aa:bb:cc:dd:ee:ff`);
+    /// `None` for serial-line devices and hosts not in the cache. Absent on the wire when `None`.
+    #[serde(rename = "mac", default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// The outcome of polling one device.

@@ -127,6 +127,8 @@ fn asset() -> impl Strategy<Value = AssetObservation> {
                 identity,
                 blocks,
                 problems,
+                serial: None,
+                mac: None,
             },
         )
 }

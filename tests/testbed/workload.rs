@@ -49,6 +49,8 @@ pub fn summary_body(agent: &AgentId, zone: &ZoneId, assets: usize, round: u64) -
                     ),
                 ],
                 problems: vec![],
+                serial: None,
+                mac: None,
             }
         })
         .collect();

@@ -61,6 +61,8 @@ pub fn unreachable(device: &DeviceConfig, unit: u8, reason: String) -> AssetObse
         identity: DeviceIdentity::default(),
         blocks: Vec::new(),
         problems: Vec::new(),
+        serial: None,
+        mac: None,
     }
 }
 
@@ -190,6 +192,8 @@ pub async fn poll_unit(
         identity: ident.identity,
         blocks,
         problems,
+        serial: None,
+        mac: None,
     }
 }
 

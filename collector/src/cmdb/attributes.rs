@@ -104,6 +104,16 @@ pub fn content_hash(obs: &AssetObservation) -> [u8; 32] {
     for p in &obs.problems {
         put(p.as_bytes());
     }
+    // Identity evidence (serial, MAC) only when present, so hashes of observations without
+    // it are what they were before it existed.
+    if let Some(serial) = &obs.serial {
+        put(b"serial");
+        put(serial.as_bytes());
+    }
+    if let Some(mac) = &obs.mac {
+        put(b"mac");
+        put(mac.as_bytes());
+    }
     Digest::of(&buf).0
 }
 
@@ -221,6 +231,8 @@ mod tests {
                 vec![1, 2],
             )],
             problems: vec![],
+            serial: None,
+            mac: None,
         }
     }
 

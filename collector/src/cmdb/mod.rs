@@ -29,6 +29,7 @@ mod judge;
 pub mod key_lifecycle;
 pub mod presence;
 pub mod query;
+pub mod reconcile;
 pub mod record;
 pub mod schema;
 pub mod trust;

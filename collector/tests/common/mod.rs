@@ -131,6 +131,8 @@ pub fn plc(i: u32, values: Vec<u16>) -> AssetObservation {
             values,
         )],
         problems: vec![],
+        serial: None,
+        mac: None,
     }
 }
 
