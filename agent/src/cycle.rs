@@ -59,6 +59,8 @@ pub struct Agent {
     /// Sequence numbers lost and not yet reported, with why.
     unreported_loss: Vec<(Vec<u64>, &'static str)>,
     last_summary_seq: u64,
+    /// The built-in device profiles: which FC 43 object holds a device's serial number.
+    profiles: Option<crate::profile::Library>,
 }
 
 /// The MQTT transport and its spool.
@@ -150,6 +152,11 @@ impl Agent {
             mqtt,
             unreported_loss,
             last_summary_seq: 0,
+            profiles: crate::profile::Library::builtin()
+                .inspect_err(|e| {
+                    tracing::error!("built-in device profiles: {e}; serial numbers not reported")
+                })
+                .ok(),
         })
     }
 
@@ -462,7 +469,12 @@ impl Agent {
                 }
             }
         }
-        results.into_iter().flatten().flatten().collect()
+        let mut observations: Vec<AssetObservation> =
+            results.into_iter().flatten().flatten().collect();
+        let arp =
+            crate::identity::ArpCache::read(std::path::Path::new(crate::identity::PROC_NET_ARP));
+        crate::identity::annotate(&mut observations, self.profiles.as_ref(), &arp);
+        observations
     }
 
     /// Stops the MQTT transport cleanly (offline status, disconnect); what is unsent stays

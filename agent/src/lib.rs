@@ -11,6 +11,8 @@
 //! - [`discovery`]: sweeping address ranges (`outpost-agent scan`) under a politeness budget.
 //! - [`profile`]: device profiles (built-in and user TOML files) matched by identity.
 //! - [`host`]: gateway facts.
+//! - [`identity`]: serial numbers (profile-named FC 43 object) and MACs (ARP cache) for CI
+//!   reconciliation at the collector.
 //! - [`state`]: the persisted chain tip and the state directory lock.
 //! - [`transport`]: the diode sender, the MQTT publisher and its spool.
 //! - [`cycle`]: [`Agent`], one cycle and the loop of cycles.
@@ -22,6 +24,7 @@ pub mod config;
 pub mod cycle;
 pub mod discovery;
 pub mod host;
+pub mod identity;
 pub mod keyfile;
 pub mod modbus;
 pub mod profile;

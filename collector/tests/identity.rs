@@ -104,9 +104,15 @@ fn a_device_with_a_serial_keeps_its_ci_when_its_ip_changes() {
     let mut f = Fixture::new();
     let mut ingest = f.ingest();
     let before = device(1, Some("SN 1234567"), None);
-    apply(&mut f, &mut ingest, vec![before.clone()], T0 + 1_000);
-    // The agent polls both addresses; the device now answers on the new one only.
     let moved = at_host(before.clone(), "10.0.0.50");
+    // The agent polls both addresses; first the device answers on the old one...
+    apply(
+        &mut f,
+        &mut ingest,
+        vec![before.clone(), unreachable(&moved)],
+        T0 + 1_000,
+    );
+    // ...then on the new one only.
     apply(
         &mut f,
         &mut ingest,
@@ -138,8 +144,11 @@ fn a_device_with_a_serial_keeps_its_ci_when_its_ip_changes() {
     let old = asset(cmdb, &plc_key(1));
     assert_eq!(old.status, "unreachable");
     assert_eq!(old.identity_basis, "address");
-    assert_eq!(cmdb.assets().unwrap().len(), 2);
-    assert_eq!(count(cmdb, "events", "kind = 'asset_new'"), 2);
+    // The placeholder for the new address (it never answered) was this device all along.
+    let placeholder = asset(cmdb, "zone/cell-1/modbus/tcp://10.0.0.50:502/unit/1");
+    assert_eq!(placeholder.replaced_by.as_deref(), Some(SERIAL_KEY));
+    assert_eq!(cmdb.assets().unwrap().len(), 3);
+    assert_eq!(count(cmdb, "events", "kind = 'asset_new'"), 3);
     assert_eq!(counter(cmdb, "address_changes"), 1);
 }
 

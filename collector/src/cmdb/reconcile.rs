@@ -53,6 +53,7 @@ use serde_json::json;
 use super::apply::Writer;
 use super::ci_key;
 use super::record::kind;
+use crate::time::sql_int;
 
 /// Longest serial number used for identity (bytes).
 pub const MAX_SERIAL_LEN: usize = 128;
@@ -368,6 +369,30 @@ impl Writer<'_, '_> {
                  WHERE asset_id = ?1",
             )?
             .execute(params![id, endpoint, obs.unit_id])?;
+        // A placeholder CI at the new address that never answered (the agent polled an address
+        // nothing answered on) was this device all along.
+        let placeholders = self
+            .db
+            .prepare_cached(
+                "UPDATE assets SET replaced_by = ?4, replaced_at_ms = ?5
+                 WHERE zone = ?1 AND endpoint = ?2 AND unit_id = ?3 AND asset_id <> ?6
+                     AND identity_basis = 'address' AND last_seen_ms IS NULL
+                     AND replaced_at_ms IS NULL",
+            )?
+            .execute(params![
+                self.meta.zone.as_str(),
+                endpoint,
+                obs.unit_id,
+                key,
+                self.now,
+                id
+            ])?;
+        if placeholders > 0 {
+            self.count(
+                "address_placeholders_replaced",
+                sql_int(placeholders as u64),
+            );
+        }
         self.moved_between_agents = true;
         self.count("address_changes", 1);
         let detail = json!({
