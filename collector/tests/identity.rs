@@ -465,3 +465,56 @@ fn identity_evidence_that_names_no_device_is_refused_and_counted() {
     assert_eq!(keys(cmdb), [plc_key(1), plc_key(2)]);
     assert_eq!(counter(cmdb, "identity_refused"), 3);
 }
+
+#[test]
+fn exports_carry_serial_mac_and_what_the_key_rests_on() {
+    use outpost_collector::export::{Inventory, csv, cyclonedx, servicenow};
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    apply(
+        &mut f,
+        &mut ingest,
+        vec![device(1, Some("SN 1234567"), Some(MAC))],
+        T0,
+    );
+    apply(
+        &mut f,
+        &mut ingest,
+        vec![device(1, Some("SN 7654321"), Some(MAC))],
+        T0 + 1_000,
+    );
+    let inv = Inventory::read(ingest.cmdb(), None).unwrap();
+    let ire = servicenow::payload(&inv);
+    let items = ire["items"].as_array().unwrap();
+    let old = items
+        .iter()
+        .find(|i| i["values"]["serial_number"] == "SN 1234567")
+        .expect("the replaced device");
+    assert_eq!(old["values"]["mac_address"], MAC);
+    assert_eq!(old["values"]["operational_status"], "6");
+    let new = items
+        .iter()
+        .find(|i| i["values"]["serial_number"] == "SN 7654321")
+        .expect("the new device");
+    assert_eq!(new["values"]["operational_status"], "1");
+    servicenow::check_shape(&ire).unwrap();
+
+    let text = String::from_utf8(csv::render(&inv).unwrap()).unwrap();
+    assert!(
+        text.lines()
+            .next()
+            .unwrap()
+            .ends_with("serial_number,mac_address,identity_basis,replaced_by")
+    );
+    assert!(
+        text.contains(&format!("SN 7654321,{MAC},serial,\n")),
+        "{text}"
+    );
+
+    let bom = cyclonedx::bom(&inv, T0 as i64);
+    let props = bom["components"][0]["properties"].to_string();
+    assert!(
+        props.contains("serial_number") && props.contains(MAC),
+        "{props}"
+    );
+}
