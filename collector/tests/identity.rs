@@ -518,3 +518,48 @@ fn exports_carry_serial_mac_and_what_the_key_rests_on() {
         "{props}"
     );
 }
+
+#[test]
+fn the_identity_migration_keeps_existing_cis_on_their_address_keys_with_one_observation() {
+    use outpost_collector::cmdb::schema::{MIGRATIONS, SCHEMA_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("before-identity.sqlite");
+    let at = MIGRATIONS
+        .iter()
+        .position(|m| m.contains("CREATE TABLE asset_observations"))
+        .expect("the identity migration is listed");
+    {
+        // A CMDB as the collector before this migration left it, with one CI.
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        for m in &MIGRATIONS[..at] {
+            conn.execute_batch(m).unwrap();
+        }
+        conn.pragma_update(None, "user_version", at as u32).unwrap();
+        conn.execute_batch(&format!(
+            "INSERT INTO zones VALUES ('cell-1', 0);
+             INSERT INTO agents (agent_id, enrolled_at_ms) VALUES ('gw-1', 0);
+             INSERT INTO assets (ci_key, zone, agent_id, name, endpoint, unit_id, ident_method,
+                 status, content_hash, first_seen_ms, last_seen_ms, last_polled_ms,
+                 last_envelope_seq)
+             VALUES ('{}', 'cell-1', 'gw-1', 'plc-1', 'tcp://10.0.0.2:502', 1, 'none', 'ok',
+                 x'00', 1000, 2000, 3000, 7);",
+            plc_key(1)
+        ))
+        .unwrap();
+    }
+    let cmdb = Cmdb::open_existing(&db).unwrap();
+    assert_eq!(cmdb.schema_version().unwrap(), SCHEMA_VERSION);
+    let a = asset(&cmdb, &plc_key(1));
+    assert_eq!(a.identity_basis, "address");
+    assert_eq!(
+        (a.serial_number, a.mac_address, a.replaced_by),
+        (None, None, None)
+    );
+    assert_eq!(a.observed_by.len(), 1);
+    let o = &a.observed_by[0];
+    assert_eq!(
+        (o.agent_id.as_str(), o.endpoint.as_str()),
+        ("gw-1", "tcp://10.0.0.2:502")
+    );
+    assert_eq!((o.first_seen.ms(), o.last_seen.ms()), (1000, 3000));
+}

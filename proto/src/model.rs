@@ -554,6 +554,40 @@ mod tests {
     }
 
     #[test]
+    fn observations_without_serial_or_mac_encode_and_decode_as_before() {
+        #[derive(Serialize)]
+        struct OldObservation {
+            n: String,
+            ep: Endpoint,
+            u: u8,
+            st: PollStatus,
+            id: DeviceIdentity,
+            b: Vec<RegisterBlock>,
+            p: Vec<String>,
+        }
+        let old = OldObservation {
+            n: "plc".into(),
+            ep: Endpoint::Rtu {
+                device: "/dev/ttyS0".into(),
+            },
+            u: 3,
+            st: PollStatus::Ok,
+            id: DeviceIdentity::default(),
+            b: vec![],
+            p: vec![],
+        };
+        let old_bytes = crate::cbor::encode(&old).unwrap();
+        let mut obs: AssetObservation = crate::cbor::decode(&old_bytes).unwrap();
+        assert_eq!((obs.serial.as_deref(), obs.mac.as_deref()), (None, None));
+        assert_eq!(crate::cbor::encode(&obs).unwrap(), old_bytes);
+        obs.serial = Some("SN 1".into());
+        obs.mac = Some("02:00:00:00:00:01".into());
+        let new: AssetObservation =
+            crate::cbor::decode(&crate::cbor::encode(&obs).unwrap()).unwrap();
+        assert_eq!(new, obs);
+    }
+
+    #[test]
     fn odd_length_register_bytes_are_refused() {
         let block = RegisterBlock::new("b", RegisterKind::Holding, 10, vec![7]);
         let mut bytes = crate::cbor::encode(&block).unwrap();

@@ -117,18 +117,22 @@ fn asset() -> impl Strategy<Value = AssetObservation> {
         identity(),
         vec(block(), 0..4),
         vec(text(), 0..3),
+        option::of(text()),
+        option::of(text()),
     )
         .prop_map(
-            |(name, endpoint, unit_id, status, identity, blocks, problems)| AssetObservation {
-                name,
-                endpoint,
-                unit_id,
-                status,
-                identity,
-                blocks,
-                problems,
-                serial: None,
-                mac: None,
+            |(name, endpoint, unit_id, status, identity, blocks, problems, serial, mac)| {
+                AssetObservation {
+                    name,
+                    endpoint,
+                    unit_id,
+                    status,
+                    identity,
+                    blocks,
+                    problems,
+                    serial,
+                    mac,
+                }
             },
         )
 }
