@@ -123,7 +123,7 @@ fn a_device_with_a_serial_keeps_its_ci_when_its_ip_changes() {
     apply(
         &mut f,
         &mut ingest,
-        vec![unreachable(&before), moved],
+        vec![unreachable(&before), moved.clone()],
         T0 + 3_000,
     );
 
@@ -150,6 +150,19 @@ fn a_device_with_a_serial_keeps_its_ci_when_its_ip_changes() {
     assert_eq!(cmdb.assets().unwrap().len(), 3);
     assert_eq!(count(cmdb, "events", "kind = 'asset_new'"), 3);
     assert_eq!(counter(cmdb, "address_changes"), 1);
+
+    // The device goes silent at its new address: its CI says so; the placeholder stays retired.
+    apply(
+        &mut f,
+        &mut ingest,
+        vec![unreachable(&before), unreachable(&moved)],
+        T0 + 4_000,
+    );
+    let cmdb = ingest.cmdb();
+    assert_eq!(asset(cmdb, SERIAL_KEY).status, "unreachable");
+    let placeholder = asset(cmdb, "zone/cell-1/modbus/tcp://10.0.0.50:502/unit/1");
+    assert_eq!(placeholder.replaced_by.as_deref(), Some(SERIAL_KEY));
+    assert_eq!(cmdb.assets().unwrap().len(), 3);
 }
 
 #[test]
@@ -339,6 +352,29 @@ fn a_replaced_device_is_a_new_ci_and_the_old_one_is_marked() {
     assert_eq!(replaced[0].detail["old_serial"], "SN 1234567");
     assert_eq!(replaced[0].detail["new_serial"], "SN 7654321");
     assert_eq!(count(cmdb, "events", "kind = 'asset_new'"), 2);
+}
+
+#[test]
+fn a_device_swapped_back_is_current_again() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    let (one, two) = (
+        device(1, Some("SN 1234567"), None),
+        device(1, Some("SN 7654321"), None),
+    );
+    let two_key = "zone/cell-1/serial/ACME/PLC-9/SN 7654321";
+    apply(&mut f, &mut ingest, vec![one.clone()], T0);
+    apply(&mut f, &mut ingest, vec![two], T0 + 1_000);
+    apply(&mut f, &mut ingest, vec![one.clone()], T0 + 2_000);
+    apply(&mut f, &mut ingest, vec![one], T0 + 3_000);
+    let cmdb = ingest.cmdb();
+    assert_eq!(asset(cmdb, SERIAL_KEY).replaced_by, None);
+    assert_eq!(
+        asset(cmdb, two_key).replaced_by.as_deref(),
+        Some(SERIAL_KEY)
+    );
+    assert_eq!(cmdb.assets().unwrap().len(), 2);
+    assert_eq!(events(cmdb, "device_replaced").len(), 2);
 }
 
 #[test]

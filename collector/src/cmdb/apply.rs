@@ -298,6 +298,9 @@ pub(super) struct Writer<'t, 'm> {
     pub(super) out: ApplyOutcome,
     counters: BTreeMap<&'static str, i64>,
     pub(super) moved_between_agents: bool,
+    /// CIs whose identity reconciliation changed (re-keyed, replaced, moved): cached entries
+    /// naming them are dropped (see `assets.rs`).
+    pub(super) reidentified: Vec<i64>,
 }
 
 impl<'t, 'm> Writer<'t, 'm> {
@@ -313,6 +316,7 @@ impl<'t, 'm> Writer<'t, 'm> {
             out: ApplyOutcome::default(),
             counters: BTreeMap::new(),
             moved_between_agents: false,
+            reidentified: Vec::new(),
         }
     }
 }

@@ -87,8 +87,12 @@ impl Writer<'_, '_> {
                 }
             }
         }
-        if !rewritten.is_empty() {
-            known.retain(|k, (id, _)| rewritten.get(id).is_none_or(|fresh| *fresh == k));
+        if !rewritten.is_empty() || !self.reidentified.is_empty() {
+            let stale: HashSet<i64> = self.reidentified.drain(..).collect();
+            known.retain(|k, (id, _)| match rewritten.get(id) {
+                Some(fresh) => *fresh == k,
+                None => !stale.contains(id),
+            });
         }
         self.touch(&unchanged)?;
         self.observed_unchanged(&unchanged)?;

@@ -22,7 +22,8 @@
 //!   - it rests on an identity of the same strength that differs (another serial, another MAC)
 //!     → a different device took its place: a new CI, the old one marked `replaced_by` it
 //!     (`device_replaced`). A MAC-keyed CI whose MAC differs from the observation's is replaced
-//!     too, not re-keyed onto a serial.
+//!     too, not re-keyed onto a serial. A replaced device that answers again (swapped back) is
+//!     current again, and the CI at the address it answers on is marked replaced by it.
 //! - else a new CI with the strongest key.
 //!
 //! **Ambiguous cases.**
@@ -245,10 +246,11 @@ struct Ci {
     mac: Option<String>,
     endpoint: String,
     unit_id: u8,
+    replaced: bool,
 }
 
-const CI_COLUMNS: &str =
-    "asset_id, ci_key, identity_basis, serial, mac, endpoint, unit_id FROM assets";
+const CI_COLUMNS: &str = "asset_id, ci_key, identity_basis, serial, mac, endpoint, unit_id,
+     replaced_at_ms IS NOT NULL FROM assets";
 
 fn ci_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Ci> {
     Ok(Ci {
@@ -259,6 +261,7 @@ fn ci_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Ci> {
         mac: r.get(4)?,
         endpoint: r.get(5)?,
         unit_id: r.get(6)?,
+        replaced: r.get(7)?,
     })
 }
 
@@ -278,22 +281,37 @@ impl Writer<'_, '_> {
             self.count("identity_refused", 1);
         }
         let endpoint = obs.endpoint.to_string();
-        let resolved = if let Some(ci) = self.ci_by_key(&cand.key)? {
-            self.remember(&ci, cand)?;
-            (Some(ci.id), ci.key)
-        } else if let Some(ci) = self.ci_at(&endpoint, obs.unit_id)? {
-            let mac_differs = matches!((&ci.mac, &cand.mac), (Some(a), Some(b)) if a != b);
-            if ci.basis > cand.basis || (ci.basis == cand.basis && cand.basis == Basis::Address) {
+        let by_key = self.ci_by_key(&cand.key)?;
+        let resolved = match by_key {
+            // A replaced CI comes back only on a serial or MAC, never on an address alone.
+            Some(ci) if !ci.replaced || cand.basis > Basis::Address => {
+                if ci.replaced {
+                    self.back(&ci, obs, cand)?;
+                }
+                self.remember(&ci, cand)?;
                 (Some(ci.id), ci.key)
-            } else if ci.basis == cand.basis || (ci.basis == Basis::Mac && mac_differs) {
-                self.replaced(&ci, obs, cand)?;
-                (None, cand.key.clone())
-            } else {
-                self.rekey(&ci, obs, cand)?;
-                (Some(ci.id), cand.key.clone())
             }
-        } else {
-            (None, cand.key.clone())
+            by_key => match self.ci_at(&endpoint, obs.unit_id)? {
+                Some(ci) => {
+                    let mac_differs = matches!((&ci.mac, &cand.mac), (Some(a), Some(b)) if a != b);
+                    if ci.basis > cand.basis
+                        || (ci.basis == cand.basis && cand.basis == Basis::Address)
+                    {
+                        (Some(ci.id), ci.key)
+                    } else if ci.basis == cand.basis || (ci.basis == Basis::Mac && mac_differs) {
+                        self.replaced(&ci, obs, cand)?;
+                        (None, cand.key.clone())
+                    } else {
+                        self.rekey(&ci, obs, cand)?;
+                        (Some(ci.id), cand.key.clone())
+                    }
+                }
+                // Nothing current at this address: the replaced address CI it names.
+                None => match by_key {
+                    Some(ci) => (Some(ci.id), ci.key),
+                    None => (None, cand.key.clone()),
+                },
+            },
         };
         if let Some(claimed) = &cand.duplicate_of {
             self.count("identity_duplicates", 1);
@@ -371,28 +389,35 @@ impl Writer<'_, '_> {
             .execute(params![id, endpoint, obs.unit_id])?;
         // A placeholder CI at the new address that never answered (the agent polled an address
         // nothing answered on) was this device all along.
-        let placeholders = self
+        let placeholders: Vec<i64> = self
             .db
             .prepare_cached(
                 "UPDATE assets SET replaced_by = ?4, replaced_at_ms = ?5
                  WHERE zone = ?1 AND endpoint = ?2 AND unit_id = ?3 AND asset_id <> ?6
                      AND identity_basis = 'address' AND last_seen_ms IS NULL
-                     AND replaced_at_ms IS NULL",
+                     AND replaced_at_ms IS NULL
+                 RETURNING asset_id",
             )?
-            .execute(params![
-                self.meta.zone.as_str(),
-                endpoint,
-                obs.unit_id,
-                key,
-                self.now,
-                id
-            ])?;
-        if placeholders > 0 {
+            .query_map(
+                params![
+                    self.meta.zone.as_str(),
+                    endpoint,
+                    obs.unit_id,
+                    key,
+                    self.now,
+                    id
+                ],
+                |r| r.get(0),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        if !placeholders.is_empty() {
             self.count(
                 "address_placeholders_replaced",
-                sql_int(placeholders as u64),
+                sql_int(placeholders.len() as u64),
             );
+            self.reidentified.extend(placeholders);
         }
+        self.reidentified.push(id);
         self.moved_between_agents = true;
         self.count("address_changes", 1);
         let detail = json!({
@@ -476,6 +501,7 @@ impl Writer<'_, '_> {
                 cand.serial,
                 cand.mac
             ])?;
+        self.reidentified.push(ci.id);
         for sql in [
             "UPDATE OR IGNORE relations SET from_ci = ?2 WHERE from_ci = ?1",
             "UPDATE OR IGNORE change_records SET asset = ?2 WHERE asset = ?1",
@@ -520,6 +546,7 @@ impl Writer<'_, '_> {
                 "UPDATE assets SET replaced_by = ?2, replaced_at_ms = ?3 WHERE asset_id = ?1",
             )?
             .execute(params![ci.id, cand.key, self.now])?;
+        self.reidentified.push(ci.id);
         self.moved_between_agents = true;
         self.count("devices_replaced", 1);
         let detail = json!({
@@ -534,6 +561,25 @@ impl Writer<'_, '_> {
         });
         let old = ci.key.clone();
         self.event(kind::DEVICE_REPLACED, Some(&old), detail)
+    }
+
+    /// A device marked replaced answers again (swapped back, or moved elsewhere): it is current
+    /// again, and whatever CI stood at the address it answers on is replaced by it.
+    fn back(&mut self, ci: &Ci, obs: &AssetObservation, cand: &Candidate) -> rusqlite::Result<()> {
+        self.db
+            .prepare_cached(
+                "UPDATE assets SET replaced_by = NULL, replaced_at_ms = NULL WHERE asset_id = ?1",
+            )?
+            .execute([ci.id])?;
+        self.reidentified.push(ci.id);
+        let endpoint = obs.endpoint.to_string();
+        if let Some(current) = self.ci_at(&endpoint, obs.unit_id)?
+            && current.id != ci.id
+        {
+            self.replaced(&current, obs, cand)?;
+        }
+        self.moved_between_agents = true;
+        Ok(())
     }
 
     /// Raises `identity_shared` when another unit id already stands behind this MAC.
