@@ -232,7 +232,13 @@ fn a_serial_claimed_by_two_devices_at_once_merges_nothing() {
         device(2, Some("SN 1234567"), None),
     ];
     apply(&mut f, &mut ingest, both.clone(), T0 + 1_000);
-    apply(&mut f, &mut ingest, both, T0 + 2_000);
+    apply(&mut f, &mut ingest, both.clone(), T0 + 2_000);
+    // Changing register values (the slow path every poll) do not repeat the event.
+    let mut changed = both;
+    for (i, d) in changed.iter_mut().enumerate() {
+        d.blocks[0] = plc(1, vec![11, i as u16]).blocks[0].clone();
+    }
+    apply(&mut f, &mut ingest, changed, T0 + 3_000);
 
     let cmdb = ingest.cmdb();
     // The known CI stays where it is; the newcomer is its own CI on its address key.

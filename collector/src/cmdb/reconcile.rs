@@ -313,7 +313,9 @@ impl Writer<'_, '_> {
                 },
             },
         };
-        if let Some(claimed) = &cand.duplicate_of {
+        if let Some(claimed) = &cand.duplicate_of
+            && !self.duplicate_known(&resolved.1, claimed)?
+        {
             self.count("identity_duplicates", 1);
             let detail = json!({
                 "claimed_key": claimed,
@@ -445,6 +447,17 @@ impl Writer<'_, '_> {
             )?
             .execute(params![self.now, self.meta.agent.as_str(), list])?;
         Ok(())
+    }
+
+    /// True when `asset` already has an `identity_duplicate` event for `claimed` (raised once,
+    /// not on every poll of a device whose content changes).
+    fn duplicate_known(&mut self, asset: &str, claimed: &str) -> rusqlite::Result<bool> {
+        self.db
+            .prepare_cached(
+                "SELECT 1 FROM events WHERE asset = ?1 AND kind = 'identity_duplicate'
+                     AND json_extract(detail, '$.claimed_key') = ?2 LIMIT 1",
+            )?
+            .exists(params![asset, claimed])
     }
 
     fn ci_by_key(&mut self, key: &str) -> rusqlite::Result<Option<Ci>> {
