@@ -143,7 +143,7 @@ fn plant_to_cmdb_through_real_processes_with_exact_identities() {
         assets = collector_json("assets", &db);
         assets["assets"].as_array().map_or(0, Vec::len) == expected_units
     });
-    assert_eq!(assets["schema"], "outpost.assets.v1");
+    assert_eq!(assets["schema"], "outpost.assets.v2");
 
     // Every device with its exact identity, as the simulator defines it.
     for spec in default_plant() {

@@ -630,7 +630,12 @@ impl Agent {
                 }
             }
         }
-        results.into_iter().flatten().flatten().collect()
+        let mut observations: Vec<AssetObservation> =
+            results.into_iter().flatten().flatten().collect();
+        let arp =
+            crate::identity::ArpCache::read(std::path::Path::new(crate::identity::PROC_NET_ARP));
+        crate::identity::annotate(&mut observations, self.profiles.as_deref(), &arp);
+        observations
     }
 
     /// Stops the MQTT transport cleanly (offline status, disconnect); what is unsent stays

@@ -14,6 +14,8 @@
 //! - [`host`]: gateway facts.
 //! - [`segmentation`]: TCP connect probes of what the zone must not / may reach.
 //! - [`observe`]: the last observed state and the change events it yields.
+//! - [`identity`]: serial numbers (profile-named FC 43 object) and MACs (ARP cache) for CI
+//!   reconciliation at the collector.
 //! - [`state`]: the persisted chain tip and the state directory lock.
 //! - [`transport`]: the diode sender, the MQTT publisher and its spool.
 //! - [`cycle`]: [`Agent`], one cycle and the loop of cycles.
@@ -26,6 +28,7 @@ pub mod cycle;
 pub mod discover_config;
 pub mod discovery;
 pub mod host;
+pub mod identity;
 pub mod keyfile;
 pub mod modbus;
 pub mod observe;

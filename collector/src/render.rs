@@ -10,7 +10,7 @@ use crate::cmdb::query::{AgentRow, AssetRow, EventRow, HistoryRow, QuarantineRow
 use crate::table::{Table, opt};
 use crate::time::Timestamp;
 
-pub const SCHEMA_ASSETS: &str = "outpost.assets.v1";
+pub const SCHEMA_ASSETS: &str = "outpost.assets.v2";
 pub const SCHEMA_AGENTS: &str = "outpost.agents.v1";
 pub const SCHEMA_EVENTS: &str = "outpost.events.v1";
 pub const SCHEMA_HISTORY: &str = "outpost.history.v1";

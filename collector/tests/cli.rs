@@ -298,7 +298,7 @@ fn serve_process_applies_envelopes_and_stops_cleanly_on_sigterm() {
 
     // Every listing, as text and as JSON.
     let assets = json("assets", &db);
-    assert_eq!(assets["schema"], "outpost.assets.v1");
+    assert_eq!(assets["schema"], "outpost.assets.v2");
     assert!(assets["generated_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(assets["assets"].as_array().unwrap().len(), 30);
     let first = assets["assets"]

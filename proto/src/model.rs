@@ -169,6 +169,15 @@ pub struct AssetObservation {
     /// when the agent's config named no blocks for it. Absent in envelopes of older agents.
     #[serde(rename = "pf", default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// The device's serial number, read from the FC 43 object its device profile names
+    /// (`[serial]` in the profile); `None` when no profile names one or the device did not give
+    /// it. Absent on the wire when `None` (added after version 1: old envelopes decode).
+    #[serde(rename = "sn", default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// The device's MAC address as the gateway's ARP cache knows it (`aa:bb:cc:dd:ee:ff`);
+    /// `None` for serial-line devices and hosts not in the cache. Absent on the wire when `None`.
+    #[serde(rename = "mac", default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// The outcome of polling one device.
@@ -736,6 +745,40 @@ mod tests {
             crate::cbor::encode(&facts).unwrap(),
             crate::cbor::encode(&old).unwrap()
         );
+    }
+
+    #[test]
+    fn observations_without_serial_or_mac_encode_and_decode_as_before() {
+        #[derive(Serialize)]
+        struct OldObservation {
+            n: String,
+            ep: Endpoint,
+            u: u8,
+            st: PollStatus,
+            id: DeviceIdentity,
+            b: Vec<RegisterBlock>,
+            p: Vec<String>,
+        }
+        let old = OldObservation {
+            n: "plc".into(),
+            ep: Endpoint::Rtu {
+                device: "/dev/ttyS0".into(),
+            },
+            u: 3,
+            st: PollStatus::Ok,
+            id: DeviceIdentity::default(),
+            b: vec![],
+            p: vec![],
+        };
+        let old_bytes = crate::cbor::encode(&old).unwrap();
+        let mut obs: AssetObservation = crate::cbor::decode(&old_bytes).unwrap();
+        assert_eq!((obs.serial.as_deref(), obs.mac.as_deref()), (None, None));
+        assert_eq!(crate::cbor::encode(&obs).unwrap(), old_bytes);
+        obs.serial = Some("SN 1".into());
+        obs.mac = Some("02:00:00:00:00:01".into());
+        let new: AssetObservation =
+            crate::cbor::decode(&crate::cbor::encode(&obs).unwrap()).unwrap();
+        assert_eq!(new, obs);
     }
 
     #[test]

@@ -119,9 +119,22 @@ fn asset() -> impl Strategy<Value = AssetObservation> {
         vec(block(), 0..4),
         vec(text(), 0..3),
         option::of(text()),
+        option::of(text()),
+        option::of(text()),
     )
         .prop_map(
-            |(name, endpoint, unit_id, status, identity, blocks, problems, profile)| {
+            |(
+                name,
+                endpoint,
+                unit_id,
+                status,
+                identity,
+                blocks,
+                problems,
+                profile,
+                serial,
+                mac,
+            )| {
                 AssetObservation {
                     name,
                     endpoint,
@@ -131,6 +144,8 @@ fn asset() -> impl Strategy<Value = AssetObservation> {
                     blocks,
                     problems,
                     profile,
+                    serial,
+                    mac,
                 }
             },
         )

@@ -50,6 +50,8 @@ pub fn summary_body(agent: &AgentId, zone: &ZoneId, assets: usize, round: u64) -
                 ],
                 problems: vec![],
                 profile: None,
+                serial: None,
+                mac: None,
             }
         })
         .collect();

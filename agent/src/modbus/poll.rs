@@ -78,6 +78,8 @@ pub fn unreachable(device: &DeviceConfig, unit: u8, reason: String) -> AssetObse
         blocks: Vec::new(),
         problems: Vec::new(),
         profile: None,
+        serial: None,
+        mac: None,
     }
 }
 
@@ -165,6 +167,8 @@ impl<'a> UnitTarget<'a> {
             blocks: Vec::new(),
             problems: Vec::new(),
             profile: None,
+            serial: None,
+            mac: None,
         }
     }
 }
@@ -323,6 +327,8 @@ pub async fn poll_target(
         blocks,
         problems,
         profile: profile.map(|p| p.name.clone()),
+        serial: None,
+        mac: None,
     }
 }
 

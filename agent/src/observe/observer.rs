@@ -289,6 +289,8 @@ mod tests {
             ],
             problems: vec![],
             profile: None,
+            serial: None,
+            mac: None,
         }
     }
 

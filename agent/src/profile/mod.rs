@@ -13,6 +13,9 @@
 //!   or `volatile = true` (process values: reported, not judged as drift — the same meaning as
 //!   `volatile` on a block in the agent config).
 //! - `[firmware]` (optional): where the firmware version lives when FC 43 does not give it.
+//! - `[serial]` (optional): `object = 0x80`, the FC 43 object (0x07–0xFF) holding the device's
+//!   serial number. The agent reports it, and the collector then identifies the device by
+//!   vendor + product code + serial, so it stays one CI when its address changes.
 //!
 //! When several profiles match, the most specific wins: more patterns given, then more literal
 //! characters in them, then the name (so the choice is deterministic). Blocks written in the
@@ -97,6 +100,13 @@ impl Firmware {
     }
 }
 
+/// Where the serial number lives: an FC 43 object beyond the named ones (0x07–0xFF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialSource {
+    pub object: u8,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
@@ -115,6 +125,7 @@ struct RawProfile {
     #[serde(rename = "match")]
     matches: RawMatch,
     firmware: Option<Firmware>,
+    serial: Option<SerialSource>,
     #[serde(default)]
     blocks: Vec<ProfileBlock>,
 }
@@ -131,6 +142,8 @@ pub struct Profile {
     pub revision: Option<Pattern>,
     pub server_id: Option<Pattern>,
     pub firmware: Option<Firmware>,
+    /// The FC 43 object holding the serial number, if the profile names one.
+    pub serial: Option<SerialSource>,
     pub blocks: Vec<ProfileBlock>,
 }
 
@@ -203,6 +216,15 @@ impl Profile {
                 f.count
             )));
         }
+        if let Some(s) = raw.serial
+            && s.object < 0x07
+        {
+            return Err(bad(format!(
+                "serial: object 0x{:02X} is one of the named objects 0x00-0x06 (vendor, product, \
+                 revision, ...); name the object holding the serial number, 0x07-0xFF",
+                s.object
+            )));
+        }
         Ok(Profile {
             name: raw.name,
             description: raw.description,
@@ -212,6 +234,7 @@ impl Profile {
             revision,
             server_id,
             firmware: raw.firmware,
+            serial: raw.serial,
             blocks: raw.blocks,
         })
     }
@@ -372,6 +395,8 @@ mod tests {
             Some("phoenix-bus-coupler")
         );
         assert_eq!(m("WAGO", "750-8212").as_deref(), Some("wago-pfc200"));
+        let coupler = lib.get("phoenix-bus-coupler").unwrap();
+        assert_eq!(coupler.serial, Some(SerialSource { object: 0x80 }));
         assert_eq!(m("Schneider Electric", "BMXP342020"), None);
         assert_eq!(m("Unknown", "X"), None);
         let mut old = DeviceIdentity {
@@ -438,6 +463,10 @@ mod tests {
             (
                 "name = \"x\"\n[match]\nvendor = \"A\"\n[[blocks]]\nname = \"b\"\nkind = \"coil\"\nstart = 0\ncount = 1\n[[blocks]]\nname = \"b\"\nkind = \"coil\"\nstart = 1\ncount = 1\n",
                 "used twice",
+            ),
+            (
+                "name = \"x\"\n[match]\nvendor = \"A\"\n[serial]\nobject = 1\n",
+                "named objects",
             ),
         ];
         for (text, want) in cases {

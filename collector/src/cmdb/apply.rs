@@ -22,7 +22,7 @@ use serde_json::json;
 
 use super::alerts::Category;
 use super::record::{self, EventScope, kind};
-use super::{Cmdb, CmdbError, attributes, ci_key};
+use super::{Cmdb, CmdbError, attributes, ci_key, reconcile};
 use crate::time::sql_int;
 
 /// Everything about an accepted envelope that the CMDB records besides its body.
@@ -70,14 +70,15 @@ pub fn verdict_name(v: &SequenceVerdict) -> &'static str {
     }
 }
 
-/// What can be worked out about a summary without the database: each observation's CI key and
-/// content hash (in the summary's order) and the gateway facts' hash. It is a fair share of the
+/// What can be worked out about a summary without the database: each observation's candidate
+/// identity (strongest CI key it supports, see [`super::reconcile`]) and content hash (in the
+/// summary's order) and the gateway facts' hash. It is a fair share of the
 /// work of applying a summary, so [`crate::pipeline::Checker`] computes it on the checking
 /// thread and the writer only looks the results up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
     zone: ZoneId,
-    pub(super) assets: Vec<(String, [u8; 32])>,
+    pub(super) assets: Vec<(reconcile::Candidate, [u8; 32])>,
     pub(super) gateway: Option<[u8; 32]>,
 }
 
@@ -86,15 +87,10 @@ impl Prepared {
     pub fn of(zone: &ZoneId, summary: &Summary) -> Prepared {
         Prepared {
             zone: zone.clone(),
-            assets: summary
-                .assets
-                .iter()
-                .map(|obs| {
-                    (
-                        ci_key::asset(zone, &obs.endpoint, obs.unit_id),
-                        attributes::content_hash(obs),
-                    )
-                })
+            assets: reconcile::candidates(zone, &summary.assets)
+                .into_iter()
+                .zip(&summary.assets)
+                .map(|(candidate, obs)| (candidate, attributes::content_hash(obs)))
                 .collect(),
             gateway: summary.gateway.as_ref().map(|g| gateway_hash(g, zone)),
         }
@@ -303,6 +299,9 @@ pub(super) struct Writer<'t, 'm> {
     pub(super) out: ApplyOutcome,
     counters: BTreeMap<&'static str, i64>,
     pub(super) moved_between_agents: bool,
+    /// CIs whose identity reconciliation changed (re-keyed, replaced, moved): cached entries
+    /// naming them are dropped (see `assets.rs`).
+    pub(super) reidentified: Vec<i64>,
 }
 
 impl<'t, 'm> Writer<'t, 'm> {
@@ -318,6 +317,7 @@ impl<'t, 'm> Writer<'t, 'm> {
             out: ApplyOutcome::default(),
             counters: BTreeMap::new(),
             moved_between_agents: false,
+            reidentified: Vec::new(),
         }
     }
 }

@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::apply::Writer;
 use super::attributes::{self, answered, status_name};
+use super::reconcile::{Basis, Candidate};
 use super::record::kind;
 use crate::time::sql_int;
 
@@ -28,12 +29,13 @@ struct Stored {
 }
 
 impl Writer<'_, '_> {
-    /// `prepared` holds each observation's CI key and content hash, in order (see
-    /// [`super::apply::Prepared`]).
+    /// `prepared` holds each observation's candidate identity and content hash, in order (see
+    /// [`super::apply::Prepared`]). The cache maps a candidate key to the CI it resolved to
+    /// (see [`super::reconcile`]), so an unchanged observation is still one lookup.
     pub(super) fn assets(
         &mut self,
         observations: &[AssetObservation],
-        prepared: &[(String, [u8; 32])],
+        prepared: &[(Candidate, [u8; 32])],
         cached: Option<HashMap<String, (i64, [u8; 32])>>,
     ) -> rusqlite::Result<HashMap<String, (i64, [u8; 32])>> {
         let mut known = match cached {
@@ -41,8 +43,13 @@ impl Writer<'_, '_> {
             None => self.load_known()?,
         };
         let mut seen: HashSet<&str> = HashSet::with_capacity(observations.len());
+        let mut seen_ids: HashSet<i64> = HashSet::with_capacity(observations.len());
         let mut unchanged = Vec::with_capacity(observations.len());
-        for (obs, (key, hash)) in observations.iter().zip(prepared) {
+        // CIs written under a candidate key in this summary: other cache entries naming them
+        // describe content that is no longer stored, and are dropped after the loop.
+        let mut rewritten: HashMap<i64, &str> = HashMap::new();
+        for (obs, (cand, hash)) in strongest_first(observations, prepared) {
+            let key = &cand.key;
             if !seen.insert(key) {
                 // The agent listed one device twice; the first entry wins.
                 tracing::warn!(agent = %self.meta.agent, seq = self.meta.seq, asset = %key,
@@ -50,28 +57,58 @@ impl Writer<'_, '_> {
                 self.count("summary_duplicate_assets", 1);
                 continue;
             }
-            self.out.assets += 1;
             match known.get(key) {
-                Some((id, stored)) if stored == hash => {
+                Some((id, stored)) if stored == hash && seen_ids.insert(*id) => {
+                    self.out.assets += 1;
                     unchanged.push(*id);
                     self.out.assets_unchanged += 1;
                 }
                 _ => {
-                    let id = match self.load(key)? {
-                        Some(stored) => self.update(key, stored, obs, hash)?,
-                        None => self.insert(key, obs, hash)?,
+                    let (existing, ci) = self.resolve(obs, cand)?;
+                    if let Some(id) = existing.filter(|id| !seen_ids.insert(*id)) {
+                        tracing::warn!(agent = %self.meta.agent, seq = self.meta.seq,
+                            asset = %ci, asset_id = id, endpoint = %obs.endpoint,
+                            "a second observation in this summary resolves to the same CI; \
+                             keeping the first");
+                        self.count("summary_duplicate_assets", 1);
+                        continue;
+                    }
+                    self.out.assets += 1;
+                    let stored = match existing {
+                        Some(_) => self.load(&ci)?,
+                        None => None,
                     };
+                    let id = match stored {
+                        Some(stored) => self.update(&ci, stored, obs, hash)?,
+                        None => {
+                            let id = self.insert(&ci, obs, hash)?;
+                            self.identified(id, &ci, cand)?;
+                            seen_ids.insert(id);
+                            id
+                        }
+                    };
+                    self.observed(id, &ci, obs)?;
                     known.insert(key.clone(), (id, *hash));
+                    rewritten.insert(id, key);
                 }
             }
         }
+        if !rewritten.is_empty() || !self.reidentified.is_empty() {
+            let stale: HashSet<i64> = self.reidentified.drain(..).collect();
+            known.retain(|k, (id, _)| match rewritten.get(id) {
+                Some(fresh) => *fresh == k,
+                None => !stale.contains(id),
+            });
+        }
+        // Assets this summary does not list (under any key) stop following the agent.
         let missing: Vec<i64> = known
             .iter()
-            .filter(|(key, _)| !seen.contains(key.as_str()))
+            .filter(|(key, (id, _))| !seen.contains(key.as_str()) && !seen_ids.contains(id))
             .map(|(_, (id, _))| *id)
             .collect();
         self.unfollow(&missing)?;
         self.follow(&unchanged)?;
+        self.observed_unchanged(&unchanged)?;
         self.presence_unchanged(&unchanged)?;
         self.confirm_unchanged(&unchanged)?;
         Ok(known)
@@ -405,4 +442,17 @@ fn id_list(ids: &[i64]) -> String {
     }
     list.push(']');
     list
+}
+
+/// The observations with their candidates, strongest identity first (stable within a
+/// strength), so a device that moved is placed before its old, silent address is looked at.
+fn strongest_first<'a>(
+    observations: &'a [AssetObservation],
+    prepared: &'a [(Candidate, [u8; 32])],
+) -> Vec<(&'a AssetObservation, &'a (Candidate, [u8; 32]))> {
+    let mut pairs: Vec<_> = observations.iter().zip(prepared).collect();
+    if pairs.iter().any(|(_, (c, _))| c.basis != Basis::Address) {
+        pairs.sort_by_key(|(_, (c, _))| std::cmp::Reverse(c.basis));
+    }
+    pairs
 }

@@ -104,6 +104,16 @@ pub fn content_hash(obs: &AssetObservation) -> [u8; 32] {
     for p in &obs.problems {
         put(p.as_bytes());
     }
+    // Identity evidence (serial, MAC) only when present, so hashes of observations without
+    // it are what they were before it existed.
+    if let Some(serial) = &obs.serial {
+        put(b"serial");
+        put(serial.as_bytes());
+    }
+    if let Some(mac) = &obs.mac {
+        put(b"mac");
+        put(mac.as_bytes());
+    }
     Digest::of(&buf).0
 }
 
@@ -222,6 +232,8 @@ mod tests {
             )],
             problems: vec![],
             profile: None,
+            serial: None,
+            mac: None,
         }
     }
 

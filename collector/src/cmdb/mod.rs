@@ -33,6 +33,7 @@ pub mod observed_changes;
 pub mod presence;
 pub mod probes;
 pub mod query;
+pub mod reconcile;
 pub mod record;
 pub mod schema;
 pub mod trust;

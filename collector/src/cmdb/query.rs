@@ -42,6 +42,26 @@ pub struct AssetRow {
     pub stale_since: Option<Timestamp>,
     /// The missing sequence numbers behind `stale_since`, `"from..=to"`.
     pub stale_gap: Option<String>,
+    /// What the CI key rests on: `serial`, `mac` or `address` (see `cmdb::reconcile`).
+    pub identity_basis: String,
+    /// The serial number last reported (from the FC 43 object the device profile names).
+    pub serial_number: Option<String>,
+    /// The MAC address last reported (the gateway's ARP cache).
+    pub mac_address: Option<String>,
+    /// The CI of the device that took this one's place at its address, if any.
+    pub replaced_by: Option<String>,
+    /// Every agent that reports this CI, where, and when (by agent id).
+    pub observed_by: Vec<ObservationRow>,
+}
+
+/// One agent's view of a CI (`asset_observations`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObservationRow {
+    pub agent_id: String,
+    pub endpoint: String,
+    pub unit_id: u8,
+    pub first_seen: Timestamp,
+    pub last_seen: Timestamp,
 }
 
 /// The last known content of one register block.
@@ -333,6 +353,29 @@ fn query_assets(conn: &Connection) -> rusqlite::Result<Vec<AssetRow>> {
         }
     }
     // The times come from `asset_times`: an unchanged asset follows its agent's latest summary.
+    let mut observed: HashMap<i64, Vec<ObservationRow>> = HashMap::new();
+    {
+        let mut stmt = conn.prepare(
+            "SELECT asset_id, agent_id, endpoint, unit_id, first_seen_ms, last_seen_ms
+             FROM asset_observations ORDER BY asset_id, agent_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                ObservationRow {
+                    agent_id: r.get(1)?,
+                    endpoint: r.get(2)?,
+                    unit_id: r.get(3)?,
+                    first_seen: r.get(4)?,
+                    last_seen: r.get(5)?,
+                },
+            ))
+        })?;
+        for row in rows {
+            let (id, obs) = row?;
+            observed.entry(id).or_default().push(obs);
+        }
+    }
     let mut stmt = conn.prepare(
         "SELECT asset_id, ci_key, zone, agent_id, name, endpoint, unit_id, status, last_problem,
              ident_method, vendor_name, product_code, revision, vendor_url, product_name,
@@ -340,7 +383,8 @@ fn query_assets(conn: &Connection) -> rusqlite::Result<Vec<AssetRow>> {
              t.last_envelope_seq,
              (SELECT stale_since_ms FROM agents g WHERE g.agent_id = assets.agent_id),
              (SELECT stale_from_seq || '..=' || stale_to_seq FROM agents g
-                 WHERE g.agent_id = assets.agent_id AND stale_since_ms IS NOT NULL)
+                 WHERE g.agent_id = assets.agent_id AND stale_since_ms IS NOT NULL),
+             identity_basis, serial, mac, replaced_by
          FROM assets JOIN asset_times t USING (asset_id) ORDER BY ci_key",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -371,6 +415,11 @@ fn query_assets(conn: &Connection) -> rusqlite::Result<Vec<AssetRow>> {
             last_envelope_seq: r.get(20)?,
             stale_since: r.get(21)?,
             stale_gap: r.get(22)?,
+            identity_basis: r.get(23)?,
+            serial_number: r.get(24)?,
+            mac_address: r.get(25)?,
+            replaced_by: r.get(26)?,
+            observed_by: observed.remove(&id).unwrap_or_default(),
         })
     })?;
     rows.collect()

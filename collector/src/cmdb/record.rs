@@ -23,6 +23,12 @@ pub mod kind {
     pub const ASSET_CHANGED: &str = "asset_changed";
     pub const ASSET_UNREACHABLE: &str = "asset_unreachable";
     pub const ASSET_RECOVERED: &str = "asset_recovered";
+    /// Identity and reconciliation (see `reconcile.rs`).
+    pub const ADDRESS_CHANGED: &str = "address_changed";
+    pub const CI_REKEYED: &str = "ci_rekeyed";
+    pub const IDENTITY_DUPLICATE: &str = "identity_duplicate";
+    pub const IDENTITY_SHARED: &str = "identity_shared";
+    pub const DEVICE_REPLACED: &str = "device_replaced";
     pub const REASSEMBLY_DROPPED: &str = "reassembly_dropped";
     /// A signed data-lost notice from an agent (its spool dropped envelopes).
     pub const DATA_LOST: &str = "data_lost";

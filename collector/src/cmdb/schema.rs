@@ -29,6 +29,7 @@ pub const MIGRATIONS: &[&str] = &[
     MIGRATION_PROBES,
     MIGRATION_OBSERVED_CHANGES,
     MIGRATION_INGEST_FOLLOWS,
+    MIGRATION_IDENTITY,
 ];
 
 /// The schema version this build writes.
@@ -490,6 +491,39 @@ SELECT a.asset_id,
        CASE WHEN a.follows_agent = 1 THEN COALESCE(g.last_summary_seq, a.last_envelope_seq)
             ELSE a.last_envelope_seq END AS last_envelope_seq
 FROM assets a LEFT JOIN agents g ON g.agent_id = a.agent_id;
+"#;
+
+/// CI identity and reconciliation (issue 3; see `reconcile.rs`): what a field device's CI key
+/// rests on (`identity_basis`: `serial`, `mac` or `address`; every existing CI is `address`,
+/// the key form it already has), the serial number and MAC address last reported, the CI that
+/// replaced a device at its address, and one row per (CI, agent) observing it.
+const MIGRATION_IDENTITY: &str = r#"
+ALTER TABLE assets ADD COLUMN identity_basis TEXT NOT NULL DEFAULT 'address'
+    CHECK (identity_basis IN ('address', 'mac', 'serial'));
+ALTER TABLE assets ADD COLUMN serial TEXT;
+ALTER TABLE assets ADD COLUMN mac TEXT;
+ALTER TABLE assets ADD COLUMN replaced_by TEXT;        -- CI key of the device now at its address
+ALTER TABLE assets ADD COLUMN replaced_at_ms INTEGER;
+UPDATE assets SET identity_basis = 'address';
+CREATE INDEX assets_by_address ON assets(zone, endpoint, unit_id);
+CREATE INDEX assets_by_mac ON assets(zone, mac) WHERE mac IS NOT NULL;
+
+-- Who sees a CI, where: one row per (CI, agent). A device seen by two agents is one CI with
+-- two rows; an agent seeing a CI at a new address updates its row (and raises address_changed).
+CREATE TABLE asset_observations (
+    asset_id        INTEGER NOT NULL REFERENCES assets(asset_id),
+    agent_id        TEXT NOT NULL,
+    endpoint        TEXT NOT NULL,
+    unit_id         INTEGER NOT NULL,
+    first_seen_ms   INTEGER NOT NULL,
+    last_seen_ms    INTEGER NOT NULL,         -- last summary of this agent that reported it
+    PRIMARY KEY (asset_id, agent_id)
+) WITHOUT ROWID;
+CREATE INDEX asset_observations_by_agent ON asset_observations(agent_id);
+INSERT INTO asset_observations (asset_id, agent_id, endpoint, unit_id, first_seen_ms,
+                                last_seen_ms)
+    SELECT a.asset_id, a.agent_id, a.endpoint, a.unit_id, a.first_seen_ms, t.last_polled_ms
+    FROM assets a JOIN asset_times t USING (asset_id);
 "#;
 
 /// Reads the schema version of an open database.

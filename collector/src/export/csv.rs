@@ -26,6 +26,10 @@ pub const COLUMNS: &[&str] = &[
     "first_seen",
     "last_seen",
     "stale_since",
+    "serial_number",
+    "mac_address",
+    "identity_basis",
+    "replaced_by",
 ];
 
 fn safe(cell: &str) -> String {
@@ -64,6 +68,10 @@ pub fn render(inv: &Inventory) -> Result<Vec<u8>, ::csv::Error> {
             a.first_seen.to_string(),
             a.last_seen.map(|t| t.to_string()).unwrap_or_default(),
             a.stale_since.map(|t| t.to_string()).unwrap_or_default(),
+            o(&a.serial_number),
+            o(&a.mac_address),
+            a.identity_basis.clone(),
+            o(&a.replaced_by),
         ];
         w.write_record(row.iter().map(|c| safe(c)))?;
     }
@@ -89,6 +97,10 @@ pub fn render(inv: &Inventory) -> Result<Vec<u8>, ::csv::Error> {
             o(&r.os_version),
             r.first_seen.to_string(),
             r.last_seen.to_string(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
             String::new(),
         ];
         w.write_record(row.iter().map(|c| safe(c)))?;

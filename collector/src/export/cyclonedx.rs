@@ -68,6 +68,16 @@ pub fn bom(inv: &Inventory, now_ms: i64) -> Value {
         if let Some(pc) = &a.product_code {
             props.push(prop("product_code", pc));
         }
+        props.push(prop("identity_basis", &a.identity_basis));
+        for (name, value) in [
+            ("serial_number", &a.serial_number),
+            ("mac_address", &a.mac_address),
+            ("replaced_by", &a.replaced_by),
+        ] {
+            if let Some(v) = value {
+                props.push(prop(name, v));
+            }
+        }
         if let Some(app) = &a.user_application_name {
             props.push(prop("user_application_name", app));
         }

@@ -142,6 +142,9 @@ pub fn payload(inv: &Inventory) -> Value {
             &a.model_name.clone().or(a.product_name.clone()),
         );
         put(&mut values, "firmware_version", &a.revision);
+        // IRE identifies hardware by serial number first, then MAC address (when known).
+        put(&mut values, "serial_number", &a.serial_number);
+        put(&mut values, "mac_address", &a.mac_address);
         put(
             &mut values,
             "ip_address",
@@ -161,7 +164,17 @@ pub fn payload(inv: &Inventory) -> Value {
         );
         values.insert(
             "operational_status".into(),
-            Value::String(if a.status == "unreachable" { "2" } else { "1" }.into()),
+            // 6 Retired: another device took its place; 2 Non-Operational; 1 Operational.
+            Value::String(
+                if a.replaced_by.is_some() {
+                    "6"
+                } else if a.status == "unreachable" {
+                    "2"
+                } else {
+                    "1"
+                }
+                .into(),
+            ),
         );
         let related: Vec<Value> = a
             .revision

@@ -132,6 +132,8 @@ pub fn plc(i: u32, values: Vec<u16>) -> AssetObservation {
         )],
         problems: vec![],
         profile: None,
+        serial: None,
+        mac: None,
     }
 }
 
