@@ -320,6 +320,48 @@ fn a_device_seen_by_two_agents_is_one_ci_with_two_observations() {
 }
 
 #[test]
+fn unchanged_reports_keep_every_observer_and_the_ci_current() {
+    let mut f = Fixture::new();
+    let mut ingest = f.ingest();
+    let mut g = second_agent(&f, &mut ingest);
+    let direct = device(1, Some("SN 1234567"), None);
+    let natted = at_host(direct.clone(), "192.168.7.2");
+    apply(&mut f, &mut ingest, vec![direct.clone()], T0 + 1_000);
+    apply(&mut g, &mut ingest, vec![natted.clone()], T0 + 2_000);
+    // gw-1 keeps reporting the device unchanged; gw-2 (which wrote it last) goes quiet.
+    apply(&mut f, &mut ingest, vec![direct.clone()], T0 + 11_000);
+    apply(&mut f, &mut ingest, vec![direct.clone()], T0 + 21_000);
+    let a = asset(ingest.cmdb(), SERIAL_KEY);
+    assert_eq!(
+        a.last_polled.ms(),
+        (T0 + 21_000) as i64,
+        "the CI is current"
+    );
+    let by: Vec<(&str, i64)> = a
+        .observed_by
+        .iter()
+        .map(|o| (o.agent_id.as_str(), o.last_seen.ms()))
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("gw-1", (T0 + 21_000) as i64),
+            ("gw-2", (T0 + 2_000) as i64)
+        ]
+    );
+    // One agent alone: its unchanged summaries write no observation row, yet it stays current.
+    let mut h = Fixture::new();
+    let mut solo = h.ingest();
+    for round in 0..3 {
+        apply(&mut h, &mut solo, vec![direct.clone()], T0 + round * 10_000);
+    }
+    let a = asset(solo.cmdb(), SERIAL_KEY);
+    assert_eq!(a.observed_by.len(), 1);
+    assert_eq!(a.observed_by[0].last_seen.ms(), (T0 + 20_000) as i64);
+    assert_eq!(a.last_polled.ms(), (T0 + 20_000) as i64);
+}
+
+#[test]
 fn a_replaced_device_is_a_new_ci_and_the_old_one_is_marked() {
     let mut f = Fixture::new();
     let mut ingest = f.ingest();

@@ -144,14 +144,36 @@ impl Writer<'_, '_> {
         if ids.is_empty() {
             return Ok(());
         }
+        let list = id_list(ids);
         self.db
             .prepare_cached(
                 "UPDATE assets SET follows_agent = 1, last_polled_ms = ?1,
                      last_seen_ms = CASE WHEN status <> 'unreachable' THEN ?1 ELSE last_seen_ms END,
                      last_envelope_seq = ?2
-                 WHERE asset_id IN (SELECT value FROM json_each(?3)) AND follows_agent = 0",
+                 WHERE asset_id IN (SELECT value FROM json_each(?3)) AND follows_agent = 0
+                     AND agent_id = ?4",
             )?
-            .execute(params![self.now, sql_int(self.meta.seq), id_list(ids)])?;
+            .execute(params![
+                self.now,
+                sql_int(self.meta.seq),
+                list,
+                self.meta.agent.as_str()
+            ])?;
+        // A CI another agent reports (a device seen by two agents) cannot follow this one:
+        // its times are written, as before the follow scheme.
+        self.db
+            .prepare_cached(
+                "UPDATE assets SET follows_agent = 0, last_polled_ms = ?1,
+                     last_seen_ms = CASE WHEN status <> 'unreachable' THEN ?1 ELSE last_seen_ms END,
+                     last_envelope_seq = ?2
+                 WHERE asset_id IN (SELECT value FROM json_each(?3)) AND agent_id <> ?4",
+            )?
+            .execute(params![
+                self.now,
+                sql_int(self.meta.seq),
+                list,
+                self.meta.agent.as_str()
+            ])?;
         Ok(())
     }
 
@@ -308,6 +330,9 @@ impl Writer<'_, '_> {
                 judged.push((name.clone(), old.clone(), value.clone()));
             }
             current.insert(name, value);
+        }
+        if stored.agent != self.meta.agent.as_str() {
+            self.freeze_observation(stored.id, &stored.agent)?;
         }
         let col = |name: &str| current.get(name).cloned().flatten();
         let seen = answered(&obs.status).then_some(self.now);

@@ -356,8 +356,15 @@ fn query_assets(conn: &Connection) -> rusqlite::Result<Vec<AssetRow>> {
     let mut observed: HashMap<i64, Vec<ObservationRow>> = HashMap::new();
     {
         let mut stmt = conn.prepare(
-            "SELECT asset_id, agent_id, endpoint, unit_id, first_seen_ms, last_seen_ms
-             FROM asset_observations ORDER BY asset_id, agent_id",
+            // The row of a CI's own agent follows the CI's times (see `observed_unchanged`).
+            "SELECT o.asset_id, o.agent_id, o.endpoint, o.unit_id, o.first_seen_ms,
+                 CASE WHEN a.agent_id = o.agent_id
+                      THEN MAX(o.last_seen_ms, COALESCE(t.last_polled_ms, o.last_seen_ms))
+                      ELSE o.last_seen_ms END
+             FROM asset_observations o
+             JOIN assets a ON a.asset_id = o.asset_id
+             JOIN asset_times t ON t.asset_id = o.asset_id
+             ORDER BY o.asset_id, o.agent_id",
         )?;
         let rows = stmt.query_map([], |r| {
             Ok((

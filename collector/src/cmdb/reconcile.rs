@@ -434,7 +434,10 @@ impl Writer<'_, '_> {
     }
 
     /// The last-seen time of this agent's observation rows for CIs whose observation did not
-    /// change (one statement; the ids travel as one JSON array, as in `touch`).
+    /// change, where the CI is currently reported by another agent. The row of the CI's own
+    /// agent is not written: like the CI's times, it follows that agent's latest summary, and
+    /// readers take the later of the row and `asset_times` (see `query.rs`), so a steady-state
+    /// summary writes no observation row. One statement; the ids travel as one JSON array.
     pub(super) fn observed_unchanged(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -443,9 +446,25 @@ impl Writer<'_, '_> {
         self.db
             .prepare_cached(
                 "UPDATE asset_observations SET last_seen_ms = ?1
-                 WHERE agent_id = ?2 AND asset_id IN (SELECT value FROM json_each(?3))",
+                 WHERE agent_id = ?2 AND asset_id IN (
+                     SELECT a.asset_id FROM assets a
+                     WHERE a.asset_id IN (SELECT value FROM json_each(?3)) AND a.agent_id <> ?2)",
             )?
             .execute(params![self.now, self.meta.agent.as_str(), list])?;
+        Ok(())
+    }
+
+    /// Before a CI passes from `old_agent` to this one, freezes `old_agent`'s observation row
+    /// at the time that agent last reported it (its row followed the CI's times until now).
+    pub(super) fn freeze_observation(&mut self, id: i64, old_agent: &str) -> rusqlite::Result<()> {
+        self.db
+            .prepare_cached(
+                "UPDATE asset_observations SET last_seen_ms = MAX(last_seen_ms,
+                     COALESCE((SELECT t.last_polled_ms FROM asset_times t WHERE t.asset_id = ?1),
+                              last_seen_ms))
+                 WHERE asset_id = ?1 AND agent_id = ?2",
+            )?
+            .execute(params![id, old_agent])?;
         Ok(())
     }
 
