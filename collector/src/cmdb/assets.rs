@@ -107,8 +107,8 @@ impl Writer<'_, '_> {
             .map(|(_, (id, _))| *id)
             .collect();
         self.unfollow(&missing)?;
-        self.follow(&unchanged)?;
-        self.observed_unchanged(&unchanged)?;
+        let elsewhere = self.follow(&unchanged)?;
+        self.observed_unchanged(&elsewhere)?;
         self.presence_unchanged(&unchanged)?;
         self.confirm_unchanged(&unchanged)?;
         Ok(known)
@@ -140,41 +140,38 @@ impl Writer<'_, '_> {
     /// Writes only those that did not follow it already (first summary after the migration, a
     /// device listed again after a summary without it), in one statement; in steady state it
     /// only reads. Their stored status is current, so "answered" is read from it.
-    fn follow(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
+    fn follow(&mut self, ids: &[i64]) -> rusqlite::Result<Vec<i64>> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let list = id_list(ids);
-        self.db
-            .prepare_cached(
-                "UPDATE assets SET follows_agent = 1, last_polled_ms = ?1,
-                     last_seen_ms = CASE WHEN status <> 'unreachable' THEN ?1 ELSE last_seen_ms END,
-                     last_envelope_seq = ?2
-                 WHERE asset_id IN (SELECT value FROM json_each(?3)) AND follows_agent = 0
-                     AND agent_id = ?4",
-            )?
-            .execute(params![
-                self.now,
-                sql_int(self.meta.seq),
-                list,
-                self.meta.agent.as_str()
-            ])?;
         // A CI another agent reports (a device seen by two agents) cannot follow this one:
-        // its times are written, as before the follow scheme.
-        self.db
-            .prepare_cached(
-                "UPDATE assets SET follows_agent = 0, last_polled_ms = ?1,
-                     last_seen_ms = CASE WHEN status <> 'unreachable' THEN ?1 ELSE last_seen_ms END,
-                     last_envelope_seq = ?2
-                 WHERE asset_id IN (SELECT value FROM json_each(?3)) AND agent_id <> ?4",
-            )?
-            .execute(params![
+        // its times are written instead, and it is returned so that this agent's observation
+        // row is refreshed too. One statement either way.
+        let mut stmt = self.db.prepare_cached(
+            "UPDATE assets SET follows_agent = (agent_id = ?4), last_polled_ms = ?1,
+                 last_seen_ms = CASE WHEN status <> 'unreachable' THEN ?1 ELSE last_seen_ms END,
+                 last_envelope_seq = ?2
+             WHERE asset_id IN (SELECT value FROM json_each(?3))
+                 AND (follows_agent = 0 OR agent_id <> ?4)
+             RETURNING asset_id, agent_id <> ?4",
+        )?;
+        let rows = stmt.query_map(
+            params![
                 self.now,
                 sql_int(self.meta.seq),
-                list,
+                id_list(ids),
                 self.meta.agent.as_str()
-            ])?;
-        Ok(())
+            ],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)),
+        )?;
+        let mut elsewhere = Vec::new();
+        for row in rows {
+            let (id, other_agent) = row?;
+            if other_agent {
+                elsewhere.push(id);
+            }
+        }
+        Ok(elsewhere)
     }
 
     /// Assets of this agent that its summary does not list stop following it: the times they

@@ -433,11 +433,11 @@ impl Writer<'_, '_> {
         self.event(kind::ADDRESS_CHANGED, Some(key), detail)
     }
 
-    /// The last-seen time of this agent's observation rows for CIs whose observation did not
-    /// change, where the CI is currently reported by another agent. The row of the CI's own
-    /// agent is not written: like the CI's times, it follows that agent's latest summary, and
-    /// readers take the later of the row and `asset_times` (see `query.rs`), so a steady-state
-    /// summary writes no observation row. One statement; the ids travel as one JSON array.
+    /// The last-seen time of this agent's observation rows for unchanged CIs that another
+    /// agent reports (`ids`, from `follow`). The row of a CI's own agent is never written for
+    /// an unchanged CI: like the CI's times it follows that agent's latest summary, and readers
+    /// take the later of the row and `asset_times` (see `query.rs`), so a steady-state summary
+    /// writes no observation row. One statement; the ids travel as one JSON array.
     pub(super) fn observed_unchanged(&mut self, ids: &[i64]) -> rusqlite::Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -446,9 +446,7 @@ impl Writer<'_, '_> {
         self.db
             .prepare_cached(
                 "UPDATE asset_observations SET last_seen_ms = ?1
-                 WHERE agent_id = ?2 AND asset_id IN (
-                     SELECT a.asset_id FROM assets a
-                     WHERE a.asset_id IN (SELECT value FROM json_each(?3)) AND a.agent_id <> ?2)",
+                 WHERE agent_id = ?2 AND asset_id IN (SELECT value FROM json_each(?3))",
             )?
             .execute(params![self.now, self.meta.agent.as_str(), list])?;
         Ok(())
