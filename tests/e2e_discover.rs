@@ -5,8 +5,8 @@
 //! `outpost-collector assets --json`.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::Output;
 use std::time::Duration;
 
 use outpost_testbed::harness::{self, ChildGuard};
@@ -18,35 +18,13 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Where the built-in Janitza profile reads the firmware version (holding 200, one word).
 const JANITZA_FIRMWARE_REGISTER: u16 = 200;
 
-fn bin(name: &str) -> PathBuf {
-    harness::binary(name).unwrap_or_else(|e| panic!("{e}"))
-}
-
 fn path(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }
 
 /// Runs `name args` to completion, bounded by [`WAIT`] (a hung child is killed by its PID).
 fn run(name: &str, args: &[&str]) -> Output {
-    let dir = harness::temp_dir("e2e-discover-run").expect("temp dir");
-    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut child = ChildGuard::spawn(
-        name,
-        Command::new(bin(name))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).expect("stdout file"))
-            .stderr(std::fs::File::create(&err).expect("stderr file")),
-    )
-    .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
-    let status = child
-        .wait_timeout(WAIT)
-        .unwrap_or_else(|e| panic!("{name} {args:?}: {e}"));
-    Output {
-        status,
-        stdout: std::fs::read(out).unwrap_or_default(),
-        stderr: std::fs::read(err).unwrap_or_default(),
-    }
+    harness::run_bounded(name, args, WAIT)
 }
 
 fn run_ok(name: &str, args: &[&str]) -> String {
@@ -67,28 +45,7 @@ fn collector_json(what: &str, db: &Path) -> Value {
 }
 
 fn start_collector(dir: &Path, db: &Path) -> (ChildGuard, SocketAddr) {
-    let ready = dir.join("collector.ready");
-    let child = ChildGuard::spawn(
-        "outpost-collector",
-        Command::new(bin("outpost-collector"))
-            .args([
-                "serve",
-                "--db",
-                path(db),
-                "--diode-listen",
-                "127.0.0.1:0",
-                "--ready-file",
-                path(&ready),
-            ])
-            .stdin(Stdio::null()),
-    )
-    .expect("collector starts");
-    let addr = harness::wait_ready_file(&ready, WAIT)
-        .expect("collector ready")
-        .trim()
-        .parse()
-        .expect("ready file holds an address");
-    (child, addr)
+    harness::start_diode_collector(dir, db, &[], WAIT)
 }
 
 fn values(block: &Value) -> Vec<u64> {

@@ -23,12 +23,9 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
 }
 
+/// Runs `name args` to completion, bounded by [`WAIT`] (a hung child is killed by its PID).
 fn run(name: &str, args: &[&str]) -> Output {
-    Command::new(bin(name))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+    harness::run_bounded(name, args, WAIT)
 }
 
 fn run_ok(name: &str, args: &[&str]) -> String {
@@ -49,28 +46,7 @@ fn collector_json(what: &str, db: &Path) -> Value {
 }
 
 fn start_collector(dir: &Path, db: &Path) -> (ChildGuard, SocketAddr) {
-    let ready = dir.join("collector.ready");
-    let child = ChildGuard::spawn(
-        "outpost-collector",
-        Command::new(bin("outpost-collector"))
-            .args([
-                "serve",
-                "--db",
-                path(db),
-                "--diode-listen",
-                "127.0.0.1:0",
-                "--ready-file",
-                path(&ready),
-            ])
-            .stdin(Stdio::null()),
-    )
-    .expect("collector starts");
-    let addr = harness::wait_ready_file(&ready, WAIT)
-        .expect("collector ready")
-        .trim()
-        .parse()
-        .expect("ready file holds an address");
-    (child, addr)
+    harness::start_diode_collector(dir, db, &[], WAIT)
 }
 
 /// Runs one agent cycle and waits until the collector has applied `envelopes` in all; returns

@@ -24,12 +24,9 @@ fn bin(name: &str) -> PathBuf {
     harness::binary(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Runs `name args` to completion, bounded by [`WAIT`] (a hung child is killed by its PID).
 fn run(name: &str, args: &[&str]) -> Output {
-    Command::new(bin(name))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+    harness::run_bounded(name, args, WAIT)
 }
 
 fn run_ok(name: &str, args: &[&str]) -> String {
@@ -69,30 +66,8 @@ fn closed_port() -> SocketAddr {
 }
 
 fn start_collector(dir: &Path, db: &Path) -> (ChildGuard, SocketAddr) {
-    let ready = dir.join("collector.ready");
-    let child = ChildGuard::spawn(
-        "outpost-collector",
-        Command::new(bin("outpost-collector"))
-            .args([
-                "serve",
-                "--db",
-                path(db),
-                "--diode-listen",
-                "127.0.0.1:0",
-                "--ready-file",
-                path(&ready),
-                "--alert-file",
-                path(&dir.join("alerts.ocsf.jsonl")),
-            ])
-            .stdin(Stdio::null()),
-    )
-    .expect("collector starts");
-    let addr = harness::wait_ready_file(&ready, WAIT)
-        .expect("collector ready")
-        .trim()
-        .parse()
-        .expect("ready file holds an address");
-    (child, addr)
+    let alerts = dir.join("alerts.ocsf.jsonl");
+    harness::start_diode_collector(dir, db, &["--alert-file", path(&alerts)], WAIT)
 }
 
 fn state_of<'a>(probes: &'a Value, target: &SocketAddr) -> &'a Value {

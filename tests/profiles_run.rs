@@ -57,25 +57,7 @@ fn path(p: &Path) -> &str {
 
 /// Runs `name args` to completion, bounded by [`WAIT`] (a hung child is killed by its PID).
 fn run(name: &str, args: &[&str]) -> Output {
-    let dir = harness::temp_dir("profiles-run").expect("temp dir");
-    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut child = ChildGuard::spawn(
-        name,
-        Command::new(bin(name))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).expect("stdout file"))
-            .stderr(std::fs::File::create(&err).expect("stderr file")),
-    )
-    .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
-    let status = child
-        .wait_timeout(WAIT)
-        .unwrap_or_else(|e| panic!("{name} {args:?}: {e}"));
-    Output {
-        status,
-        stdout: std::fs::read(out).unwrap_or_default(),
-        stderr: std::fs::read(err).unwrap_or_default(),
-    }
+    harness::run_bounded(name, args, WAIT)
 }
 
 fn run_ok(name: &str, args: &[&str]) -> String {

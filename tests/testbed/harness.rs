@@ -8,7 +8,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// How often [`wait_for`] polls.
@@ -250,6 +250,60 @@ pub fn wait_ready_json(path: &Path, timeout: Duration) -> Result<serde_json::Val
         path: path.to_owned(),
         source,
     })
+}
+
+/// Runs the built binary `name` with `args` to completion, bounded by `timeout`: a child still
+/// running then is killed by its PID (through [`ChildGuard`]). Output goes through files, so a
+/// chatty child never blocks on a full pipe. Panics (this is for tests) when it cannot start.
+pub fn run_bounded(name: &str, args: &[&str], timeout: Duration) -> Output {
+    let bin = binary(name).unwrap_or_else(|e| panic!("{e}"));
+    let dir = temp_dir(&format!("run-{name}")).expect("temp dir");
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = ChildGuard::spawn(
+        name,
+        Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&err).expect("stderr file")),
+    )
+    .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    let status = child
+        .wait_timeout(timeout)
+        .unwrap_or_else(|e| panic!("{name} {args:?}: {e}"));
+    Output {
+        status,
+        stdout: std::fs::read(out).unwrap_or_default(),
+        stderr: std::fs::read(err).unwrap_or_default(),
+    }
+}
+
+/// Starts `outpost-collector serve --db DB --diode-listen 127.0.0.1:0 [extra…]` with its ready
+/// file in `dir`, and returns it with the UDP address it listens on (read from the ready file).
+pub fn start_diode_collector(
+    dir: &Path,
+    db: &Path,
+    extra: &[&str],
+    timeout: Duration,
+) -> (ChildGuard, SocketAddr) {
+    let bin = binary("outpost-collector").unwrap_or_else(|e| panic!("{e}"));
+    let ready = dir.join("collector.ready");
+    let utf8 = |p: &Path| p.to_str().expect("temp paths are UTF-8").to_owned();
+    let child = ChildGuard::spawn(
+        "outpost-collector",
+        Command::new(bin)
+            .args(["serve", "--db", &utf8(db), "--diode-listen", "127.0.0.1:0"])
+            .args(["--ready-file", &utf8(&ready)])
+            .args(extra)
+            .stdin(Stdio::null()),
+    )
+    .expect("collector starts");
+    let addr = wait_ready_file(&ready, timeout)
+        .expect("collector ready")
+        .trim()
+        .parse()
+        .expect("ready file holds an address");
+    (child, addr)
 }
 
 /// Writes `contents` to `path` atomically (temporary file in the same directory, then rename).
