@@ -69,18 +69,7 @@ pub async fn poll_device_with(
 
 /// An observation for a unit that could not be reached.
 pub fn unreachable(device: &DeviceConfig, unit: u8, reason: String) -> AssetObservation {
-    AssetObservation {
-        name: device.name.clone(),
-        endpoint: device.address.endpoint(),
-        unit_id: unit,
-        status: PollStatus::Unreachable(reason),
-        identity: DeviceIdentity::default(),
-        blocks: Vec::new(),
-        problems: Vec::new(),
-        profile: None,
-        serial: None,
-        mac: None,
-    }
+    device.target().unreachable(unit, reason)
 }
 
 async fn connect(device: &DeviceConfig, timing: Timing) -> Result<ReadOnlyClient, String> {
