@@ -202,7 +202,15 @@ fn limit(n: Option<u32>) -> i64 {
 impl Cmdb {
     /// All field devices, by CI key.
     pub fn assets(&self) -> Result<Vec<AssetRow>, CmdbError> {
-        query_assets(self.connection()).map_err(|e| self.err(e))
+        // Several statements (attributes, observations, assets): one read transaction, so a
+        // summary committed in between cannot give a CI without its blocks or observers.
+        let read = || -> rusqlite::Result<Vec<AssetRow>> {
+            let tx = self.connection().unchecked_transaction()?;
+            let rows = query_assets(&tx)?;
+            tx.finish()?;
+            Ok(rows)
+        };
+        read().map_err(|e| self.err(e))
     }
 
     /// All agents, by id.
